@@ -1,0 +1,1 @@
+"""ebc controller: the township emergency-broadcast gateway daemon."""

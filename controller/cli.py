@@ -1,0 +1,93 @@
+"""The ``ebc`` command line: one entry point for the daemon, the simulator and tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from controller.config import ConfigError, load_config
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        print(f"{exc.source}: {len(exc.errors)} error(s)", file=sys.stderr)
+        for err in exc.errors:
+            print(f"  - {err}", file=sys.stderr)
+        return 1
+    lines = ", ".join(f"{line.id} ({line.type})" for line in cfg.lines)
+    print(f"{args.file}: OK — gateway {cfg.gateway.id} ({cfg.gateway.name}), "
+          f"{len(cfg.devices)} devices on {len(cfg.lines)} lines: {lines}")
+    return 0
+
+
+def _load_or_exit(path: str | Path) -> object:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from controller.simulation import spec_from_config
+    from simulator.runner import run_simulation
+
+    cfg = _load_or_exit(args.config)
+    spec = spec_from_config(cfg)  # type: ignore[arg-type]
+    try:
+        asyncio.run(run_simulation(spec))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from controller.demo import run_demo
+
+    cfg = _load_or_exit(args.config)
+    try:
+        asyncio.run(run_demo(cfg))  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ebc", description="Township emergency-broadcast gateway")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sim", help="run the hardware simulator alone")
+    p.add_argument("--config", required=True, help="gateway config with a simulator section")
+    p.set_defaults(func=_cmd_sim)
+
+    p = sub.add_parser("demo", help="simulator + live status of every polled device (config/demo.yaml)")
+    p.add_argument("--config", default=str(DEMO_CONFIG), help="config file (default: the demo township)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("config", help="configuration tools")
+    csub = p.add_subparsers(dest="config_command", required=True)
+    c = csub.add_parser("check", help="validate a config file and print every error with its key path")
+    c.add_argument("file")
+    c.set_defaults(func=_cmd_config_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

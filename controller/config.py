@@ -1,0 +1,318 @@
+"""Gateway configuration: one YAML file validated as a whole.
+
+Every model forbids unknown keys so a typo never silently falls back to a default, and every
+error names its key path (``devices[3].unit_id``) so a technician can fix the file without
+reading code. ``load_config`` reports all errors at once.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from drivers.profile import AtFmTransmitterProfile, ModbusTerminalProfile, load_profile
+
+AREA_CODE = re.compile(r"^\d{12}$")
+IDENT = r"^[a-z0-9][a-z0-9_-]{0,31}$"  # ids end up in MQTT topics and URLs
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_area_code(value: str) -> str:
+    if not AREA_CODE.match(value):
+        raise ValueError("must be a 12-digit administrative area code (行政区划代码), e.g. 340621103000")
+    return value
+
+
+def area_prefix(code: str) -> str:
+    """The significant part of a hierarchical area code (trailing zero groups cover the region)."""
+    for width in (2, 4, 6, 9):
+        if code[width:] == "0" * (12 - width):
+            return code[:width]
+    return code
+
+
+class Location(_Strict):
+    lat: float = Field(ge=-90, le=90, description="Latitude, degrees north")
+    lon: float = Field(ge=-180, le=180, description="Longitude, degrees east")
+
+
+class Gateway(_Strict):
+    id: str = Field(pattern=IDENT, description="Gateway id used in MQTT topics (lower case, digits, - _)")
+    name: str = Field(min_length=1, description="Human name, e.g. 濉溪县刘桥镇应急广播网关")
+    area_code: str = Field(description="12-digit area code of the township this gateway serves")
+    location: Location
+
+    _area = field_validator("area_code")(_check_area_code)
+
+
+class SerialLine(_Strict):
+    """An RS-485 (or RS-232) port; one arbiter serves every device on it."""
+
+    type: Literal["serial"]
+    id: str = Field(pattern=IDENT)
+    port: str = Field(min_length=1, description="Device path, e.g. /dev/ttyUSB0 or the simulator's pty link")
+    baudrate: int = Field(default=9600, description="Bits per second")
+    bytesize: Literal[7, 8] = 8
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    timeout_s: float = Field(default=0.3, gt=0, le=10, description="Reply timeout per request")
+    retries: int = Field(default=2, ge=0, le=5, description="Retries after a timeout or CRC error")
+    offline_after_failures: int = Field(default=3, ge=1, le=20,
+                                        description="Consecutive failed polls before a device is offline")
+    offline_poll_every: int = Field(default=5, ge=1, le=100,
+                                    description="Poll an offline device only every N cycles")
+
+    @field_validator("baudrate")
+    @classmethod
+    def _standard_baud(cls, value: int) -> int:
+        if value not in (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200):
+            raise ValueError("must be a standard rate: 1200, 2400, 4800, 9600, 19200, 38400, 57600 or 115200")
+        return value
+
+
+class TcpLine(_Strict):
+    """A Modbus TCP endpoint (an IP / 4G terminal); one arbiter per endpoint."""
+
+    type: Literal["tcp"]
+    id: str = Field(pattern=IDENT)
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    timeout_s: float = Field(default=1.0, gt=0, le=30)
+    retries: int = Field(default=2, ge=0, le=5)
+    offline_after_failures: int = Field(default=3, ge=1, le=20)
+    offline_poll_every: int = Field(default=5, ge=1, le=100)
+
+
+Line = Annotated[SerialLine | TcpLine, Field(discriminator="type")]
+
+
+class Device(_Strict):
+    id: str = Field(pattern=IDENT, description="Device id used in topics, API and logs")
+    name: str = Field(min_length=1)
+    village: str = Field(default="", description="Village (村) the device serves")
+    area_code: str
+    location: Location
+    line: str = Field(description="Id of the line (serial port or TCP endpoint) the device is on")
+    profile: str = Field(description="Profile name from the profiles directory, e.g. ebt-1")
+    unit_id: int | None = Field(default=None, ge=1, le=247, description="Modbus unit id (Modbus devices)")
+    zones: list[int] = Field(default_factory=lambda: [1], description="Speaker zones wired at this terminal")
+    commissioned_impedance_ohm: dict[int, float] = Field(
+        default_factory=dict, description="Line impedance per zone measured at commissioning")
+
+    _area = field_validator("area_code")(_check_area_code)
+
+
+class SimFault(_Strict):
+    """One step of a scripted fault scenario for the simulator."""
+
+    at_s: float = Field(ge=0, description="Seconds after simulator start")
+    device: str | None = Field(default=None, description="Device id (omit for line faults)")
+    line: str | None = Field(default=None, description="Line id, for unplug/replug")
+    fault: Literal["offline", "crc_errors", "slow_replies", "line_open", "line_short", "mains_failure",
+                   "over_temperature", "amp_fault", "tamper", "high_vswr", "unplug"]
+    clear: bool = Field(default=False, description="Clear this fault instead of raising it")
+    zone: int | None = Field(default=None, ge=1, le=32)
+    rate: float | None = Field(default=None, ge=0, le=1, description="Fraction of replies corrupted")
+    delay_ms: float | None = Field(default=None, ge=0, le=10000, description="Extra reply delay")
+
+
+class SimDevice(_Strict):
+    """Physical properties of one simulated device (defaults model a healthy terminal)."""
+
+    turnaround_ms: float | None = Field(default=None, ge=0, le=1000)
+    warmup_ms: int | None = Field(default=None, ge=0, le=60000)
+    battery_full_v: float | None = None
+
+
+class Endpoint(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+
+
+class SimAudio(Endpoint):
+    sample_rate: int = Field(default=16000, ge=8000, le=48000)
+    record_dir: str = Field(description="Where received audio is kept as WAV")
+
+
+class Simulator(_Strict):
+    control: Endpoint = Field(description="JSON-lines control interface (fault injection, queries)")
+    audio: SimAudio = Field(description="The audio line the gateway's output feeds")
+    time_scale: float = Field(default=1.0, gt=0, le=100, description="Physics speed-up (tests only)")
+    turnaround_ms: float = Field(default=3.0, ge=0, le=1000, description="Default reply turnaround")
+    devices: dict[str, SimDevice] = Field(default_factory=dict)
+    scenarios: list[SimFault] = Field(default_factory=list)
+
+
+class Config(_Strict):
+    gateway: Gateway
+    profiles_dir: str = Field(default="profiles", description="Profile directory, relative to this file")
+    lines: list[Line]
+    devices: list[Device]
+    simulator: Simulator | None = None
+
+    # Filled by load_config after validation; not part of the YAML.
+    _profiles: dict[str, ModbusTerminalProfile | AtFmTransmitterProfile] = PrivateAttr(default_factory=dict)
+    _path: Path | None = PrivateAttr(default=None)
+
+    @property
+    def profiles(self) -> dict[str, ModbusTerminalProfile | AtFmTransmitterProfile]:
+        return self._profiles
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    def line(self, line_id: str) -> SerialLine | TcpLine:
+        return next(line for line in self.lines if line.id == line_id)
+
+    def devices_on(self, line_id: str) -> list[Device]:
+        return [d for d in self.devices if d.line == line_id]
+
+
+class ConfigError(Exception):
+    """All problems found in a configuration file, each naming its key path."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        self.source = source
+        self.errors = errors
+        super().__init__(f"{source}: {len(errors)} error(s)\n" + "\n".join(f"  - {e}" for e in errors))
+
+
+def _key_path(loc: tuple[int | str, ...], data: object) -> str:
+    """Render a pydantic location as ``devices[3](t04).unit_id``, skipping union tags."""
+    out = ""
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            if isinstance(node, dict) and isinstance(node.get("id"), str):
+                out += f"({node['id']})"
+        elif isinstance(node, dict) and part not in node and node.get("type") == part:
+            continue  # discriminated-union tag, not a key in the file
+        else:
+            out += f".{part}" if out else str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return out or "(top level)"
+
+
+def _cross_check(cfg: Config, base: Path) -> list[str]:
+    """Consistency between sections that single-field validation cannot see."""
+    errors: list[str] = []
+    seen: dict[str, str] = {}
+    for i, line in enumerate(cfg.lines):
+        if line.id in seen:
+            errors.append(f"lines[{i}].id: duplicate line id '{line.id}'")
+        seen[line.id] = line.type
+    gw_prefix = area_prefix(cfg.gateway.area_code)
+    profiles_dir = (base / cfg.profiles_dir).resolve()
+    profiles: dict[str, ModbusTerminalProfile | AtFmTransmitterProfile] = {}
+    ids: set[str] = set()
+    units: dict[tuple[str, int], str] = {}
+    fm_lines: dict[str, str] = {}
+    modbus_lines: set[str] = set()
+    for i, dev in enumerate(cfg.devices):
+        where = f"devices[{i}]({dev.id})"
+        if dev.id in ids:
+            errors.append(f"{where}.id: duplicate device id '{dev.id}'")
+        ids.add(dev.id)
+        if not dev.area_code.startswith(gw_prefix):
+            errors.append(f"{where}.area_code: {dev.area_code} is outside the gateway's area "
+                          f"{cfg.gateway.area_code}")
+        if dev.line not in seen:
+            errors.append(f"{where}.line: no line with id '{dev.line}' (known: {', '.join(seen) or 'none'})")
+            continue
+        if dev.profile not in profiles:
+            path = profiles_dir / f"{dev.profile}.yaml"
+            if not path.is_file():
+                errors.append(f"{where}.profile: no profile file {path}")
+                continue
+            try:
+                profiles[dev.profile] = load_profile(path)
+            except ValidationError as exc:
+                errors.extend(f"{where}.profile: {path}: {_key_path(e['loc'][1:], None)}: {e['msg']}"
+                              for e in exc.errors())
+                continue
+            except yaml.YAMLError as exc:
+                errors.append(f"{where}.profile: {path} is not valid YAML: {exc}")
+                continue
+        profile = profiles[dev.profile]
+        line_type = seen[dev.line]
+        if isinstance(profile, ModbusTerminalProfile):
+            modbus_lines.add(dev.line)
+            if dev.unit_id is None:
+                errors.append(f"{where}.unit_id: required for Modbus profile '{dev.profile}'")
+            else:
+                key = (dev.line, dev.unit_id)
+                if key in units:
+                    errors.append(f"{where}.unit_id: {dev.unit_id} already used on line '{dev.line}' "
+                                  f"by '{units[key]}'")
+                units[key] = dev.id
+            for z in dev.zones:
+                if not 1 <= z <= profile.zones:
+                    errors.append(f"{where}.zones: zone {z} does not exist (profile has 1..{profile.zones})")
+            for z in dev.commissioned_impedance_ohm:
+                if z not in dev.zones:
+                    errors.append(f"{where}.commissioned_impedance_ohm: zone {z} is not in zones {dev.zones}")
+        else:
+            if line_type != "serial":
+                errors.append(f"{where}.line: profile '{dev.profile}' needs a serial line, '{dev.line}' is tcp")
+            if dev.unit_id is not None:
+                errors.append(f"{where}.unit_id: profile '{dev.profile}' is not a Modbus device")
+            if dev.line in fm_lines:
+                errors.append(f"{where}.line: line '{dev.line}' already carries '{fm_lines[dev.line]}'")
+            fm_lines[dev.line] = dev.id
+    for line_id in set(fm_lines) & modbus_lines:
+        errors.append(f"lines({line_id}): an AT device and Modbus devices cannot share one line")
+    if cfg.simulator:
+        for name in cfg.simulator.devices:
+            if name not in ids:
+                errors.append(f"simulator.devices.{name}: no device with that id")
+        for i, step in enumerate(cfg.simulator.scenarios):
+            where = f"simulator.scenarios[{i}]"
+            if step.fault == "unplug":
+                if step.line not in seen:
+                    errors.append(f"{where}.line: unplug needs the id of a line")
+            elif step.device not in ids:
+                errors.append(f"{where}.device: no device with id '{step.device}'")
+            if step.fault in ("line_open", "line_short") and step.zone is None:
+                errors.append(f"{where}.zone: required for {step.fault}")
+    cfg._profiles = profiles
+    return errors
+
+
+def parse_config(data: object, source: str = "<config>", base: Path | None = None) -> Config:
+    """Validate a loaded YAML document; raises ConfigError listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["(top level): expected a mapping of sections"])
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [f"{_key_path(e['loc'], data)}: {e['msg']}" for e in exc.errors()]) from None
+    errors = _cross_check(cfg, base or Path.cwd())
+    if errors:
+        raise ConfigError(source, errors)
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, validate and cross-check a configuration file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read file: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+    cfg = parse_config(data, str(path), path.parent)
+    cfg._path = path.resolve()
+    return cfg
