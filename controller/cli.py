@@ -4,13 +4,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
-from controller.config import ConfigError, load_config
+from controller.config import Config, ConfigError, load_config
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+
+
+def run_until_signalled(coro: Coroutine[Any, Any, object]) -> int:
+    """Run a long-lived coroutine; SIGINT/SIGTERM cancel it so its cleanup runs (links, devices)."""
+
+    async def main() -> None:
+        task = asyncio.ensure_future(coro)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    return 0
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
@@ -27,7 +46,7 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_or_exit(path: str | Path) -> object:
+def _load_or_exit(path: str | Path) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -39,24 +58,14 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     from controller.simulation import spec_from_config
     from simulator.runner import run_simulation
 
-    cfg = _load_or_exit(args.config)
-    spec = spec_from_config(cfg)  # type: ignore[arg-type]
-    try:
-        asyncio.run(run_simulation(spec))
-    except KeyboardInterrupt:
-        pass
-    return 0
+    spec = spec_from_config(_load_or_exit(args.config))
+    return run_until_signalled(run_simulation(spec))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from controller.demo import run_demo
 
-    cfg = _load_or_exit(args.config)
-    try:
-        asyncio.run(run_demo(cfg))  # type: ignore[arg-type]
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return run_until_signalled(run_demo(_load_or_exit(args.config)))
 
 
 def build_parser() -> argparse.ArgumentParser:

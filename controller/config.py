@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
@@ -203,6 +203,15 @@ def _key_path(loc: tuple[int | str, ...], data: object) -> str:
     return out or "(top level)"
 
 
+def _message(error: Any) -> str:
+    """pydantic's message, phrased for someone editing a YAML file."""
+    if error["type"] == "extra_forbidden":
+        return "unknown key (check its spelling and indentation)"
+    if error["type"] == "missing":
+        return "required key is missing"
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
 def _cross_check(cfg: Config, base: Path) -> list[str]:
     """Consistency between sections that single-field validation cannot see."""
     errors: list[str] = []
@@ -214,6 +223,7 @@ def _cross_check(cfg: Config, base: Path) -> list[str]:
     gw_prefix = area_prefix(cfg.gateway.area_code)
     profiles_dir = (base / cfg.profiles_dir).resolve()
     profiles: dict[str, ModbusTerminalProfile | AtFmTransmitterProfile] = {}
+    bad_profiles: set[str] = set()
     ids: set[str] = set()
     units: dict[tuple[str, int], str] = {}
     fm_lines: dict[str, str] = {}
@@ -229,15 +239,19 @@ def _cross_check(cfg: Config, base: Path) -> list[str]:
         if dev.line not in seen:
             errors.append(f"{where}.line: no line with id '{dev.line}' (known: {', '.join(seen) or 'none'})")
             continue
+        if dev.profile in bad_profiles:
+            continue
         if dev.profile not in profiles:
+            bad_profiles.add(dev.profile)  # until it loads: report a broken profile once
             path = profiles_dir / f"{dev.profile}.yaml"
             if not path.is_file():
                 errors.append(f"{where}.profile: no profile file {path}")
                 continue
             try:
                 profiles[dev.profile] = load_profile(path)
+                bad_profiles.discard(dev.profile)
             except ValidationError as exc:
-                errors.extend(f"{where}.profile: {path}: {_key_path(e['loc'][1:], None)}: {e['msg']}"
+                errors.extend(f"{where}.profile: {path}: {_key_path(e['loc'][1:], None)}: {_message(e)}"
                               for e in exc.errors())
                 continue
             except yaml.YAMLError as exc:
@@ -263,7 +277,8 @@ def _cross_check(cfg: Config, base: Path) -> list[str]:
                     errors.append(f"{where}.commissioned_impedance_ohm: zone {z} is not in zones {dev.zones}")
         else:
             if line_type != "serial":
-                errors.append(f"{where}.line: profile '{dev.profile}' needs a serial line, '{dev.line}' is tcp")
+                errors.append(f"{where}.line: profile '{dev.profile}' needs a serial line, "
+                              f"'{dev.line}' is tcp")
             if dev.unit_id is not None:
                 errors.append(f"{where}.unit_id: profile '{dev.profile}' is not a Modbus device")
             if dev.line in fm_lines:
@@ -295,7 +310,8 @@ def parse_config(data: object, source: str = "<config>", base: Path | None = Non
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, [f"{_key_path(e['loc'], data)}: {e['msg']}" for e in exc.errors()]) from None
+        problems = [f"{_key_path(e['loc'], data)}: {_message(e)}" for e in exc.errors()]
+        raise ConfigError(source, problems) from None
     errors = _cross_check(cfg, base or Path.cwd())
     if errors:
         raise ConfigError(source, errors)
