@@ -68,6 +68,8 @@ class SerialLine(_Strict):
                                         description="Consecutive failed polls before a device is offline")
     offline_poll_every: int = Field(default=5, ge=1, le=100,
                                     description="Poll an offline device only every N cycles")
+    poll_interval_s: float = Field(default=1.0, ge=0, le=300,
+                                   description="Shortest time between the starts of two health-poll cycles")
 
     @field_validator("baudrate")
     @classmethod
@@ -88,6 +90,7 @@ class TcpLine(_Strict):
     retries: int = Field(default=2, ge=0, le=5)
     offline_after_failures: int = Field(default=3, ge=1, le=20)
     offline_poll_every: int = Field(default=5, ge=1, le=100)
+    poll_interval_s: float = Field(default=1.0, ge=0, le=300)
 
 
 Line = Annotated[SerialLine | TcpLine, Field(discriminator="type")]
