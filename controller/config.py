@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from controller.broadcasts import BroadcastRequest
 from drivers.profile import AtFmTransmitterProfile, ModbusTerminalProfile, load_profile
 
 AREA_CODE = re.compile(r"^\d{12}$")
@@ -153,11 +154,61 @@ class Simulator(_Strict):
     scenarios: list[SimFault] = Field(default_factory=list)
 
 
+class ApiSettings(_Strict):
+    host: str = Field(default="127.0.0.1", description="Listen address; loopback unless you mean it")
+    port: int = Field(default=8080, ge=1, le=65535)
+
+
+class AudioOutput(_Strict):
+    """Where the gateway's program audio goes (the line-out that feeds amplifiers and the FM)."""
+
+    sink: Literal["sim_line", "alsa", "wav"] = Field(
+        default="sim_line",
+        description="sim_line: the simulator's audio line; alsa: a sound card; wav: files")
+    host: str = Field(default="127.0.0.1", description="sim_line: the simulator's audio host")
+    port: int | None = Field(default=None, ge=1, le=65535,
+                             description="sim_line: audio port (default: simulator.audio.port)")
+    alsa_device: str = Field(default="default", description="alsa: PCM device name, e.g. hw:0,0")
+    wav_dir: str | None = Field(default=None, description="wav: directory the played programs go to")
+    sample_rate: int = Field(default=16000, ge=8000, le=48000)
+    time_scale: float = Field(default=1.0, gt=0, le=100,
+                              description="Play faster than real time (tests and simulator only)")
+
+
+class SpeechSettings(_Strict):
+    rate_wpm: int = Field(default=150, ge=60, le=400, description="Speaking rate, words per minute")
+    max_chars: int = Field(default=2000, ge=1, le=10000, description="Longest text accepted for speech")
+
+
+class BroadcastSettings(_Strict):
+    daily_volume: int = Field(default=70, ge=0, le=100, description="Volume when a request names none")
+    ready_timeout_s: float = Field(default=15.0, gt=0, le=120,
+                                   description="Longest wait for amplifiers to report ready")
+    evidence_retention_days: int = Field(default=90, ge=1, le=3650,
+                                         description="How long played program audio is kept")
+
+
+class Schedule(_Strict):
+    """A broadcast on a calendar: daily programs and routine system tests."""
+
+    id: str = Field(pattern=IDENT)
+    cron: str = Field(description="Five-field cron expression in gateway local time, e.g. '0 7 * * *'")
+    enabled: bool = True
+    request: dict[str, Any] = Field(description="The broadcast request, as for POST /api/v1/broadcasts")
+
+
 class Config(_Strict):
     gateway: Gateway
     profiles_dir: str = Field(default="profiles", description="Profile directory, relative to this file")
+    state_dir: str = Field(default="/var/lib/ebc",
+                           description="Journal (SQLite), tokens, speech cache and audio evidence")
     lines: list[Line]
     devices: list[Device]
+    api: ApiSettings = ApiSettings()
+    audio_output: AudioOutput = AudioOutput()
+    speech: SpeechSettings = SpeechSettings()
+    broadcast: BroadcastSettings = BroadcastSettings()
+    schedules: list[Schedule] = Field(default_factory=list)
     simulator: Simulator | None = None
 
     # Filled by load_config after validation; not part of the YAML.
@@ -302,6 +353,16 @@ def _cross_check(cfg: Config, base: Path) -> list[str]:
                 errors.append(f"{where}.device: no device with id '{step.device}'")
             if step.fault in ("line_open", "line_short") and step.zone is None:
                 errors.append(f"{where}.zone: required for {step.fault}")
+    for i, sched in enumerate(cfg.schedules):
+        try:
+            BroadcastRequest.model_validate(sched.request)
+        except ValidationError as exc:
+            errors.extend(f"schedules[{i}]({sched.id}).request.{_key_path(e['loc'], sched.request)}: "
+                          f"{_message(e)}" for e in exc.errors())
+    if cfg.audio_output.sink == "sim_line" and cfg.audio_output.port is None and cfg.simulator is None:
+        errors.append("audio_output.port: required for sink sim_line when there is no simulator section")
+    if cfg.audio_output.sink == "wav" and not cfg.audio_output.wav_dir:
+        errors.append("audio_output.wav_dir: required for sink wav")
     cfg._profiles = profiles
     return errors
 
