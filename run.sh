@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(mbpoll mosquitto)
+APT_PACKAGES=(mbpoll mosquitto alsa-utils)
 
 install_system_packages() {
     local missing=()

@@ -1,0 +1,199 @@
+"""Broadcast programs: tone first and at once, speech when ready, repeats, layout, resampling."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import math
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from test_tones import goertzel_power
+
+from controller.broadcasts import BroadcastRequest, Tone
+from controller.program import Program, build_program, uploaded_audio, wav_output_samples, wav_pcm
+from controller.tones import chime
+from controller.tts import SpeechError, SpeechService, TextTooLong
+from drivers.audio_output import has_sound
+
+RATE = 16000
+CHUNK = 320  # 20 ms
+
+
+def write_wav(path: Path, *, rate: int = 22050, seconds: float = 1.0, hz: float = 1000.0, channels: int = 1,
+              width: int = 2, level: float = 0.5) -> Path:
+    """A sine WAV in any PCM layout (the shapes uploaded audio comes in)."""
+    frames = bytearray()
+    for i in range(round(rate * seconds)):
+        value = level * math.sin(2 * math.pi * hz * i / rate)
+        if width == 1:
+            sample = bytes([round(128 + 127 * value)])
+        else:
+            sample = round(value * (2 ** (8 * width - 1) - 1)).to_bytes(width, "little", signed=True)
+        frames += sample * channels
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(channels)
+        wav.setsampwidth(width)
+        wav.setframerate(rate)
+        wav.writeframes(bytes(frames))
+    return path
+
+
+async def collect(program: Program) -> list[bytes]:
+    return [chunk async for chunk in program.chunks()]
+
+
+@pytest.fixture
+async def speech(tmp_path: Path) -> AsyncIterator[SpeechService]:
+    service = SpeechService(tmp_path / "cache")
+    yield service
+    await service.close()
+
+
+async def test_tone_starts_before_speech_is_ready_and_the_wait_is_counted(tmp_path: Path):
+    voice_file = write_wav(tmp_path / "voice.wav", seconds=1.0)
+    release = asyncio.Event()
+    asked = asyncio.Event()
+
+    async def slow_voice() -> Path:
+        asked.set()
+        await release.wait()
+        return voice_file
+
+    program = Program(RATE, tone=Tone.CHIME, voice=slow_voice)
+    chunks = program.chunks()
+    first = await anext(chunks)
+    assert has_sound(first)  # the chime, before the voice exists
+    assert program.duration_s is None
+    received = [first]
+    tone_and_pause = round((1.5 + 0.5) * RATE / CHUNK)
+    while len(received) < tone_and_pause + 10:  # 10 chunks (200 ms) into the wait
+        received.append(await anext(chunks))
+    assert asked.is_set() and not release.is_set()
+    assert not any(has_sound(c) for c in received[tone_and_pause:])
+    release.set()
+    received += [c async for c in chunks]
+    assert program.waited_s >= 0.2
+    kinds = [s.kind for s in program.layout]
+    assert kinds == ["tone", "pause", "wait", "speech"]
+    assert program.layout[2].duration_s == pytest.approx(program.waited_s)
+    assert sum(len(c) for c in received) / 2 / RATE == pytest.approx(program.duration_s)
+    assert program.duration_s == pytest.approx(1.5 + 0.5 + program.waited_s + 1.0)
+
+
+async def test_layout_of_repeats_with_gaps(tmp_path: Path):
+    voice = write_wav(tmp_path / "v.wav", seconds=2.0)
+    program = Program(RATE, tone=Tone.CHIME, voice=voice, repeat=3, gap_s=1.0)
+    assert program.duration_s == pytest.approx(3 * (1.5 + 0.5 + 2.0) + 2 * 1.0)  # known before playing
+    layout = [(s.kind, round(s.start_s, 3), round(s.end_s, 3), s.repeat) for s in program.layout]
+    assert layout[:5] == [("tone", 0.0, 1.5, 0), ("pause", 1.5, 2.0, 0), ("speech", 2.0, 4.0, 0),
+                          ("gap", 4.0, 5.0, 1), ("tone", 5.0, 6.5, 1)]
+    assert layout[-1] == ("speech", 12.0, 14.0, 2)
+    chunks = await collect(program)
+    assert {len(c) for c in chunks[:-1]} == {2 * CHUNK}
+    pcm = array.array("h", b"".join(chunks))
+    assert len(pcm) / RATE == pytest.approx(program.duration_s)
+    for seg in program.layout:  # sound exactly where the layout says
+        part = pcm[round(seg.start_s * RATE) + 160:round(seg.end_s * RATE) - 160]
+        assert has_sound(part.tobytes()) == (seg.kind in ("tone", "speech")), seg
+    assert program.waited_s == 0
+
+
+async def test_tone_only_and_speech_only_programs(tmp_path: Path):
+    tone_only = Program(RATE, tone=Tone.SIREN)
+    assert [s.kind for s in tone_only.layout] == ["tone"]
+    assert sum(map(len, await collect(tone_only))) == 12 * RATE * 2
+    voice = write_wav(tmp_path / "v.wav", seconds=0.5)
+    speech_only = Program(RATE, tone=Tone.NONE, voice=voice, repeat=2, gap_s=0.25)
+    assert [s.kind for s in speech_only.layout] == ["speech", "gap", "speech"]
+    assert sum(map(len, await collect(speech_only))) / 2 / RATE == pytest.approx(1.25)
+
+
+async def test_a_program_plays_once(tmp_path: Path):
+    program = Program(RATE, tone=chime())
+    await collect(program)
+    with pytest.raises(RuntimeError, match="once"):
+        await collect(program)
+
+
+async def test_speech_failure_surfaces_after_the_tone():
+    async def broken() -> Path:
+        raise SpeechError("speech synthesis failed twice, giving up")
+
+    program = Program(RATE, tone=Tone.CHIME, voice=broken)
+    got = 0
+    with pytest.raises(SpeechError):
+        async for chunk in program.chunks():
+            got += len(chunk)
+    assert got >= 2 * round(2.0 * RATE)  # the alert signal went out regardless
+
+
+async def test_stopping_early_cancels_the_synthesis():
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def endless() -> Path:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        raise AssertionError("unreachable")
+
+    chunks = Program(RATE, tone=Tone.CHIME, voice=endless).chunks()
+    await anext(chunks)
+    await asyncio.sleep(0)
+    assert started.is_set()
+    await chunks.aclose()
+    assert cancelled.is_set()
+
+
+@pytest.mark.parametrize(("rate", "channels", "width"), [
+    (22050, 1, 2), (44100, 2, 2), (48000, 2, 3), (8000, 1, 1), (16000, 1, 4), (32000, 1, 2),
+])
+def test_wav_input_is_resampled_to_the_output_rate(tmp_path: Path, rate: int, channels: int, width: int):
+    path = write_wav(tmp_path / "in.wav", rate=rate, seconds=0.8, hz=1000, channels=channels, width=width)
+    pcm = array.array("h", b"".join(wav_pcm(path, RATE, CHUNK)))
+    assert len(pcm) == wav_output_samples(path, RATE) == round(0.8 * RATE)
+    block = pcm[1600:9600]
+    assert goertzel_power(block, 1000, RATE) > 100 * goertzel_power(block, 1500, RATE)
+    peak = max(abs(s) for s in block)
+    assert peak == pytest.approx(0.5 * 32767, rel=0.03)  # level kept (stereo averaged, not summed)
+
+
+async def test_real_speech_program(speech: SpeechService):
+    request = BroadcastRequest.model_validate({
+        "class": "emergency", "severity": 3, "targets": {"all": True},
+        "text": "暴雨黄色预警。请注意防范。", "repeat": 2, "gap_s": 0.5})
+    program = build_program(request, speech, RATE)
+    assert program.signal.name == "chime"
+    chunks = program.chunks()
+    first = await anext(chunks)
+    assert has_sound(first)
+    rest = [c async for c in chunks]
+    assert program.duration_s is not None
+    assert (len(first) + sum(map(len, rest))) / 2 / RATE == pytest.approx(program.duration_s)
+    speech_segments = [s for s in program.layout if s.kind == "speech"]
+    assert len(speech_segments) == 2 and speech_segments[0].duration_s > 2
+
+
+def test_build_program_refuses_bad_input_before_playing(tmp_path: Path):
+    service = SpeechService(tmp_path / "cache", max_chars=10)
+    request = BroadcastRequest.model_validate({"class": "daily", "targets": {"all": True},
+                                               "text": "这是一条超过十个字的日常广播通知。"})
+    with pytest.raises(TextTooLong):
+        build_program(request, service, RATE)
+    clip = BroadcastRequest.model_validate({"class": "daily", "targets": {"all": True},
+                                            "audio_id": "morning"})
+    with pytest.raises(ValueError, match="no audio directory"):
+        build_program(clip, service, RATE)
+    with pytest.raises(ValueError, match="no uploaded audio"):
+        build_program(clip, service, RATE, audio_dir=tmp_path)
+    write_wav(tmp_path / "morning.wav", seconds=0.3)
+    program = build_program(clip, service, RATE, audio_dir=tmp_path)
+    assert program.duration_s == pytest.approx(1.5 + 0.5 + 0.3)
+    for bad in ("../secret", "a/b", ".hidden"):
+        with pytest.raises(ValueError, match="not a valid audio id"):
+            uploaded_audio(bad, tmp_path)
