@@ -68,6 +68,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_until_signalled(run_demo(_load_or_exit(args.config)))
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from controller.daemon import run_daemon
+    from controller.logs import setup_logging
+
+    setup_logging(args.log_format, verbose=args.verbose)
+    asyncio.run(run_daemon(_load_or_exit(args.config)))
+    return 0
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from controller.token_cli import token_command
+
+    return token_command(args, _load_or_exit(args.config))
+
+
+def _cmd_say(args: argparse.Namespace) -> int:
+    from controller.tts import say_command
+
+    cfg = _load_or_exit(args.config) if args.config else None
+    return say_command(args.text, args.lang, Path(args.output), cfg)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ebc", description="Township emergency-broadcast gateway")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -77,7 +99,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="gateway config with a simulator section")
     p.set_defaults(func=_cmd_sim)
 
-    p = sub.add_parser("demo", help="simulator + live status of every polled device (config/demo.yaml)")
+    p = sub.add_parser("run", help="run the gateway daemon")
+    p.add_argument("--config", required=True, help="gateway config file")
+    p.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="text (default) or one JSON object per line")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("token", help="API tokens: create (printed once), list, revoke")
+    tsub = p.add_subparsers(dest="token_command", required=True)
+    t = tsub.add_parser("create", help="create a token; it is printed once, only its hash is stored")
+    t.add_argument("name")
+    t.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    t.add_argument("--config", required=True)
+    t = tsub.add_parser("list", help="list active tokens (names, roles, ids)")
+    t.add_argument("--config", required=True)
+    t = tsub.add_parser("revoke", help="revoke a token by name")
+    t.add_argument("name")
+    t.add_argument("--config", required=True)
+    p.set_defaults(func=_cmd_token)
+
+    p = sub.add_parser("say", help="speak a text into a WAV file (the gateway's voice and normalisation)")
+    p.add_argument("text")
+    p.add_argument("--lang", choices=["zh", "en"], default="zh", help="zh (Mandarin, default) or en")
+    p.add_argument("-o", "--output", required=True, help="WAV file to write")
+    p.add_argument("--config", help="use this gateway's speech settings and cache "
+                   "(default: ~/.cache/ebc/speech)")
+    p.set_defaults(func=_cmd_say)
+
+    p = sub.add_parser("demo", help="simulator + daemon on config/demo.yaml, API on :8080, fresh admin token")
     p.add_argument("--config", default=str(DEMO_CONFIG), help="config file (default: the demo township)")
     p.set_defaults(func=_cmd_demo)
 

@@ -1,7 +1,8 @@
-"""``ebc demo``: the simulated township and a live status board of every polled device.
+"""``ebc demo``: the simulated township, the whole daemon on it, and a fresh admin token to try it.
 
-The simulator runs as its own process, exactly like real hardware would, and the board reaches
-it only through the serial ptys and TCP ports, via the same drivers the daemon uses.
+The simulator runs as its own process, exactly like real hardware would; the daemon reaches it
+only through the serial ptys and TCP ports. Each run makes a new admin token (and revokes the
+previous demo ones) and prints one curl line that plays a test announcement.
 """
 
 from __future__ import annotations
@@ -9,20 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import socket
 import subprocess
 import sys
 import time
-import unicodedata
 from pathlib import Path
 
+from controller.auth import Actor, Role, install_redaction
+from controller.broadcasts import BroadcastState
 from controller.config import Config, SerialLine
-from controller.hardware import Hardware
-from drivers.fm_transmitter import FmAlarm, FmTransmitter
-from drivers.line_poller import PollResult
+from controller.daemon import Daemon
 
-REFRESH_S = 2.0
-STATE_TEXT = {True: "在线 online", False: "离线 OFFLINE"}
+STATUS_EVERY_S = 2.0
+STATUS_AT_LEAST_S = 60.0
+DEMO_TOKEN_PREFIX = "demo-admin-"
+TEST_TEXT = "这是一次应急广播系统测试。"
 
 
 async def _wait_for_simulator(cfg: Config, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
@@ -41,82 +44,79 @@ async def _wait_for_simulator(cfg: Config, proc: subprocess.Popen[bytes], timeou
     raise RuntimeError(f"simulator did not come up within {timeout_s:.0f} s")
 
 
-def _terminal_line(cfg: Config, result: PollResult | None, device_id: str) -> str:
-    dev = next(d for d in cfg.devices if d.id == device_id)
-    head = f"{dev.id:<5} {_pad(dev.name, 16)}"
-    if result is None:
-        return f"{head} (not polled yet)"
-    snap = result.snapshot
-    if not snap.online:
-        age = time.time() - snap.timestamp
-        state = _pad(STATE_TEXT[result.online], 13)
-        return f"{head} {state} {snap.failure or ''} {snap.error[:50]} ({age:.0f}s ago)"
-    v = snap.values
-    flags = [name for name in ("on_battery", "amp_fault", "over_temperature", "line_fault", "tamper")
-             if v.get(name)]
-    return (f"{head} {_pad(STATE_TEXT[True], 13)} amp={'on ' if v.get('amp_power') else 'off'} "
-            f"vol={v.get('volume')!s:>3} temp={v.get('amp_temperature')!s:>5}°C "
-            f"mains={v.get('mains_voltage')!s:>5}V batt={v.get('battery_voltage')!s:>5}V "
-            f"fw={v.get('firmware')} up={v.get('uptime_s')}s {' '.join(flags) or 'ok'}")
+def _fresh_token(daemon: Daemon) -> str:
+    """A new admin token for this run; earlier demo tokens stop working."""
+    store = daemon.store
+    system = Actor.system("ebc demo")
+    for info in store.list_tokens():
+        if info.name.startswith(DEMO_TOKEN_PREFIX) and store.revoke_token(info.name):
+            store.audit(system, "token.revoke", info.name)
+    name = DEMO_TOKEN_PREFIX + time.strftime("%Y%m%d-%H%M%S")
+    token = store.create_token(name, Role.ADMIN)
+    store.audit(system, "token.create", name, {"role": Role.ADMIN.value})
+    return token
 
 
-def _pad(text: str, width: int) -> str:
-    """Left-justify for a terminal, where CJK characters take two columns."""
-    used = sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
-    return text + " " * max(width - used, 0)
+def _banner(cfg: Config, token: str) -> str:
+    base = f"http://{cfg.api.host}:{cfg.api.port}"
+    body = '{"class":"drill","targets":{"all":true},"text":"' + TEST_TEXT + '"}'
+    header = shlex.quote(f"Authorization: Bearer {token}")
+    return "\n".join([
+        f"{cfg.gateway.name} ({cfg.gateway.id}) is up on the simulator.",
+        f"  API:      {base}/api/v1   (OpenAPI: {base}/docs)",
+        f"  Token:    {token}   (admin, made for this run only)",
+        "",
+        "Play a test announcement on every loudspeaker:",
+        f"  curl -sS -H {header} -H 'Content-Type: application/json' -d '{body}' {base}/api/v1/broadcasts",
+        "See how it went (use the id from the answer):",
+        f"  curl -sS -H {header} {base}/api/v1/broadcasts/<id>",
+        "Fault injection: docs/simulator.md.  Ctrl-C to stop.",
+        "",
+    ])
 
 
-async def _fm_line(fm_id: str, fm: FmTransmitter) -> str:
-    try:
-        st = await fm.status()
-    except Exception as exc:  # the board shows any failure instead of dying
-        return f"{fm_id:<5} {_pad('FM transmitter', 16)} unreachable: {exc}"
-    alarms = ",".join(st.alarm.names) or "none"
-    return (f"{fm_id:<5} {_pad('FM transmitter', 16)} fwd={st.forward_w:.1f}W ref={st.reflected_w:.1f}W "
-            f"vswr={st.vswr} temp={st.temperature_c:.1f}°C alarms={alarms}")
+def _status_line(daemon: Daemon) -> str:
+    views = daemon.registry.devices.values()
+    online = sum(1 for v in views if v.online)
+    counts = daemon.store.broadcast_counts()
+    last = daemon.store.list_broadcasts(limit=1)
+    tail = ""
+    if last:
+        b = last[0]
+        coverage = f" {b['coverage']:.0%}" if b["coverage"] is not None else ""
+        tail = f" · last {b['id']} {b['state'].name.lower()}{coverage}"
+    return (f"devices online {online}/{len(daemon.registry.devices)}"
+            f" · playing {counts[BroadcastState.PLAYING]} · waiting {counts[BroadcastState.WAITING]}{tail}")
 
 
-async def _board(cfg: Config, hw: Hardware, latest: dict[str, PollResult]) -> None:
-    clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
+async def _status(daemon: Daemon) -> None:
+    """One compact line when something changed (and at least once a minute), not a whole board."""
+    shown, shown_at = "", 0.0
     while True:
-        await asyncio.sleep(REFRESH_S)
-        out = [f"{clear}{cfg.gateway.name} ({cfg.gateway.id}) — {time.strftime('%H:%M:%S')}  Ctrl-C to stop"]
-        for line_id, poller in hw.pollers.items():
-            stats = hw.arbiters[line_id].stats
-            cyc = poller.stats
-            out.append(f"\n[{line_id}] cycle {cyc.last_cycle_s * 1000:.0f} ms, requests {stats.requests}, "
-                       f"timeouts {stats.timeouts}, crc {stats.crc_errors}, "
-                       f"latency avg {stats.latency_avg_ms:.1f} ms")
-            out.extend(_terminal_line(cfg, latest.get(t.device_id), t.device_id) for t in poller.terminals)
-        for fm_id, fm in hw.transmitters.items():
-            out.append("\n" + await _fm_line(fm_id, fm))
-        print("\n".join(out), flush=True)
+        line = _status_line(daemon)
+        if line != shown or time.monotonic() - shown_at > STATUS_AT_LEAST_S:
+            print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
+            shown, shown_at = line, time.monotonic()
+        await asyncio.sleep(STATUS_EVERY_S)
 
 
 async def run_demo(cfg: Config) -> None:
-    """Start the simulator process, poll everything, print the board until cancelled."""
+    """Start the simulator process and the daemon on it; print how to use it; run until cancelled."""
     if cfg.simulator is None or cfg.path is None:
         raise SystemExit("ebc demo needs a config file with a simulator section")
+    install_redaction()
     cmd = [sys.executable, "-m", "controller.cli", "sim", "--config", str(cfg.path)]
-    sim = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    latest: dict[str, PollResult] = {}
-
-    def on_poll(result: PollResult) -> None:
-        latest[result.device_id] = result
-
-    def on_alarm(device_id: str, alarm: FmAlarm) -> None:
-        print(f"*** {device_id} alarm: {', '.join(alarm.names) or 'cleared'}", flush=True)
-
-    hw = Hardware.from_config(cfg, on_poll=on_poll, on_fm_alarm=on_alarm)
+    # Its own session: Ctrl-C goes to the whole foreground group, and the simulated terminals must
+    # outlive the daemon's shutdown so it can switch them off; the simulator is stopped last.
+    sim = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    daemon = Daemon(cfg)
     try:
         await _wait_for_simulator(cfg, sim)
-        await hw.start()
-        print(f"simulator up; polling {len(hw.terminals)} terminals on {len(hw.pollers)} lines "
-              f"and {len(hw.transmitters)} FM transmitter(s). Fault injection: see docs/simulator.md",
-              flush=True)
-        await _board(cfg, hw, latest)
+        await daemon.start()
+        print(_banner(cfg, _fresh_token(daemon)), flush=True)
+        await _status(daemon)
     finally:
-        await hw.stop()
+        await asyncio.shield(daemon.stop())
         sim.terminate()
         try:
             sim.wait(10)

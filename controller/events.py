@@ -33,7 +33,7 @@ class EventBus:
         self._subs: set[_Subscription] = set()
         self._queue_size = queue_size
 
-    def publish(self, kind: str, **data: Any) -> Event:
+    def publish(self, kind: str, /, **data: Any) -> Event:
         event = Event(kind, data)
         for sub in self._subs:
             if sub.queue.full():

@@ -18,6 +18,8 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import hashlib
+import io
 import re
 import sys
 import wave
@@ -309,3 +311,45 @@ def uploaded_audio(audio_id: str, audio_dir: Path | None) -> Path:
     if not path.is_file():
         raise ValueError(f"no uploaded audio with id {audio_id!r}")
     return path
+
+
+@dataclass(frozen=True)
+class UploadedAudio:
+    audio_id: str
+    duration_s: float
+    sample_rate: int
+    channels: int
+    bytes: int
+
+
+MAX_UPLOAD_SECONDS = 600.0
+
+
+def store_uploaded_audio(data: bytes, audio_dir: Path) -> UploadedAudio:
+    """Check an uploaded recording and keep it under a content-derived id (same clip, same id).
+
+    Only uncompressed PCM WAV that this module can play is accepted, so a broadcast that names
+    the clip later cannot fail on its format in the middle of an emergency.
+    """
+    try:
+        with wave.open(io.BytesIO(data), "rb") as wav:
+            comp, channels, width = wav.getcomptype(), wav.getnchannels(), wav.getsampwidth()
+            rate, frames = wav.getframerate(), wav.getnframes()
+    except (wave.Error, EOFError) as exc:
+        raise ValueError(f"not a WAV file ({exc})") from None
+    if comp != "NONE":
+        raise ValueError("only uncompressed PCM WAV is accepted")
+    if channels not in (1, 2) or width not in (1, 2, 3, 4) or not 8000 <= rate <= 48000:
+        raise ValueError(f"unsupported WAV: {channels} channels, {8 * width}-bit, {rate} Hz "
+                         "(mono or stereo, 8-32 bit, 8-48 kHz)")
+    duration = frames / rate
+    if not 0 < duration <= MAX_UPLOAD_SECONDS:
+        raise ValueError(f"recording is {duration:.1f} s long; 0-{MAX_UPLOAD_SECONDS:.0f} s accepted")
+    audio_id = "clip-" + hashlib.sha256(data).hexdigest()[:20]
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    path = audio_dir / f"{audio_id}.wav"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return UploadedAudio(audio_id, round(duration, 3), rate, channels, len(data))

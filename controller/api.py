@@ -1,0 +1,467 @@
+"""The local REST API (``/api/v1``): devices, broadcasts, schedules, audit, tokens, events, metrics.
+
+Everything except ``/api/v1/health`` needs a bearer token (controller/auth.py); there are no default
+credentials, so a gateway with no token created answers 401 to all of it. Every change is audited
+with the actor, remote address and token id. Errors are JSON ``{"error", "field", "details"}``
+with the right 4xx code, so a duty officer's console and the county's scripts can show the cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Protocol
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from controller.auth import Actor, AuthError, Role, require
+from controller.broadcasts import FINAL_STATES, BroadcastRequest, BroadcastState
+from controller.config import IDENT, Config
+from controller.device_state import DeviceRegistry
+from controller.events import Event, EventBus
+from controller.hardware import Hardware
+from controller.program import store_uploaded_audio
+from controller.scheduler import Scheduler, validate_cron
+from controller.store import DuplicateError, Store
+from controller.targets import TargetError, resolve
+from controller.tts import TextTooLong
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/api/v1"
+MAX_BODY_BYTES = 256 * 1024
+MAX_AUDIO_BYTES = 32 * 1024 * 1024
+AUDIO_PATH = f"{PREFIX}/audio"
+KEEPALIVE_S = 15.0
+
+
+class BroadcastEngineApi(Protocol):
+    """What the API needs from the broadcast engine (controller/engine.py)."""
+
+    async def submit(self, request: BroadcastRequest, actor: Actor) -> str: ...
+
+    async def cancel(self, broadcast_id: str, actor: Actor) -> bool: ...
+
+    audio_dir: Path
+    """Where uploaded recordings are kept (``audio_id`` in a request names one)."""
+
+
+@dataclass
+class ApiServices:
+    """Everything the routes reach; built by the daemon (or a test) and handed to :func:`create_app`."""
+
+    cfg: Config
+    store: Store
+    engine: BroadcastEngineApi
+    registry: DeviceRegistry
+    bus: EventBus
+    hardware: Hardware | None = None
+    scheduler: Scheduler | None = None
+    """Told about API-created schedules (``reload()``); shows next runs (``snapshot()``)."""
+    started_at: float = field(default_factory=time.time)
+    keepalive_s: float = KEEPALIVE_S
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set at shutdown so open event streams end and the server can stop."""
+
+
+class ApiError(Exception):
+    """A client error with a clear message and, where it applies, the offending field."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+
+
+class ScheduleIn(BaseModel):
+    """A calendar entry created through the API (config-file schedules are read-only here)."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=IDENT, description="Lower-case id: letters, digits, - and _")
+    cron: str = Field(description="Five-field cron expression in gateway local time, e.g. '0 7 * * *'")
+    enabled: bool = True
+    request: BroadcastRequest
+
+
+Viewer = Annotated[Actor, Depends(require(Role.VIEWER))]
+Operator = Annotated[Actor, Depends(require(Role.OPERATOR))]
+Admin = Annotated[Actor, Depends(require(Role.ADMIN))]
+
+
+# -- error bodies -----------------------------------------------------------------------------------
+
+
+def _error(status: int, message: str, field: str | None = None, details: list[Any] | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "field": field, "details": details or []}, status_code=status,
+                        headers=headers)
+
+
+def _field_path(loc: tuple[Any, ...]) -> str | None:
+    """``("body", "targets", "area_codes", 0)`` → ``targets.area_codes.0``."""
+    if loc and loc[0] in ("body", "query", "path", "header"):
+        loc = loc[1:]
+    return ".".join(map(str, loc)) or None
+
+
+def _problem(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown field (check its spelling)"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "json_invalid":
+        return f"request body is not valid JSON ({err.get('ctx', {}).get('error', 'decode error')})"
+    return str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+
+
+async def _on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    details = []
+    for err in exc.errors():
+        path = None if err.get("type") == "json_invalid" else _field_path(tuple(err.get("loc", ())))
+        details.append({"field": path, "problem": _problem(err)})
+    first = details[0] if details else {"field": None, "problem": "invalid request"}
+    message = f"{first['field']}: {first['problem']}" if first["field"] else first["problem"]
+    if len(details) > 1:
+        message += f" (and {len(details) - 1} more)"
+    return _error(422, message, first["field"], details)
+
+
+async def _on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    message = {404: "no such endpoint", 405: "method not allowed on this endpoint"}.get(exc.status_code)
+    return _error(exc.status_code, message or str(exc.detail), headers=getattr(exc, "headers", None))
+
+
+async def _on_auth(_: Request, exc: AuthError) -> JSONResponse:
+    headers = None
+    if exc.status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="ebc"'}
+    return _error(exc.status, exc.message, headers=headers)
+
+
+async def _on_api(_: Request, exc: ApiError) -> JSONResponse:
+    return _error(exc.status, exc.message, exc.field)
+
+
+async def _on_crash(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    return _error(500, "internal error; see the gateway log")
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413: by Content-Length up front, else while reading.
+
+    Past the limit, reading the body raises HTTPException(413), which FastAPI passes through to the
+    JSON error handler; a declared length over the limit is answered without reading anything.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, per_path: dict[str, int] | None = None) -> None:
+        self.app, self.limit, self.per_path = app, limit, per_path or {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.per_path.get(scope.get("path", ""), self.limit)
+        declared = dict(scope.get("headers", ())).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await _error(413, _too_large(limit))(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise StarletteHTTPException(413, _too_large(limit))
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _too_large(limit: int = MAX_BODY_BYTES) -> str:
+    return f"request body too large (limit {limit // 1024} KiB)"
+
+
+# -- representations ----------------------------------------------------------------------------------
+
+
+def _state_name(state: BroadcastState) -> str:
+    return state.name.lower()
+
+
+def _broadcast_out(record: dict[str, Any]) -> dict[str, Any]:
+    state: BroadcastState = record["state"]
+    return {**record, "state": _state_name(state), "state_code": int(state),
+            "location": f"{PREFIX}/broadcasts/{record['id']}"}
+
+
+def _parse_state(value: str | None) -> BroadcastState | None:
+    if value is None:
+        return None
+    for state in BroadcastState:
+        if value.lower() == _state_name(state) or value == str(int(state)):
+            return state
+    names = ", ".join(_state_name(s) for s in BroadcastState)
+    raise ApiError(422, f"state: unknown state '{value}' (known: {names} or codes 0-5)", "state")
+
+
+def _check_targets(cfg: Config, request: BroadcastRequest, prefix: str = "") -> None:
+    """422 before journalling a request that reaches nothing here (the engine resolves the same way)."""
+    try:
+        resolve(cfg, request.targets)
+    except TargetError as exc:
+        where = prefix + exc.field
+        raise ApiError(422, f"{where}: {exc}", where) from None
+
+
+def _refusal(exc: ValueError, body: BroadcastRequest) -> tuple[str, str | None]:
+    """Message and field for a request the engine refused."""
+    if isinstance(exc, TargetError):
+        field: str | None = exc.field
+    elif isinstance(exc, TextTooLong):
+        field = "text"
+    else:
+        field = "audio_id" if body.audio_id is not None else None
+    return (f"{field}: {exc}" if field else str(exc)), field
+
+
+def _sse(event: Event, seq: int) -> str:
+    data = json.dumps({**event.data, "ts": event.ts}, ensure_ascii=False, default=str)
+    return f"id: {seq}\nevent: {event.kind}\ndata: {data}\n\n"
+
+
+async def _event_stream(services: ApiServices) -> AsyncIterator[str]:
+    """SSE from the event bus, with a keep-alive comment so proxies and clients see the link live."""
+    events = services.bus.subscribe().__aiter__()
+    stopping = asyncio.ensure_future(services.stopping.wait())
+    pending: asyncio.Future[Event] | None = None
+    seq = 0
+    try:
+        yield ": connected\n\n"
+        while not services.stopping.is_set():
+            if pending is None:
+                pending = asyncio.ensure_future(events.__anext__())
+            done, _ = await asyncio.wait({pending, stopping}, timeout=services.keepalive_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if pending in done:
+                event, pending = pending.result(), None
+                seq += 1
+                yield _sse(event, seq)
+            elif not done:
+                yield ": keep-alive\n\n"
+    finally:
+        stopping.cancel()
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await pending
+        await events.aclose()
+
+
+def _metrics(services: ApiServices) -> str:
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+        lines.extend((f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"))
+        lines.extend(f"{name}{labels} {value:g}" for labels, value in samples)
+
+    counts = services.store.broadcast_counts()
+    metric("ebc_broadcasts", "gauge", "Broadcasts in the journal by state",
+           [(f'{{state="{_state_name(s)}"}}', n) for s, n in counts.items()])
+    views = list(services.registry.devices.values())
+    kinds = sorted({v.kind for v in views})
+    metric("ebc_devices", "gauge", "Configured devices by kind",
+           [(f'{{kind="{k}"}}', sum(1 for v in views if v.kind == k)) for k in kinds])
+    metric("ebc_devices_online", "gauge", "Devices answering their polls, by kind",
+           [(f'{{kind="{k}"}}', sum(1 for v in views if v.kind == k and v.online)) for k in kinds])
+    metric("ebc_device_up", "gauge", "1 if the device answers, 0 if offline or not polled yet",
+           [(f'{{device="{v.id}"}}', 1 if v.online else 0) for v in views])
+    if services.hardware is not None:
+        arbiters = services.hardware.arbiters
+        for attr, help_text in (("requests", "Transactions sent"), ("timeouts", "Attempts met with silence"),
+                                ("crc_errors", "Garbled replies"), ("retries", "Retried attempts"),
+                                ("failures", "Transactions given up"), ("reconnects", "Line reconnects")):
+            metric(f"ebc_line_{attr}_total", "counter", f"{help_text}, per line",
+                   [(f'{{line="{lid}"}}', getattr(a.stats, attr)) for lid, a in arbiters.items()])
+        metric("ebc_line_latency_avg_ms", "gauge", "Average transaction latency, per line",
+               [(f'{{line="{lid}"}}', a.stats.latency_avg_ms) for lid, a in arbiters.items()])
+    metric("ebc_uptime_seconds", "gauge", "Seconds since the daemon started",
+           [("", round(time.time() - services.started_at, 1))])
+    return "\n".join(lines) + "\n"
+
+
+# -- the application ----------------------------------------------------------------------------------
+
+
+def create_app(services: ApiServices) -> FastAPI:
+    """The FastAPI application over ``services``; OpenAPI at /docs and /openapi.json."""
+    app = FastAPI(title="ebc — township emergency broadcast gateway", version="1",
+                  description="Local API of one gateway. Every endpoint except /api/v1/health needs "
+                              "'Authorization: Bearer <token>' (create one with `ebc token create`).",
+                  )
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, per_path={AUDIO_PATH: MAX_AUDIO_BYTES})
+    app.state.services = services
+    app.add_exception_handler(RequestValidationError, _on_validation)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _on_http)  # type: ignore[arg-type]
+    app.add_exception_handler(AuthError, _on_auth)  # type: ignore[arg-type]
+    app.add_exception_handler(ApiError, _on_api)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _on_crash)
+
+    store, cfg = services.store, services.cfg
+
+    @app.get(f"{PREFIX}/health", tags=["system"])
+    async def health() -> dict[str, str]:
+        """Liveness only (open): the daemon answers. No details for anonymous callers."""
+        return {"status": "ok"}
+
+    @app.get(f"{PREFIX}/devices", tags=["devices"])
+    async def list_devices(_: Viewer) -> list[dict[str, Any]]:
+        """Every terminal and transmitter with its latest polled state."""
+        return [v.as_dict() for v in services.registry.devices.values()]
+
+    @app.get(f"{PREFIX}/devices/{{device_id}}", tags=["devices"])
+    async def get_device(device_id: str, _: Viewer) -> dict[str, Any]:
+        view = services.registry.devices.get(device_id)
+        if view is None:
+            raise ApiError(404, f"no device '{device_id}' on this gateway")
+        return view.as_dict()
+
+    @app.post(f"{PREFIX}/broadcasts", status_code=202, tags=["broadcasts"])
+    async def create_broadcast(body: BroadcastRequest, actor: Operator) -> JSONResponse:
+        """Accept a broadcast; 202 once it is journalled (it is never lost after this answer).
+
+        The engine journals and audits it (with this actor: name, token id, remote address), so
+        broadcasts from schedules, the county and CAP feeds are audited the same way.
+        """
+        try:
+            broadcast_id = await services.engine.submit(body, actor)
+        except ValueError as exc:  # targets reach nothing here, text too long, unknown audio id
+            raise ApiError(422, *_refusal(exc, body)) from None
+        record = store.get_broadcast(broadcast_id)
+        state = record["state"] if record else BroadcastState.WAITING
+        location = f"{PREFIX}/broadcasts/{broadcast_id}"
+        return JSONResponse({"id": broadcast_id, "state": _state_name(state), "location": location},
+                            status_code=202, headers={"Location": location})
+
+    @app.get(f"{PREFIX}/broadcasts", tags=["broadcasts"])
+    async def list_broadcasts(_: Viewer, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                              offset: Annotated[int, Query(ge=0)] = 0,
+                              state: Annotated[str | None, Query(description="name or code")] = None
+                              ) -> list[dict[str, Any]]:
+        """Newest first."""
+        return [_broadcast_out(b) for b in store.list_broadcasts(limit, offset, _parse_state(state))]
+
+    @app.post(AUDIO_PATH, status_code=201, tags=["broadcasts"])
+    async def upload_audio(request: Request, actor: Operator) -> dict[str, Any]:
+        """Upload a recorded announcement (body: a PCM WAV file); play it with ``audio_id``."""
+        try:
+            clip = store_uploaded_audio(await request.body(), services.engine.audio_dir)
+        except ValueError as exc:
+            raise ApiError(422, f"body: {exc}", "body") from None
+        store.audit(actor, "audio.upload", clip.audio_id,
+                    {"bytes": clip.bytes, "duration_s": clip.duration_s})
+        return asdict(clip)
+
+    @app.get(f"{PREFIX}/broadcasts/{{broadcast_id}}", tags=["broadcasts"])
+    async def get_broadcast(broadcast_id: str, _: Viewer) -> dict[str, Any]:
+        """One broadcast with its per-terminal outcomes and coverage."""
+        record = store.get_broadcast(broadcast_id)
+        if record is None:
+            raise ApiError(404, f"no broadcast '{broadcast_id}'")
+        return _broadcast_out(record)
+
+    @app.post(f"{PREFIX}/broadcasts/{{broadcast_id}}/cancel", tags=["broadcasts"])
+    async def cancel_broadcast(broadcast_id: str, actor: Operator) -> dict[str, Any]:
+        """Stop a waiting or playing broadcast (the engine audits it); 409 if it is already final."""
+        record = store.get_broadcast(broadcast_id)
+        if record is None:
+            raise ApiError(404, f"no broadcast '{broadcast_id}'")
+        if record["state"] in FINAL_STATES:
+            raise ApiError(409, f"broadcast '{broadcast_id}' is already {_state_name(record['state'])}")
+        if not await services.engine.cancel(broadcast_id, actor):
+            now = store.get_broadcast(broadcast_id) or record
+            raise ApiError(409, f"broadcast '{broadcast_id}' could not be cancelled "
+                                f"(it is {_state_name(now['state'])})")
+        return _broadcast_out(store.get_broadcast(broadcast_id) or record)
+
+    @app.get(f"{PREFIX}/schedules", tags=["schedules"])
+    async def list_schedules(_: Viewer) -> list[dict[str, Any]]:
+        """Config-file schedules (read-only here) and those created through the API, each with its
+        next run or the reason it is not active, as the running scheduler sees it."""
+        live = {s["id"]: s for s in services.scheduler.snapshot()} if services.scheduler else {}
+        listed = [{**s.model_dump(), "source": "config"} for s in cfg.schedules]
+        listed += [{**s, "source": "api"} for s in store.list_schedules()]
+        return [{**s, "next_at": live.get(s["id"], {}).get("next_at"),
+                 "problem": live.get(s["id"], {}).get("problem")} for s in listed]
+
+    @app.post(f"{PREFIX}/schedules", status_code=201, tags=["schedules"])
+    async def add_schedule(body: ScheduleIn, actor: Admin) -> dict[str, Any]:
+        try:
+            validate_cron(body.cron)
+        except ValueError as exc:
+            raise ApiError(422, f"cron: {exc}", "cron") from None
+        _check_targets(cfg, body.request, "request.")
+        if any(s.id == body.id for s in cfg.schedules):
+            raise ApiError(409, f"schedule '{body.id}' is defined in the config file", "id")
+        request = body.request.model_dump(mode="json", by_alias=True, exclude_none=True)
+        try:
+            store.add_schedule(body.id, body.cron, request, body.enabled)
+        except DuplicateError as exc:
+            raise ApiError(409, str(exc), "id") from None
+        store.audit(actor, "schedule.add", body.id, {"cron": body.cron, "enabled": body.enabled})
+        _reload_scheduler(services)
+        return {"id": body.id, "cron": body.cron, "enabled": body.enabled, "request": request,
+                "source": "api"}
+
+    @app.delete(f"{PREFIX}/schedules/{{schedule_id}}", status_code=204, tags=["schedules"])
+    async def delete_schedule(schedule_id: str, actor: Admin) -> None:
+        if any(s.id == schedule_id for s in cfg.schedules):
+            raise ApiError(409, f"schedule '{schedule_id}' is defined in the config file; edit the file")
+        if not store.delete_schedule(schedule_id):
+            raise ApiError(404, f"no schedule '{schedule_id}'")
+        store.audit(actor, "schedule.delete", schedule_id)
+        _reload_scheduler(services)
+
+    @app.get(f"{PREFIX}/audit", tags=["system"])
+    async def list_audit(_: Admin, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                         offset: Annotated[int, Query(ge=0)] = 0) -> list[dict[str, Any]]:
+        """Who did what, newest first."""
+        return store.list_audit(limit, offset)
+
+    @app.get(f"{PREFIX}/tokens", tags=["system"])
+    async def list_tokens(_: Admin) -> list[dict[str, Any]]:
+        """Active tokens: id, name, role, created (never the secret)."""
+        return [{"id": t.id, "name": t.name, "role": t.role.value, "created_at": t.created_at}
+                for t in store.list_tokens()]
+
+    @app.get(f"{PREFIX}/events", tags=["system"], response_class=StreamingResponse)
+    async def events(_: Viewer) -> StreamingResponse:
+        """Server-Sent Events (``event: <kind>``, JSON data). Use fetch() with the Authorization header."""
+        return StreamingResponse(_event_stream(services), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.get(f"{PREFIX}/metrics", tags=["system"], response_class=PlainTextResponse)
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(_: Viewer) -> PlainTextResponse:
+        """Prometheus text format (also at /metrics, where scrapers look by default)."""
+        return PlainTextResponse(_metrics(services), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def _reload_scheduler(services: ApiServices) -> None:
+    if services.scheduler is not None:
+        services.scheduler.reload()

@@ -1,0 +1,241 @@
+"""``ebc run``: one process wiring config → bus → devices → hardware → speech/audio → engine →
+scheduler → API, with a clean shutdown and the systemd notify protocol.
+
+Start order is the dependency order; stop is the reverse: the API stops taking requests, the
+scheduler stops firing, the engine ends the current broadcast safely and releases every terminal,
+and only then are the lines closed. The engine journals before it touches hardware and restores
+terminals after a kill -9 itself (``engine.start()``); the daemon only keeps the order right.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from controller.api import ApiServices, create_app
+from controller.config import Config
+from controller.device_state import DeviceRegistry
+from controller.engine import BroadcastEngine
+from controller.events import EventBus
+from controller.hardware import Hardware
+from controller.scheduler import Scheduler
+from controller.sd_notify import Notifier
+from controller.store import Store, StoreError
+from controller.tts import CACHE_SUBDIR, SpeechService
+from drivers.audio_output import AlsaSink, AudioPlayer, AudioSink, SimLineSink, WavSink
+from drivers.fm_transmitter import FmAlarm
+
+log = logging.getLogger(__name__)
+
+FM_POLL_S = 5.0
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start as configured (busy port, ...); the message says what to fix."""
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the daemon decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the API socket ourselves so a busy port is a clear error, not uvicorn's sys.exit."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port} for the API: {exc.strerror} "
+                           f"(another ebc running? change api.port)") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class Daemon:
+    """The whole gateway in one asyncio loop; ``await run()`` until :meth:`request_stop`."""
+
+    def __init__(self, cfg: Config, *, notifier: Notifier | None = None) -> None:
+        self.cfg = cfg
+        self.state_dir = Path(cfg.state_dir)
+        self.notifier = notifier or Notifier()
+        self.bus = EventBus()
+        self.registry = DeviceRegistry(cfg, self.bus)
+        self.store = Store.in_state_dir(self.state_dir)
+        self.hardware = Hardware.from_config(cfg, on_poll=self.registry.on_poll,
+                                             on_fm_alarm=self._on_fm_alarm)
+        self.speech: SpeechService | None = None
+        self.player: AudioPlayer | None = None
+        self.engine: BroadcastEngine | None = None
+        self.scheduler: Scheduler | None = None
+        self.services: ApiServices | None = None
+        self._server: _Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop_requested = asyncio.Event()
+        self._stopped = False
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bring everything up; returns once the API listens (READY=1 has been sent)."""
+        cfg = self.cfg
+        sock = _listen(cfg.api.host, cfg.api.port)  # first: a busy port fails before any device is touched
+        try:
+            await self._start_parts()
+        except BaseException:
+            sock.close()
+            raise
+        assert self.services is not None
+        config = uvicorn.Config(create_app(self.services), log_config=None, access_log=True,
+                                timeout_graceful_shutdown=5, lifespan="off")
+        self._server = _Server(config)
+        serving = asyncio.create_task(self._server.serve(sockets=[sock]), name="api")
+        while not self._server.started:
+            if serving.done():
+                serving.result()
+                raise RuntimeError("the API server stopped while starting")
+            await asyncio.sleep(0.02)
+        self._tasks.append(serving)
+        self._tasks.append(asyncio.create_task(self._watch_transmitters(), name="fm-watch"))
+        if self.notifier.watchdog_s:
+            self._tasks.append(asyncio.create_task(self._watchdog(self.notifier.watchdog_s), name="watchdog"))
+        log.info("ebc %s (%s) up: API on http://%s:%d, %d devices on %d lines", cfg.gateway.id,
+                 cfg.gateway.name, cfg.api.host, cfg.api.port, len(cfg.devices), len(cfg.lines))
+        self.notifier.ready(f"serving API on {cfg.api.host}:{cfg.api.port}")
+
+    async def _start_parts(self) -> None:
+        """Hardware, speech, audio, engine (which restores devices after a crash), scheduler."""
+        cfg = self.cfg
+        await self.hardware.start()
+        self.speech = SpeechService(self.state_dir / CACHE_SUBDIR, cfg.speech.rate_wpm, cfg.speech.max_chars)
+        await self.speech.start()  # warm the worker now, not on the first emergency
+        self.player = self._make_player()
+        self.engine = BroadcastEngine(cfg, self.hardware, self.store, self.speech, self.player, self.bus,
+                                      self.registry)
+        await self.engine.start()
+        self.scheduler = Scheduler(cfg, self.store, self.engine)
+        await self.scheduler.start()
+        self.services = ApiServices(cfg=cfg, store=self.store, engine=self.engine, registry=self.registry,
+                                    bus=self.bus, hardware=self.hardware, scheduler=self.scheduler)
+
+    def _make_player(self) -> AudioPlayer:
+        out = self.cfg.audio_output
+        sink: AudioSink
+        if out.sink == "sim_line":
+            sim = self.cfg.simulator
+            port = out.port if out.port is not None else (sim.audio.port if sim else None)
+            if port is None:  # config validation already insists on one
+                raise StartupError("audio_output.port: no audio port for sink sim_line")
+            sink = SimLineSink(out.host, port)
+        elif out.sink == "alsa":
+            sink = AlsaSink(out.alsa_device)
+        else:
+            sink = WavSink(out.wav_dir or self.state_dir / "wav-out")  # config check requires wav_dir
+        return AudioPlayer(sink, out.time_scale)
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to shut down (signal handlers call this)."""
+        self._stop_requested.set()
+
+    async def run(self) -> None:
+        """Start, serve until asked to stop, then stop cleanly (also if cancelled)."""
+        try:
+            await self.start()
+            await self._stop_requested.wait()
+        finally:
+            await asyncio.shield(self.stop())
+
+    async def stop(self) -> None:
+        """Stop taking requests, end the current broadcast safely, release devices, close lines."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.notifier.stopping("shutting down")
+        log.info("shutting down")
+        if self.services is not None:
+            self.services.stopping.set()
+        if self._server is not None:
+            self._server.should_exit = True
+        for task in self._tasks:
+            if task.get_name() != "api":
+                task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for name, part in (("scheduler", self.scheduler), ("engine", self.engine)):
+            if part is not None:
+                try:
+                    await part.stop()
+                except Exception:
+                    log.exception("stopping the %s failed", name)
+        await self.hardware.stop()
+        if self.speech is not None:
+            with contextlib.suppress(Exception):
+                await self.speech.close()
+        self.store.close()
+        log.info("stopped")
+
+    # -- background duties ----------------------------------------------------------------------------
+
+    async def _watchdog(self, interval_s: float) -> None:
+        """WATCHDOG=1 at half the systemd interval, from the loop itself: a stuck loop stops it."""
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval_s / 2)
+
+    async def _watch_transmitters(self) -> None:
+        """Poll each FM transmitter's status into the device registry (terminals have line pollers)."""
+        while True:
+            for fm_id, fm in self.hardware.transmitters.items():
+                view = self.registry.devices[fm_id]
+                was = view.online
+                try:
+                    st = await fm.status()
+                except Exception as exc:
+                    view.online, view.failure = False, str(exc)
+                else:
+                    view.online, view.failure, view.last_seen = True, None, time.time()
+                    view.values = {"forward_w": st.forward_w, "reflected_w": st.reflected_w, "vswr": st.vswr,
+                                   "temperature_c": st.temperature_c, "alarm_bits": st.alarm.bits,
+                                   "alarms": list(st.alarm.names)}
+                if was != view.online:
+                    self.bus.publish("device.state", **view.as_dict())
+            await asyncio.sleep(FM_POLL_S)
+
+    def _on_fm_alarm(self, device_id: str, alarm: FmAlarm) -> None:
+        log.warning("FM transmitter %s alarm: %s", device_id, ", ".join(alarm.names) or "cleared")
+        self.bus.publish("device.alarm", device_id=device_id, bits=alarm.bits, alarms=list(alarm.names))
+
+
+async def run_daemon(cfg: Config) -> None:
+    """``ebc run``: the daemon until SIGTERM or SIGINT, then a graceful stop."""
+    try:
+        daemon = Daemon(cfg)
+    except StoreError as exc:
+        log.error("cannot start: %s", exc)
+        raise SystemExit(1) from None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.request_stop)
+    try:
+        await daemon.run()
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        raise SystemExit(1) from None
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,452 @@
+"""The broadcast engine: what plays when, on which terminals, and what became of it.
+
+One program plays at a time (the gateway has one line-out). Waiting broadcasts are ordered by
+``request.priority`` (higher first, DESIGN §3: 上级优先于下级、应急优先于日常), FIFO among equals.
+A due broadcast of *strictly* higher priority pre-empts the one playing at once: its task is
+cancelled, which stops the audio player, and the devices both broadcasts target stay on and are
+handed over (no amplifier off/on, no second warm-up). Equal priority waits.
+
+Decisions (documented for operators and the API):
+
+* A pre-empted broadcast goes back to WAITING and later replays from the start of its program.
+  If it expires before it can resume it ends FAILED with reason "pre-empted" (not CANCELLED:
+  nobody decided against it, it simply did not get the air).
+* ``start_at`` in the future waits; ``expires_at`` passed → never plays (FAILED "expired"), also
+  when it expires while waiting; expiring mid-play stops it (FAILED "expired").
+* Cancel acts directly: a waiting broadcast is CANCELLED at once; a playing one is stopped, its
+  devices released, then CANCELLED. ``cancel`` returns after that.
+* Outcome: SUCCEEDED if at least one targeted device confirmed audio by read-back, even when
+  others failed (coverage < 1 — the failures are listed per device with reasons); FAILED if none
+  did. Coverage = succeeded / targeted devices (the FM transmitter counts when it is keyed).
+* The program starts when the first targeted terminal's amplifier is ready (see
+  :meth:`Activation.wait_ready`); slower lines join while the attention tone plays.
+* Health polling's view (the DeviceRegistry) is used for one thing: a terminal it reports offline
+  is not read before power-on, and a journalled leftover of one is not restored before the next
+  activation — their timeouts would hold up a whole RS-485 line (see controller/activation.py).
+* Everything accepted is journalled before ``submit`` returns. ``stop()`` puts the playing
+  broadcast back to WAITING, so it and every queued one resume after a restart; ``start()``
+  restores devices left on by a crash, then requeues what is still valid and fails the rest with
+  "interrupted by restart".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from controller.activation import (
+    Activation,
+    ActivationSettings,
+    DeviceResult,
+    pending_by_device,
+    restore,
+    restore_pending,
+)
+from controller.auth import Actor, Role
+from controller.broadcasts import BroadcastRequest, BroadcastState, TerminalOutcome
+from controller.config import Config
+from controller.device_state import DeviceRegistry
+from controller.events import EventBus
+from controller.hardware import Hardware
+from controller.program import Program, build_program, uploaded_audio
+from controller.store import Store
+from controller.targets import Resolved, TargetError, resolve
+from drivers.audio_output import prune_evidence
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+@dataclass
+class _Entry:
+    """A broadcast the engine holds: waiting in the queue or playing."""
+
+    id: str
+    request: BroadcastRequest
+    actor: Actor
+    seq: int
+    resolved: Resolved
+    preemptions: int = 0
+    interrupt: tuple[str, Any] | None = None
+    """Why the playing task was cancelled: ("preempted", by id), ("cancelled", actor), ("expired", None),
+    ("stopping", None) or ("error", exception)."""
+    running: bool = False
+    """Its task has begun (a task cancelled before its first step would skip its clean-up)."""
+    concluding: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def rank(self) -> tuple[tuple[int, int, int], int]:
+        """Higher plays first: priority, then the earlier submission (FIFO among equals)."""
+        return self.request.priority, -self.seq
+
+    def due(self, now: datetime) -> bool:
+        return self.request.start_at is None or self.request.start_at <= now
+
+
+def new_broadcast_id() -> str:
+    """Readable and unique: local submission time plus 24 random bits, e.g. 20261128-031502-a1b2c3."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+class BroadcastEngine:
+    """Queue, priority, pre-emption, activation and playback of broadcasts (see module doc)."""
+
+    def __init__(self, cfg: Config, hardware: Hardware, store: Store, speech: Any, player: Any, bus: EventBus,
+                 registry: DeviceRegistry | None = None, *, clock: Clock | None = None) -> None:
+        self.cfg = cfg
+        self.hardware = hardware
+        self.store = store
+        self.speech = speech
+        self.player = player
+        self.bus = bus
+        self.registry = registry
+        self._now: Clock = clock or (lambda: datetime.now(UTC))
+        self._queue: dict[str, _Entry] = {}
+        self._current: _Entry | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._seq = itertools.count()
+        self._system = Actor.system()
+        self.evidence_dir = Path(cfg.state_dir) / "evidence"
+        """Every program as played, ``<broadcast id>.wav`` (kept ``evidence_retention_days``)."""
+        self.audio_dir = Path(cfg.state_dir) / "audio"
+        """Uploaded clips a request may name by ``audio_id``."""
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Recover from an unclean stop, requeue what is still valid, then start scheduling."""
+        await restore_pending(self.store, self.hardware)
+        now = self._now()
+        for row in self.store.unfinished_broadcasts():
+            self._recover(row, now)
+        prune_evidence(self.evidence_dir, self.cfg.broadcast.evidence_retention_days)
+        self._loop_task = asyncio.create_task(self._run(), name="broadcast engine")
+
+    def _recover(self, row: dict[str, Any], now: datetime) -> None:
+        bid, a = row["id"], row["actor"]
+        actor = Actor(name=a["name"], role=Role(a["role"]) if a["role"] else None, token_id=a["token_id"],
+                      remote=a["remote"], via=a["via"])
+        try:
+            request = BroadcastRequest.model_validate(row["request"])
+            resolved = resolve(self.cfg, request.targets)
+        except (ValidationError, TargetError) as exc:
+            self._finish(bid, BroadcastState.FAILED, f"interrupted by restart; cannot resume: {exc}")
+            return
+        if request.expired(now):
+            self._finish(bid, BroadcastState.FAILED, "interrupted by restart")
+            return
+        self._queue[bid] = _Entry(bid, request, actor, next(self._seq), resolved)
+        self.store.add_note(bid, "requeued after a restart")
+        self._transition(bid, BroadcastState.WAITING, "requeued after a restart")
+
+    async def stop(self) -> None:
+        """Stop the current program, release its devices; everything unfinished stays WAITING."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        current = self._current
+        if current is not None:
+            self._interrupt(current, "stopping", None)
+            await current.done.wait()
+        leftovers = pending_by_device(self.store)  # handed over by a pre-emption, not yet taken
+        if leftovers:
+            await restore(self.hardware, self.store, leftovers)
+
+    # ------------------------------------------------------------------ public API
+
+    async def submit(self, request: BroadcastRequest, actor: Actor) -> str:
+        """Validate targets, journal (durable before this returns), audit and queue; returns the id.
+
+        Raises TargetError (a ValueError naming ``targets``) when nothing here would play it.
+        """
+        resolved = resolve(self.cfg, request.targets)
+        if request.text is not None:  # refuse now (ValueError → 422) what would only fail when due
+            self.speech.check_length(request.text)
+        elif request.audio_id is not None:
+            uploaded_audio(request.audio_id, self.audio_dir)
+        bid = new_broadcast_id()
+        body = request.model_dump(mode="json", by_alias=True, exclude_none=True)
+        self.store.add_broadcast(bid, body, actor, BroadcastState.WAITING, time.time())
+        self.store.audit(actor, "broadcast.submit", bid, {"class": request.broadcast_class.value,
+                                                          "priority": list(request.priority)})
+        self.bus.publish("broadcast.state", id=bid, state=int(BroadcastState.WAITING), name="waiting",
+                         reason=None)
+        self._queue[bid] = _Entry(bid, request, actor, next(self._seq), resolved)
+        self._wake.set()
+        return bid
+
+    async def cancel(self, broadcast_id: str, actor: Actor) -> bool:
+        """Cancel a waiting or playing broadcast; True once it is CANCELLED (devices released)."""
+        entry = self._queue.pop(broadcast_id, None)
+        if entry is not None:
+            self.store.audit(actor, "broadcast.cancel", broadcast_id)
+            self._finish(broadcast_id, BroadcastState.CANCELLED, f"cancelled by {actor.name}")
+            self._wake.set()
+            return True
+        current = self._current
+        if current is None or current.id != broadcast_id or current.concluding:
+            return False
+        self.store.audit(actor, "broadcast.cancel", broadcast_id)
+        self._interrupt(current, "cancelled", actor)  # no-op if it is already being pre-empted
+        await asyncio.shield(current.done.wait())
+        if self._queue.pop(broadcast_id, None) is not None:  # it was pre-empted meanwhile: requeued
+            self._finish(broadcast_id, BroadcastState.CANCELLED, f"cancelled by {actor.name}")
+            self._wake.set()
+        record = self.store.get_broadcast(broadcast_id)
+        return record is not None and record["state"] is BroadcastState.CANCELLED
+
+    def current(self) -> str | None:
+        """The id of the broadcast on air (or being activated), if any."""
+        return self._current.id if self._current is not None else None
+
+    def queue_snapshot(self) -> list[dict[str, Any]]:
+        """The playing broadcast (if any) then the waiting ones, in the order they would play."""
+        now = self._now()
+        entries = sorted(self._queue.values(), key=lambda e: e.rank, reverse=True)
+        out = [] if self._current is None else [self._describe(self._current, "playing", now)]
+        return out + [self._describe(e, "waiting", now) for e in entries]
+
+    @staticmethod
+    def _describe(entry: _Entry, state: str, now: datetime) -> dict[str, Any]:
+        r = entry.request
+        return {"id": entry.id, "state": state, "class": r.broadcast_class.value, "severity": r.severity,
+                "source_level": int(r.source_level), "priority": list(r.priority), "title": r.title,
+                "due": entry.due(now), "start_at": r.start_at.isoformat() if r.start_at else None,
+                "expires_at": r.expires_at.isoformat() if r.expires_at else None,
+                "preemptions": entry.preemptions}
+
+    # ------------------------------------------------------------------ scheduling loop
+
+    async def _run(self) -> None:
+        """The one place that decides: expire, pre-empt, start the next; sleep until something changes."""
+        while True:
+            self._wake.clear()
+            now = self._now()
+            self._expire_waiting(now)
+            best = max((e for e in self._queue.values() if e.due(now)), key=lambda e: e.rank, default=None)
+            current = self._current
+            if current is not None and current.interrupt is None and not current.concluding:
+                if current.request.expired(now):
+                    self._interrupt(current, "expired", None)
+                elif best is not None and best.request.priority > current.request.priority:
+                    self._interrupt(current, "preempted", best.id)
+            elif current is None and best is not None:
+                del self._queue[best.id]
+                self._current = best
+                self._task = asyncio.create_task(self._play(best), name=f"broadcast {best.id}")
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._sleep_s(now))
+
+    def _sleep_s(self, now: datetime) -> float | None:
+        """Until the next start_at or expiry that could change a decision (None: until woken)."""
+        moments = [e.request.start_at for e in self._queue.values() if e.request.start_at and not e.due(now)]
+        moments += [e.request.expires_at for e in self._queue.values() if e.request.expires_at]
+        if self._current is not None and self._current.request.expires_at:
+            moments.append(self._current.request.expires_at)
+        if not moments:
+            return None
+        return max(0.0, (min(moments) - now).total_seconds()) + 0.001
+
+    def _expire_waiting(self, now: datetime) -> None:
+        for entry in [e for e in self._queue.values() if e.request.expired(now)]:
+            del self._queue[entry.id]
+            self._finish(entry.id, BroadcastState.FAILED, "pre-empted" if entry.preemptions else "expired")
+
+    def _interrupt(self, entry: _Entry, why: str, detail: Any) -> None:
+        """Stop the playing task for ``why`` (pre-empted, cancelled, expired, stopping)."""
+        if entry.interrupt is not None or entry.concluding or self._task is None:
+            return
+        entry.interrupt = (why, detail)
+        if entry.running:  # otherwise _play sees the interrupt when it begins
+            self._task.cancel()
+
+    # ------------------------------------------------------------------ one broadcast on air
+
+    async def _play(self, entry: _Entry) -> None:
+        """Activate, play, confirm, release and journal the outcome of one broadcast."""
+        done = entry.done  # a requeued entry gets a fresh event for its next run
+        entry.running = True
+        activation: Activation | None = None
+        try:
+            if entry.interrupt is None:  # not interrupted between being picked and starting
+                self._transition(entry.id, BroadcastState.PLAYING, None, started_at=time.time())
+                program = build_program(entry.request, self.speech, self.cfg.audio_output.sample_rate,
+                                        audio_dir=self.audio_dir)  # raises before anything is touched
+                activation = await self._activate(entry)
+                await self._perform(entry, activation, program)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            if entry.interrupt is None:
+                entry.interrupt = ("stopping", None)
+        except Exception as exc:  # audio output down, speech failed, a bug: fail this one, keep going
+            log.exception("broadcast %s failed", entry.id)
+            entry.interrupt = ("error", exc)
+        entry.concluding = True
+        try:
+            await _unstoppable(self._conclude(entry, activation))
+        finally:
+            self._current, self._task = None, None
+            done.set()
+            self._wake.set()
+
+    async def _activate(self, entry: _Entry) -> Activation:
+        """Inherit devices handed over by a pre-empted broadcast; restore leftovers; start activation."""
+        settings = ActivationSettings.for_request(entry.request, daily_volume=self.cfg.broadcast.daily_volume,
+                                                  ready_timeout_s=self.cfg.broadcast.ready_timeout_s)
+        offline = self._known_offline()
+        held = pending_by_device(self.store)
+        targeted = set(entry.resolved.device_ids)
+        # still on from a broadcast we pre-empted (or not restorable before), but not ours to play on;
+        # one that health polling reports offline is left journalled: its timeouts would delay us
+        leftovers = {d: h for d, h in held.items() if d not in targeted and d not in offline}
+        if leftovers:
+            await restore(self.hardware, self.store, leftovers, settings.priority)
+        activation = Activation(entry.id, entry.resolved, self.hardware, self.store, settings,
+                                inherited={d: h for d, h in held.items() if d in targeted}, offline=offline,
+                                report=lambda dev, result: self._outcome(entry.id, dev, result))
+        for dev in entry.resolved.device_ids:
+            self.store.set_outcome(entry.id, dev, TerminalOutcome.PENDING)
+        activation.start()
+        return activation
+
+    def _known_offline(self) -> set[str]:
+        """Devices health polling currently reports offline (none without a registry)."""
+        if self.registry is None:
+            return set()
+        return {d for d, view in self.registry.devices.items() if view.online is False}
+
+    async def _perform(self, entry: _Entry, activation: Activation, program: Program) -> None:
+        """Start the program on the first ready terminal (speech synthesises under the tone), confirm."""
+        await activation.wait_ready()
+        if not activation.live:
+            return
+        self.evidence_dir.mkdir(parents=True, exist_ok=True)
+        chunks = _announcing(program.chunks(), activation.audio_started)
+        try:
+            await self.player.play(chunks, program.sample_rate,
+                                   evidence_path=self.evidence_dir / f"{entry.id}.wav")
+        finally:
+            activation.audio_ended()
+        await activation.wait_confirmed()
+
+    async def _conclude(self, entry: _Entry, activation: Activation | None) -> None:
+        """Release devices (handing over to a pre-emptor), then journal the final or waiting state."""
+        why, detail = entry.interrupt or ("completed", None)
+        results = dict(activation.results) if activation is not None else {}
+        if activation is not None:
+            keep: set[str] = set()
+            if why == "preempted" and detail in self._queue:
+                keep = set(entry.resolved.device_ids) & set(self._queue[detail].resolved.device_ids)
+            await activation.release(keep)
+        if why == "preempted" and not entry.request.expired(self._now()):
+            entry.preemptions += 1
+            entry.interrupt, entry.running, entry.concluding, entry.done = None, False, False, asyncio.Event()
+            self._queue[entry.id] = entry
+            self.store.add_note(entry.id, f"pre-empted by {detail}; replays from the start later")
+            self._transition(entry.id, BroadcastState.WAITING, f"pre-empted by {detail}")
+            return
+        if why == "stopping":
+            self.store.add_note(entry.id, "interrupted by shutdown; resumes after restart")
+            self._transition(entry.id, BroadcastState.WAITING, "interrupted by shutdown")
+            return
+        for dev in entry.resolved.device_ids:
+            if dev not in results:
+                results[dev] = DeviceResult(TerminalOutcome.FAILED, f"{why} before confirmation")
+                self._outcome(entry.id, dev, results[dev])
+        state, reason = _verdict(why, detail, results)
+        self._finish(entry.id, state, reason, _coverage(results.values()))
+
+    # ------------------------------------------------------------------ journal + events
+
+    def _outcome(self, bid: str, dev: str, result: DeviceResult) -> None:
+        self.store.set_outcome(bid, dev, result.outcome, result.reason)
+        self.bus.publish("broadcast.outcome", id=bid, device=dev, outcome=result.outcome.value,
+                         reason=result.reason)
+
+    def _transition(self, bid: str, state: BroadcastState, reason: str | None, *,
+                    started_at: float | None = None, finished_at: float | None = None,
+                    coverage: float | None = None) -> None:
+        self.store.set_state(bid, state, reason=reason, started_at=started_at, finished_at=finished_at,
+                             coverage=coverage)
+        self.store.audit(self._system, "broadcast.state", bid,
+                         {"state": state.name.lower(), "reason": reason, "coverage": coverage})
+        self.bus.publish("broadcast.state", id=bid, state=int(state), name=state.name.lower(), reason=reason,
+                         coverage=coverage)
+
+    def _finish(self, bid: str, state: BroadcastState, reason: str, coverage: float | None = None) -> None:
+        self._transition(bid, state, reason, finished_at=time.time(), coverage=coverage)
+
+
+def _coverage(results: Iterable[DeviceResult]) -> float:
+    results = list(results)
+    if not results:
+        return 0.0
+    return sum(r.outcome is TerminalOutcome.SUCCEEDED for r in results) / len(results)
+
+
+def _verdict(why: str, detail: Any, results: dict[str, DeviceResult]) -> tuple[BroadcastState, str]:
+    """Final state and reason: interrupted, or by the coverage rule (≥ 1 confirmed = SUCCEEDED)."""
+    if why == "cancelled":
+        return BroadcastState.CANCELLED, f"cancelled by {detail.name}"
+    if why in ("expired", "preempted"):
+        return BroadcastState.FAILED, "expired" if why == "expired" else "pre-empted"
+    if why == "error":
+        return BroadcastState.FAILED, f"cannot play: {detail}"
+    if any(r.outcome is TerminalOutcome.SUCCEEDED for r in results.values()):
+        return BroadcastState.SUCCEEDED, _summary(results)
+    return BroadcastState.FAILED, "no device confirmed audio: " + _summary(results)
+
+
+def _summary(results: dict[str, DeviceResult]) -> str:
+    """``4/5 devices confirmed; rtu3 unreachable``-style line for the broadcast's reason."""
+    ok = sum(r.outcome is TerminalOutcome.SUCCEEDED for r in results.values())
+    bad = [f"{d} {r.outcome.value}" for d, r in results.items() if r.outcome is not TerminalOutcome.SUCCEEDED]
+    return f"{ok}/{len(results)} devices confirmed audio" + (f"; {', '.join(bad)}" if bad else "")
+
+
+async def _unstoppable(coro: Any) -> None:
+    """Run ``coro`` to the end even if the caller is cancelled meanwhile (release must finish)."""
+    task = asyncio.ensure_future(coro)
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+    task.result()
+
+
+async def _announcing(chunks: AsyncIterator[bytes], on_first: Callable[[], None]) -> AsyncIterator[bytes]:
+    """Pass ``chunks`` through, calling ``on_first`` as the first one goes to the player."""
+    first = True
+    try:
+        async for chunk in chunks:
+            if first and chunk:
+                first = False
+                on_first()
+            yield chunk
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:  # ends the program now (cancels its speech synthesis)
+            await aclose()

@@ -1,0 +1,434 @@
+"""The REST API (controller/api.py) with a real Store on disk: auth, roles, validation, error shape.
+
+These tests are about the API's own contract, not playback: the real BroadcastEngine journals,
+audits and queues what the API submits, but its playing loop is not started (no hardware here).
+Playback end to end is in tests/test_daemon.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+import uvicorn
+import yaml
+from simkit import free_port, write_sim_config
+from starlette.testclient import TestClient
+
+from controller.api import MAX_BODY_BYTES, ApiServices, create_app
+from controller.auth import Role, redact
+from controller.broadcasts import TerminalOutcome
+from controller.config import Config, load_config
+from controller.device_state import DeviceRegistry
+from controller.engine import BroadcastEngine
+from controller.events import EventBus
+from controller.hardware import Hardware
+from controller.logs import setup_logging
+from controller.scheduler import Scheduler
+from controller.store import Store
+from controller.tts import SpeechService
+
+DRILL = {"class": "drill", "targets": {"all": True}, "text": "这是一次应急广播系统测试。"}
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Config:
+    sim = write_sim_config(tmp_path)
+    data = dict(sim.data)
+    data["state_dir"] = str(tmp_path / "state")
+    data["schedules"] = [{"id": "weekly-test", "cron": "0 8 * * 1", "request": DRILL}]
+    data["speech"] = {"max_chars": 100}
+    sim.path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return load_config(sim.path)
+
+
+@pytest.fixture
+def services(cfg: Config) -> Iterator[ApiServices]:
+    store = Store.in_state_dir(cfg.state_dir)
+    bus = EventBus()
+    registry = DeviceRegistry(cfg, bus)
+    hardware = Hardware.from_config(cfg, on_poll=registry.on_poll)  # never started: no lines opened
+    speech = SpeechService(Path(cfg.state_dir) / "speech-cache", cfg.speech.rate_wpm, cfg.speech.max_chars)
+    engine = BroadcastEngine(cfg, hardware, store, speech, None, bus, registry)  # loop not started
+    scheduler = Scheduler(cfg, store, engine)
+    scheduler.reload()  # knows every schedule and its next run; its firing loop is not started
+    yield ApiServices(cfg=cfg, store=store, engine=engine, registry=registry, bus=bus, hardware=hardware,
+                      scheduler=scheduler, keepalive_s=0.2)
+    store.close()
+
+
+@pytest.fixture
+def client(services: ApiServices) -> Iterator[TestClient]:
+    with TestClient(create_app(services)) as c:
+        yield c
+
+
+@pytest.fixture
+def tokens(services: ApiServices) -> dict[str, str]:
+    return {role.value: services.store.create_token(f"{role.value}-1", role) for role in Role}
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_error(response: Any, status: int, field: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "field", "details"}
+    assert isinstance(body["error"], str) and body["error"]
+    assert body["field"] == field
+    return body
+
+
+PROTECTED = [("GET", "/api/v1/devices"), ("GET", "/api/v1/devices/rtu1"), ("POST", "/api/v1/broadcasts"),
+             ("GET", "/api/v1/broadcasts"), ("GET", "/api/v1/broadcasts/x"),
+             ("POST", "/api/v1/broadcasts/x/cancel"), ("GET", "/api/v1/schedules"),
+             ("POST", "/api/v1/schedules"), ("DELETE", "/api/v1/schedules/x"), ("GET", "/api/v1/audit"),
+             ("GET", "/api/v1/tokens"), ("GET", "/api/v1/events"), ("GET", "/api/v1/metrics"),
+             ("POST", "/api/v1/audio"),
+             ("GET", "/metrics")]
+
+
+def test_health_is_open_and_says_nothing_more(client: TestClient):
+    r = client.get("/api/v1/health")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED)
+def test_no_default_credentials_everything_is_401(client: TestClient, method: str, path: str):
+    r = client.request(method, path, json=DRILL if method == "POST" else None)
+    body = assert_error(r, 401)
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert "Authorization: Bearer" in body["error"]
+
+
+@pytest.mark.parametrize("header", ["Bearer ebc_not-a-real-token-at-all", "Basic YWRtaW46YWRtaW4=", "Bearer",
+                                    "ebc_whatever"])
+def test_bad_credentials_are_401(client: TestClient, tokens: dict[str, str], header: str):
+    r = client.get("/api/v1/devices", headers={"Authorization": header})
+    assert_error(r, 401)
+    assert r.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_token_in_the_url_is_not_accepted(client: TestClient, tokens: dict[str, str]):
+    """Tokens never go in URLs (they end up in access logs and browser history)."""
+    for param in ("access_token", "token"):
+        r = client.get(f"/api/v1/events?{param}={tokens['admin']}")
+        assert_error(r, 401)
+        assert tokens["admin"] not in r.text
+
+
+def test_revoked_token_is_401(client: TestClient, services: ApiServices, tokens: dict[str, str]):
+    assert client.get("/api/v1/devices", headers=auth(tokens["viewer"])).status_code == 200
+    services.store.revoke_token("viewer-1")
+    assert_error(client.get("/api/v1/devices", headers=auth(tokens["viewer"])), 401)
+
+
+def test_roles_are_least_privilege(client: TestClient, tokens: dict[str, str]):
+    viewer, operator, admin = auth(tokens["viewer"]), auth(tokens["operator"]), auth(tokens["admin"])
+    body = assert_error(client.post("/api/v1/broadcasts", json=DRILL, headers=viewer), 403)
+    assert "operator" in body["error"]
+    assert_error(client.get("/api/v1/audit", headers=operator), 403)
+    assert_error(client.get("/api/v1/tokens", headers=operator), 403)
+    assert_error(client.post("/api/v1/schedules", json={}, headers=operator), 403)
+    assert client.get("/api/v1/audit", headers=admin).status_code == 200
+    assert client.post("/api/v1/broadcasts", json=DRILL, headers=admin).status_code == 202
+
+
+def test_operator_broadcast_is_202_journalled_and_audited(client: TestClient, services: ApiServices,
+                                                           tokens: dict[str, str]):
+    r = client.post("/api/v1/broadcasts", json=DRILL, headers=auth(tokens["operator"]))
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["state"] == "waiting" and body["location"] == f"/api/v1/broadcasts/{body['id']}"
+    assert r.headers["location"] == body["location"]
+    assert services.store.get_broadcast(body["id"]) is not None  # journalled before the answer
+
+    one = client.get(body["location"], headers=auth(tokens["viewer"])).json()
+    assert one["id"] == body["id"] and one["state"] == "waiting" and one["state_code"] == 1
+    assert one["request"]["class"] == "drill" and one["outcomes"] == [] and "coverage" in one
+    assert one["actor"]["name"] == "operator-1" and one["actor"]["via"] == "api"
+
+    listed = client.get("/api/v1/broadcasts?state=waiting", headers=auth(tokens["viewer"])).json()
+    assert [b["id"] for b in listed] == [body["id"]]
+    assert client.get("/api/v1/broadcasts?state=3", headers=auth(tokens["viewer"])).json() == []
+
+    entry = services.store.list_audit()[0]
+    assert entry["action"] == "broadcast.submit" and entry["target"] == body["id"]
+    assert entry["actor"] == "operator-1" and entry["role"] == "operator"
+    assert entry["token_id"] == services.store.verify_token(tokens["operator"]).id  # type: ignore[union-attr]
+    assert entry["remote"]  # where it came from
+    assert tokens["operator"] not in json.dumps(entry)
+
+
+def test_outcomes_and_coverage_are_shown(client: TestClient, services: ApiServices, tokens: dict[str, str]):
+    r = client.post("/api/v1/broadcasts", json=DRILL, headers=auth(tokens["operator"]))
+    broadcast_id = r.json()["id"]
+    services.store.set_outcome(broadcast_id, "rtu1", TerminalOutcome.SUCCEEDED)
+    services.store.set_outcome(broadcast_id, "rtu2", TerminalOutcome.UNREACHABLE, "no answer on rs485")
+    one = client.get(f"/api/v1/broadcasts/{broadcast_id}", headers=auth(tokens["viewer"])).json()
+    assert {o["device_id"]: o["outcome"] for o in one["outcomes"]} == {"rtu1": "succeeded",
+                                                                        "rtu2": "unreachable"}
+    assert one["coverage"] == 0.5
+
+
+@pytest.mark.parametrize(("body", "field", "words"), [
+    ({**DRILL, "targets": {"area_codes": ["340621105201", "12"]}}, "targets.area_codes", "12-digit"),
+    ({"targets": {"all": True}, "text": "x"}, "class", "missing"),
+    ({**DRILL, "colour": "red"}, "colour", "unknown field"),
+    ({**DRILL, "class": "party"}, "class", "emergency"),
+    ({**DRILL, "repeat": 99}, "repeat", "10"),
+    ({**DRILL, "targets": {"all": True, "zones": ["one"]}}, "targets.zones.0", "integer"),
+    ({**DRILL, "class": "emergency"}, None, "severity"),
+    ({**DRILL, "targets": {"devices": ["rtu1", "nope"]}}, "targets", "nope"),
+    ({**DRILL, "targets": {"area_codes": ["110101000000"]}}, "targets", "outside"),
+    ({**DRILL, "text": "长" * 101}, "text", "100"),
+    ({**DRILL, "text": None, "audio_id": "no-such-clip"}, "audio_id", "no-such-clip"),
+])
+def test_validation_names_the_field(client: TestClient, tokens: dict[str, str], body: dict[str, Any],
+                                    field: str | None, words: str):
+    r = client.post("/api/v1/broadcasts", json=body, headers=auth(tokens["operator"]))
+    err = assert_error(r, 422, field)
+    assert words in err["error"]
+    if field:
+        assert err["error"].startswith(field)
+
+
+def test_not_json_is_422(client: TestClient, tokens: dict[str, str]):
+    r = client.post("/api/v1/broadcasts", content=b'{"class": ', headers={
+        **auth(tokens["operator"]), "Content-Type": "application/json"})
+    assert "not valid JSON" in assert_error(r, 422)["error"]
+
+
+def test_body_limit_is_413(client: TestClient, services: ApiServices, tokens: dict[str, str]):
+    big = {**DRILL, "title": "x" * (MAX_BODY_BYTES + 10)}
+    r = client.post("/api/v1/broadcasts", json=big, headers=auth(tokens["operator"]))
+    assert "too large" in assert_error(r, 413)["error"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while reading
+        yield b'{"class": "drill", "title": "'
+        for _ in range(MAX_BODY_BYTES // 1024 + 2):
+            yield b"y" * 1024
+        yield b'"}'
+
+    r = client.post("/api/v1/broadcasts", content=chunks(), headers={
+        **auth(tokens["operator"]), "Content-Type": "application/json"})
+    assert_error(r, 413)
+    assert services.store.list_broadcasts() == []
+
+
+def test_unknown_ids_are_404_naming_the_id(client: TestClient, tokens: dict[str, str]):
+    viewer, operator = auth(tokens["viewer"]), auth(tokens["operator"])
+    assert "b-nope" in assert_error(client.get("/api/v1/broadcasts/b-nope", headers=viewer), 404)["error"]
+    assert "b-nope" in assert_error(client.post("/api/v1/broadcasts/b-nope/cancel", headers=operator),
+                                    404)["error"]
+    assert "t99" in assert_error(client.get("/api/v1/devices/t99", headers=viewer), 404)["error"]
+    assert_error(client.get("/api/v1/no-such-thing", headers=viewer), 404)
+    assert_error(client.put("/api/v1/broadcasts", headers=operator), 405)
+
+
+def test_cancel_then_cancel_again_is_409(client: TestClient, services: ApiServices, tokens: dict[str, str]):
+    operator = auth(tokens["operator"])
+    broadcast_id = client.post("/api/v1/broadcasts", json=DRILL, headers=operator).json()["id"]
+    r = client.post(f"/api/v1/broadcasts/{broadcast_id}/cancel", headers=operator)
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    assert "cancelled" in assert_error(client.post(f"/api/v1/broadcasts/{broadcast_id}/cancel",
+                                                   headers=operator), 409)["error"]
+    actions = [a["action"] for a in services.store.list_audit()]
+    assert actions[actions.index("broadcast.cancel") + 1:] == ["broadcast.submit"]
+
+
+def test_devices_list_and_one(client: TestClient, tokens: dict[str, str]):
+    devices = client.get("/api/v1/devices", headers=auth(tokens["viewer"])).json()
+    assert {d["id"] for d in devices} == {"rtu1", "rtu2", "rtu3", "tcp1", "fm1"}
+    assert {d["kind"] for d in devices} == {"terminal", "fm_transmitter"}
+    one = client.get("/api/v1/devices/rtu2", headers=auth(tokens["viewer"])).json()
+    assert one["id"] == "rtu2" and one["online"] is None  # never polled in this test
+
+
+def test_schedules_crud(client: TestClient, services: ApiServices, tokens: dict[str, str]):
+    admin = auth(tokens["admin"])
+    listed = client.get("/api/v1/schedules", headers=auth(tokens["viewer"])).json()
+    assert [(s["id"], s["source"]) for s in listed] == [("weekly-test", "config")]
+    assert listed[0]["next_at"] and listed[0]["problem"] is None
+    new = {"id": "noon-news", "cron": "0 12 * * *", "request": {**DRILL, "class": "daily"}}
+    r = client.post("/api/v1/schedules", json=new, headers=admin)
+    assert r.status_code == 201, r.text
+    assert_error(client.post("/api/v1/schedules", json=new, headers=admin), 409, "id")
+    bad_cron = {**new, "id": "x2", "cron": "every day"}
+    assert_error(client.post("/api/v1/schedules", json=bad_cron, headers=admin), 422, "cron")
+    assert_error(client.post("/api/v1/schedules", json={**new, "id": "x3", "request": {**DRILL, "repeat": 0}},
+                             headers=admin), 422, "request.repeat")
+    assert_error(client.post("/api/v1/schedules", json={**new, "id": "Bad Id"}, headers=admin), 422, "id")
+    listed = client.get("/api/v1/schedules", headers=admin).json()
+    assert [s["id"] for s in listed] == ["weekly-test", "noon-news"]
+    assert "T12:00:00" in listed[1]["next_at"]  # the running scheduler picked it up
+    assert_error(client.delete("/api/v1/schedules/weekly-test", headers=admin), 409)
+    assert client.delete("/api/v1/schedules/noon-news", headers=admin).status_code == 204
+    assert_error(client.delete("/api/v1/schedules/noon-news", headers=admin), 404)
+    actions = [a["action"] for a in services.store.list_audit()]
+    assert actions == ["schedule.delete", "schedule.add"]
+
+
+def test_tokens_endpoint_never_shows_secrets(client: TestClient, tokens: dict[str, str]):
+    listed = client.get("/api/v1/tokens", headers=auth(tokens["admin"])).json()
+    assert {t["name"] for t in listed} == {"viewer-1", "operator-1", "admin-1"}
+    text = json.dumps(listed)
+    for token in tokens.values():
+        assert token not in text
+    assert all(set(t) == {"id", "name", "role", "created_at"} for t in listed)
+
+
+def test_token_plaintext_never_reaches_the_database_files(client: TestClient, services: ApiServices,
+                                                           tokens: dict[str, str]):
+    for token in tokens.values():  # use each so verification paths run too
+        client.get("/api/v1/devices", headers=auth(token))
+    client.post("/api/v1/broadcasts", json=DRILL, headers=auth(tokens["operator"]))
+    files = [p for p in services.store.path.parent.iterdir() if p.name.startswith(services.store.path.name)]
+    assert files
+    for path in files:
+        data = path.read_bytes()
+        for token in tokens.values():
+            assert token.encode() not in data, f"token found in {path.name}"
+            assert token.removeprefix("ebc_").encode() not in data
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in handlers:
+        root.addHandler(h)
+    root.setLevel(level)
+
+
+def test_tokens_are_never_logged(client: TestClient, tokens: dict[str, str],
+                                 capsys: pytest.CaptureFixture[str], restore_logging: None):
+    setup_logging("json", verbose=True)
+    client.get("/api/v1/devices", headers=auth(tokens["viewer"]))
+    client.get("/api/v1/devices", headers=auth(tokens["viewer"] + "tampered"))
+    client.post("/api/v1/broadcasts", json=DRILL, headers=auth(tokens["operator"]))
+    logging.getLogger("ebc.test").warning("a careless line: Authorization: Bearer %s", tokens["admin"])
+    try:
+        raise ValueError(f"token {tokens['operator']} in an exception")
+    except ValueError:
+        logging.getLogger("ebc.test").exception("oops")
+    err = capsys.readouterr().err
+    assert "[REDACTED]" in err
+    for token in tokens.values():
+        assert token not in err
+        assert token.removeprefix("ebc_") not in err
+    for line in err.splitlines():  # JSON format: one object per line
+        json.loads(line)
+
+
+def test_redact_patterns():
+    assert redact("Authorization: Bearer abc.def-123") == "Authorization: Bearer [REDACTED]"
+    assert redact("key ebc_AbCdEf0123456789_- end") == "key ebc_[REDACTED] end"
+    assert redact("nothing secret 这里") == "nothing secret 这里"
+
+
+def test_metrics_and_openapi(client: TestClient, services: ApiServices, tokens: dict[str, str]):
+    client.post("/api/v1/broadcasts", json=DRILL, headers=auth(tokens["operator"]))
+    text = client.get("/api/v1/metrics", headers=auth(tokens["viewer"])).text
+    assert 'ebc_broadcasts{state="waiting"} 1' in text
+    assert 'ebc_devices{kind="terminal"} 4' in text and "# TYPE ebc_devices_online gauge" in text
+    assert 'ebc_line_requests_total{line="rs485"} 0' in text and 'ebc_line_timeouts_total{line="ip1"}' in text
+    assert client.get("/metrics", headers=auth(tokens["viewer"])).text.startswith("# HELP")
+    spec = client.get("/openapi.json").json()
+    assert "/api/v1/broadcasts" in spec["paths"] and "/api/v1/events" in spec["paths"]
+    assert client.get("/docs").status_code == 200
+
+
+async def test_event_stream_over_a_real_server(services: ApiServices, tokens: dict[str, str]):
+    """SSE needs a real server (a streaming response never 'completes' for TestClient)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_config=None,
+                                           lifespan="off"))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not serving.done()
+        await asyncio.sleep(0.02)
+    try:
+        async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            r = await http.get("/api/v1/events")
+            assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+            async with http.stream("GET", "/api/v1/events", headers=auth(tokens["viewer"])) as stream:
+                assert stream.headers["content-type"].startswith("text/event-stream")
+                lines = stream.aiter_lines()
+                assert await anext(lines) == ": connected"
+                services.bus.publish("broadcast.state", id="b1", state="playing")
+                seen: list[str] = []
+                while not any(s.startswith("data:") for s in seen):
+                    line = await anext(lines)
+                    if line and not line.startswith(":"):
+                        seen.append(line)
+                assert "event: broadcast.state" in seen
+                data = json.loads(next(s for s in seen if s.startswith("data:")).removeprefix("data: "))
+                assert data["id"] == "b1" and data["state"] == "playing"
+                keepalive = ""
+                while not keepalive.startswith(": keep-alive"):
+                    keepalive = await anext(lines)
+                services.stopping.set()  # shutdown ends open streams so the server can stop
+                with contextlib.suppress(StopAsyncIteration):
+                    while True:
+                        await anext(lines)
+    finally:
+        server.should_exit = True
+        await serving
+
+
+def _wav(seconds: float, rate: int = 16000) -> bytes:
+    """A real PCM WAV file: a 440 Hz tone."""
+    import io
+    import math
+    import struct
+    import wave
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate)))
+                               for i in range(int(seconds * rate))))
+    return buf.getvalue()
+
+
+def test_uploaded_recording_can_be_broadcast(client: TestClient, services: ApiServices,
+                                             tokens: dict[str, str]):
+    clip = _wav(12.0)  # 384 KB: over the JSON body limit, within the recording limit
+    assert len(clip) > MAX_BODY_BYTES
+    r = client.post("/api/v1/audio", content=clip, headers={**auth(tokens["operator"]),
+                                                           "Content-Type": "audio/wav"})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["duration_s"] == 12.0 and body["sample_rate"] == 16000 and body["channels"] == 1
+    again = client.post("/api/v1/audio", content=clip, headers=auth(tokens["operator"])).json()
+    assert again["audio_id"] == body["audio_id"], "the same recording keeps its id"
+    assert services.store.list_audit()[0]["action"] == "audio.upload"
+
+    request = {"class": "daily", "targets": {"all": True}, "audio_id": body["audio_id"]}
+    r = client.post("/api/v1/broadcasts", json=request, headers=auth(tokens["operator"]))
+    assert r.status_code == 202, r.text
+    r = client.post("/api/v1/broadcasts", json={**request, "audio_id": "clip-0000"},
+                    headers=auth(tokens["operator"]))
+    assert "no uploaded audio" in assert_error(r, 422, "audio_id")["error"]
+
+
+def test_upload_refuses_what_cannot_play(client: TestClient, tokens: dict[str, str]):
+    r = client.post("/api/v1/audio", content=b"<script>not audio</script>", headers=auth(tokens["operator"]))
+    assert "not a WAV file" in assert_error(r, 422, "body")["error"]
+    r = client.post("/api/v1/audio", content=_wav(1.0), headers=auth(tokens["viewer"]))
+    assert_error(r, 403)
