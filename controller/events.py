@@ -8,10 +8,13 @@ told so with a ``dropped`` count on the next event.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,13 +31,30 @@ class _Subscription:
         self.dropped = 0
 
 
+Listener = Callable[[Event], None]
+
+
 class EventBus:
     def __init__(self, queue_size: int = 1000) -> None:
         self._subs: set[_Subscription] = set()
+        self._listeners: list[Listener] = []
         self._queue_size = queue_size
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener`` synchronously inside every ``publish``, before it returns.
+
+        For consumers that must never miss an event (the durable MQTT outbox writes it to SQLite
+        here); keep listeners fast. A failing listener is logged and does not stop the others.
+        """
+        self._listeners.append(listener)
 
     def publish(self, kind: str, /, **data: Any) -> Event:
         event = Event(kind, data)
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("event listener %r failed on %s", listener, kind)
         for sub in self._subs:
             if sub.queue.full():
                 sub.queue.get_nowait()
