@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(mbpoll mosquitto alsa-utils)
+APT_PACKAGES=(mbpoll mosquitto mosquitto-clients alsa-utils)
 
 install_system_packages() {
     local missing=()

@@ -31,6 +31,7 @@ from controller.config import IDENT, Config
 from controller.device_state import DeviceRegistry
 from controller.events import Event, EventBus
 from controller.hardware import Hardware
+from controller.metrics import CountyCommandsApi, HealthApi, OutboxApi, exposition
 from controller.program import store_uploaded_audio
 from controller.scheduler import Scheduler, validate_cron
 from controller.store import DuplicateError, Store
@@ -69,6 +70,12 @@ class ApiServices:
     hardware: Hardware | None = None
     scheduler: Scheduler | None = None
     """Told about API-created schedules (``reload()``); shows next runs (``snapshot()``)."""
+    health: HealthApi | None = None
+    """Device state codes and active faults, for /metrics."""
+    county: CountyCommandsApi | None = None
+    """County command counts by result, for /metrics."""
+    outbox: OutboxApi | None = None
+    """Outbox depth and drops, for /metrics."""
     started_at: float = field(default_factory=time.time)
     keepalive_s: float = KEEPALIVE_S
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -272,35 +279,8 @@ async def _event_stream(services: ApiServices) -> AsyncIterator[str]:
 
 
 def _metrics(services: ApiServices) -> str:
-    lines: list[str] = []
-
-    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-        lines.extend((f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"))
-        lines.extend(f"{name}{labels} {value:g}" for labels, value in samples)
-
-    counts = services.store.broadcast_counts()
-    metric("ebc_broadcasts", "gauge", "Broadcasts in the journal by state",
-           [(f'{{state="{_state_name(s)}"}}', n) for s, n in counts.items()])
-    views = list(services.registry.devices.values())
-    kinds = sorted({v.kind for v in views})
-    metric("ebc_devices", "gauge", "Configured devices by kind",
-           [(f'{{kind="{k}"}}', sum(1 for v in views if v.kind == k)) for k in kinds])
-    metric("ebc_devices_online", "gauge", "Devices answering their polls, by kind",
-           [(f'{{kind="{k}"}}', sum(1 for v in views if v.kind == k and v.online)) for k in kinds])
-    metric("ebc_device_up", "gauge", "1 if the device answers, 0 if offline or not polled yet",
-           [(f'{{device="{v.id}"}}', 1 if v.online else 0) for v in views])
-    if services.hardware is not None:
-        arbiters = services.hardware.arbiters
-        for attr, help_text in (("requests", "Transactions sent"), ("timeouts", "Attempts met with silence"),
-                                ("crc_errors", "Garbled replies"), ("retries", "Retried attempts"),
-                                ("failures", "Transactions given up"), ("reconnects", "Line reconnects")):
-            metric(f"ebc_line_{attr}_total", "counter", f"{help_text}, per line",
-                   [(f'{{line="{lid}"}}', getattr(a.stats, attr)) for lid, a in arbiters.items()])
-        metric("ebc_line_latency_avg_ms", "gauge", "Average transaction latency, per line",
-               [(f'{{line="{lid}"}}', a.stats.latency_avg_ms) for lid, a in arbiters.items()])
-    metric("ebc_uptime_seconds", "gauge", "Seconds since the daemon started",
-           [("", round(time.time() - services.started_at, 1))])
-    return "\n".join(lines) + "\n"
+    """Prometheus text for /metrics (families and sources: controller/metrics.py)."""
+    return exposition(services)
 
 
 # -- the application ----------------------------------------------------------------------------------

@@ -7,12 +7,21 @@ reading code. ``load_config`` reports all errors at once.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from controller.broadcasts import BroadcastRequest
 from drivers.profile import AtFmTransmitterProfile, ModbusTerminalProfile, load_profile
@@ -53,7 +62,19 @@ class Gateway(_Strict):
     _area = field_validator("area_code")(_check_area_code)
 
 
-class SerialLine(_Strict):
+class _LinePolicy(_Strict):
+    """How the arbiter and poller of any line treat its devices."""
+
+    retries: int = Field(default=2, ge=0, le=5, description="Retries after a timeout or CRC error")
+    offline_after_failures: int = Field(default=3, ge=1, le=20,
+                                        description="Consecutive failed polls before a device is offline")
+    offline_poll_every: int = Field(default=5, ge=1, le=100,
+                                    description="Poll an offline device only every N cycles")
+    poll_interval_s: float = Field(default=1.0, ge=0, le=300,
+                                   description="Shortest time between the starts of two health-poll cycles")
+
+
+class SerialLine(_LinePolicy):
     """An RS-485 (or RS-232) port; one arbiter serves every device on it."""
 
     type: Literal["serial"]
@@ -64,13 +85,6 @@ class SerialLine(_Strict):
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
     timeout_s: float = Field(default=0.3, gt=0, le=10, description="Reply timeout per request")
-    retries: int = Field(default=2, ge=0, le=5, description="Retries after a timeout or CRC error")
-    offline_after_failures: int = Field(default=3, ge=1, le=20,
-                                        description="Consecutive failed polls before a device is offline")
-    offline_poll_every: int = Field(default=5, ge=1, le=100,
-                                    description="Poll an offline device only every N cycles")
-    poll_interval_s: float = Field(default=1.0, ge=0, le=300,
-                                   description="Shortest time between the starts of two health-poll cycles")
 
     @field_validator("baudrate")
     @classmethod
@@ -80,18 +94,14 @@ class SerialLine(_Strict):
         return value
 
 
-class TcpLine(_Strict):
+class TcpLine(_LinePolicy):
     """A Modbus TCP endpoint (an IP / 4G terminal); one arbiter per endpoint."""
 
     type: Literal["tcp"]
     id: str = Field(pattern=IDENT)
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
-    timeout_s: float = Field(default=1.0, gt=0, le=30)
-    retries: int = Field(default=2, ge=0, le=5)
-    offline_after_failures: int = Field(default=3, ge=1, le=20)
-    offline_poll_every: int = Field(default=5, ge=1, le=100)
-    poll_interval_s: float = Field(default=1.0, ge=0, le=300)
+    timeout_s: float = Field(default=1.0, gt=0, le=30, description="Reply timeout per request")
 
 
 Line = Annotated[SerialLine | TcpLine, Field(discriminator="type")]
@@ -188,6 +198,38 @@ class BroadcastSettings(_Strict):
                                          description="How long played program audio is kept")
 
 
+class HealthSettings(_Strict):
+    """Device and gateway health supervision (controller/health.py)."""
+
+    offline_after_s: float = Field(default=20.0, gt=0, le=3600,
+                                   description="A device is offline after this long without a good answer")
+    line_check_interval_s: float = Field(default=90.0, ge=0, le=86400,
+                                         description="Speaker-line impedance check of every terminal this "
+                                                     "often, spread over the interval (0: only on demand)")
+    line_check_timeout_s: float = Field(default=10.0, gt=0, le=120,
+                                        description="Longest wait for a terminal to finish a line check")
+    impedance_tolerance: float = Field(default=0.15, gt=0, le=1,
+                                       description="Line fault when impedance deviates more than this "
+                                                   "fraction from the commissioned value")
+    low_battery_v: float = Field(default=11.5, ge=0, le=100,
+                                 description="Low-battery fault below this battery voltage (0: never)")
+    over_temperature_c: float = Field(default=80.0, ge=0, le=200,
+                                      description="Over-temperature fault at this amplifier temperature, "
+                                                  "also when the terminal does not flag it")
+    fm_poll_interval_s: float = Field(default=5.0, gt=0, le=300,
+                                      description="FM transmitter status query interval")
+    fm_vswr_max: float = Field(default=2.0, gt=1, le=100,
+                               description="High-VSWR fault above this ratio (also without the alarm bit)")
+    report_interval_s: float = Field(default=60.0, gt=0, le=86400,
+                                     description="Gateway health snapshot (gateway.health event) interval")
+    fault_recovered_hold_s: float = Field(default=60.0, ge=0, le=86400,
+                                          description="State 4 (fault recovered) is shown this long after "
+                                                      "the last fault of a device cleared")
+    disk_min_free_mb: float = Field(default=200.0, ge=0, le=1_000_000,
+                                    description="Gateway disk_low fault when the state directory's disk "
+                                                "has less free space")
+
+
 class Schedule(_Strict):
     """A broadcast on a calendar: daily programs and routine system tests."""
 
@@ -195,6 +237,184 @@ class Schedule(_Strict):
     cron: str = Field(description="Five-field cron expression in gateway local time, e.g. '0 7 * * *'")
     enabled: bool = True
     request: dict[str, Any] = Field(description="The broadcast request, as for POST /api/v1/broadcasts")
+
+
+CountyCommand = Literal["broadcast", "cancel", "rebirth", "line_check"]
+"""Commands the county centre may send on ``<prefix>/<gw>/cmd/<name>`` (docs/county-commands.md)."""
+
+
+class CountyKey(_Strict):
+    """One public key of the county centre; a command names it in ``key_id``."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$",
+                    description="Key id the county puts in a command's key_id")
+    type: Literal["ed25519", "sm2"] = Field(description="ed25519, or sm2 (SM2 over SM3, 国密)")
+    public_key: str | None = Field(default=None,
+                                   description="PEM public key, or the raw key in hex or base64")
+    public_key_file: str | None = Field(default=None,
+                                        description="File holding the public key (relative to this file)")
+    commands: list[CountyCommand] | None = Field(
+        default=None, description="Commands this key may give (default: all); least privilege")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CountyKey:
+        if (self.public_key is None) == (self.public_key_file is None):
+            raise ValueError("give exactly one of public_key and public_key_file")
+        return self
+
+    def key_text(self, base: Path) -> str:
+        """The key as written in the config or read from ``public_key_file`` (relative to ``base``)."""
+        if self.public_key is not None:
+            return self.public_key
+        path = Path(self.public_key_file or "")
+        return (path if path.is_absolute() else base / path).read_text(encoding="utf-8")
+
+
+class CountySettings(_Strict):
+    """Signed commands from the county centre: whose keys, how fresh, how long nonces are kept."""
+
+    keys: list[CountyKey] = Field(min_length=1, description="The county's public keys")
+    max_skew_s: float = Field(default=300, gt=0, le=3600,
+                              description="Largest accepted difference between a command's ts and now")
+    nonce_ttl_s: float | None = Field(default=None,
+                                      description="How long a seen nonce is refused (≥ 2 × max_skew_s; "
+                                                  "default 2 × max_skew_s)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CountySettings:
+        ids = [k.id for k in self.keys]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate key id(s): {', '.join(dupes)}")
+        if self.nonce_ttl_s is not None and self.nonce_ttl_s < 2 * self.max_skew_s:
+            raise ValueError(f"nonce_ttl_s must be at least 2 × max_skew_s ({2 * self.max_skew_s:g} s), "
+                             f"or a replayed command could be accepted again")
+        return self
+
+    @property
+    def nonce_ttl(self) -> float:
+        return self.nonce_ttl_s if self.nonce_ttl_s is not None else 2 * self.max_skew_s
+
+    def key_problems(self, base: Path) -> list[str]:
+        """Every key that cannot be read or is not a valid key of its type (for config check)."""
+        from controller.signing import KeyFormatError, load_public_key  # cryptography only when used
+
+        problems = []
+        for i, key in enumerate(self.keys):
+            where = f"county.keys[{i}]({key.id})"
+            try:
+                load_public_key(key.type, key.key_text(base))
+            except OSError as exc:
+                problems.append(f"{where}.public_key_file: cannot read {key.public_key_file}: {exc.strerror}")
+            except KeyFormatError as exc:
+                field = "public_key" if key.public_key is not None else "public_key_file"
+                problems.append(f"{where}.{field}: {exc}")
+        return problems
+
+
+BROKER_URL = re.compile(r"^(?P<scheme>mqtts?)://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(?P<port>\d{1,5}))?/?$")
+DEFAULT_MQTT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+
+class BrokerAddress(BaseModel):
+    """One broker node parsed from ``mqtt://host:port`` / ``mqtts://host:port``."""
+
+    url: str
+    tls: bool
+    host: str
+    port: int
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    match = BROKER_URL.match(url)
+    if not match:
+        raise ValueError(f"'{url}' is not a broker URL like mqtt://host:1883 or mqtts://host:8883")
+    port = int(match["port"]) if match["port"] else DEFAULT_MQTT_PORTS[match["scheme"]]
+    if not 1 <= port <= 65535:
+        raise ValueError(f"'{url}': port must be 1..65535")
+    return BrokerAddress(url=url, tls=match["scheme"] == "mqtts", host=match["host"].strip("[]"), port=port)
+
+
+class MqttSettings(_Strict):
+    """Reporting to the county centre over MQTT (controller/mqtt.py; topics in docs/mqtt.md)."""
+
+    brokers: list[str] = Field(min_length=1,
+                               description="Broker URLs (mqtt://host:port or mqtts://host:port), tried in "
+                                           "turn: any node of a cluster will do")
+    prefix: str = Field(default="ebc", pattern=r"^[^#+/\s]+(/[^#+/\s]+)*$",
+                        description="First topic level(s): <prefix>/<gateway id>/...")
+    client_id: str | None = Field(default=None, min_length=1, max_length=128,
+                                  description="MQTT client id (default: the gateway id)")
+    username: str | None = Field(default=None, min_length=1)
+    password: str | None = Field(default=None, description="Prefer password_file: config files get copied")
+    password_file: str | None = Field(default=None, description="File holding the password (relative to "
+                                                                "this file); trailing newline ignored")
+    ca_file: str | None = Field(default=None, description="mqtts: CA bundle that signed the broker's "
+                                                          "certificate (default: the system's)")
+    cert_file: str | None = Field(default=None, description="mqtts: client certificate (PEM)")
+    key_file: str | None = Field(default=None,
+                                 description="mqtts: client private key (PEM), if not in cert_file")
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive; the Will fires after "
+                                                                    "1.5 × this without traffic")
+    reconnect_min_s: float = Field(default=1.0, gt=0, le=300, description="First wait after a failure")
+    reconnect_max_s: float = Field(default=60.0, gt=0, le=3600, description="Longest wait (doubles up to it)")
+    health_interval_s: float = Field(default=60.0, ge=1, le=86400, description="Period of the health topic")
+    inflight: int = Field(default=100, ge=1, le=10000,
+                          description="Outbox messages sent but not yet acknowledged, at most")
+    outbox_max_rows: int = Field(default=100_000, ge=100, le=10_000_000,
+                                 description="Outbox bound; over it health snapshots, then the oldest "
+                                             "events are dropped (and reported)")
+    outbox_max_health_rows: int = Field(default=1_000, ge=0, le=1_000_000,
+                                        description="Unsent health snapshots kept, newest")
+
+    @field_validator("brokers")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        parsed = [parse_broker_url(url) for url in value]
+        if len({b.tls for b in parsed}) > 1:
+            raise ValueError("use either mqtt:// or mqtts:// for all brokers, not both")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttSettings:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give at most one of password and password_file")
+        if (self.password is not None or self.password_file is not None) and self.username is None:
+            raise ValueError("a password needs a username")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file")
+        if not self.addresses()[0].tls and (self.ca_file or self.cert_file):
+            raise ValueError("ca_file and cert_file need mqtts:// brokers")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        return self
+
+    def addresses(self) -> list[BrokerAddress]:
+        return [parse_broker_url(url) for url in self.brokers]
+
+    def file(self, name: str, base: Path) -> Path | None:
+        """The path of file setting ``name`` (relative paths are relative to ``base``)."""
+        value = getattr(self, name)
+        if value is None:
+            return None
+        path = Path(value)
+        return path if path.is_absolute() else base / path
+
+    def read_password(self, base: Path) -> str | None:
+        if self.password_file is None:
+            return self.password
+        path = self.file("password_file", base)
+        assert path is not None
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+
+    def file_problems(self, base: Path) -> list[str]:
+        """Files named in this section that cannot be read (for config check)."""
+        problems = []
+        for name in ("password_file", "ca_file", "cert_file", "key_file"):
+            path = self.file(name, base)
+            if path is not None and not os.access(path, os.R_OK):
+                problems.append(f"mqtt.{name}: cannot read {path}")
+        return problems
 
 
 class Config(_Strict):
@@ -208,8 +428,11 @@ class Config(_Strict):
     audio_output: AudioOutput = AudioOutput()
     speech: SpeechSettings = SpeechSettings()
     broadcast: BroadcastSettings = BroadcastSettings()
+    health: HealthSettings = HealthSettings()
     schedules: list[Schedule] = Field(default_factory=list)
     simulator: Simulator | None = None
+    county: CountySettings | None = None
+    mqtt: MqttSettings | None = None
 
     # Filled by load_config after validation; not part of the YAML.
     _profiles: dict[str, ModbusTerminalProfile | AtFmTransmitterProfile] = PrivateAttr(default_factory=dict)
@@ -363,6 +586,10 @@ def _cross_check(cfg: Config, base: Path) -> list[str]:
         errors.append("audio_output.port: required for sink sim_line when there is no simulator section")
     if cfg.audio_output.sink == "wav" and not cfg.audio_output.wav_dir:
         errors.append("audio_output.wav_dir: required for sink wav")
+    if cfg.county is not None:
+        errors.extend(cfg.county.key_problems(base))
+    if cfg.mqtt is not None:
+        errors.extend(cfg.mqtt.file_problems(base))
     cfg._profiles = profiles
     return errors
 

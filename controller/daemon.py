@@ -1,5 +1,6 @@
 """``ebc run``: one process wiring config → bus → devices → hardware → speech/audio → engine →
-scheduler → API, with a clean shutdown and the systemd notify protocol.
+scheduler → API, with a clean shutdown and the systemd notify protocol. With an ``mqtt`` section
+also outbox → MQTT reporter → county commands (docs/mqtt.md).
 
 Start order is the dependency order; stop is the reverse: the API stops taking requests, the
 scheduler stops firing, the engine ends the current broadcast safely and releases every terminal,
@@ -14,7 +15,6 @@ import contextlib
 import logging
 import signal
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,20 +22,23 @@ import uvicorn
 
 from controller.api import ApiServices, create_app
 from controller.config import Config
+from controller.county import CountyCommands
 from controller.device_state import DeviceRegistry
 from controller.engine import BroadcastEngine
 from controller.events import EventBus
 from controller.hardware import Hardware
+from controller.health import HealthMonitor
+from controller.mqtt import MqttReporter
+from controller.outbox import Outbox, OutboxError, OutboxLimits
 from controller.scheduler import Scheduler
 from controller.sd_notify import Notifier
 from controller.store import Store, StoreError
 from controller.tts import CACHE_SUBDIR, SpeechService
 from drivers.audio_output import AlsaSink, AudioPlayer, AudioSink, SimLineSink, WavSink
 from drivers.fm_transmitter import FmAlarm
+from drivers.line_poller import PollResult
 
 log = logging.getLogger(__name__)
-
-FM_POLL_S = 5.0
 
 
 class StartupError(RuntimeError):
@@ -76,8 +79,19 @@ class Daemon:
         self.bus = EventBus()
         self.registry = DeviceRegistry(cfg, self.bus)
         self.store = Store.in_state_dir(self.state_dir)
-        self.hardware = Hardware.from_config(cfg, on_poll=self.registry.on_poll,
-                                             on_fm_alarm=self._on_fm_alarm)
+        # The outbox listens on the bus from here on, before anything can publish an event.
+        self.outbox: Outbox | None = None
+        self.reporter: MqttReporter | None = None
+        self.county: CountyCommands | None = None
+        if cfg.mqtt is not None:
+            self.outbox = Outbox.in_state_dir(self.state_dir, OutboxLimits(
+                max_rows=cfg.mqtt.outbox_max_rows, max_droppable_rows=cfg.mqtt.outbox_max_health_rows))
+        self.hardware = Hardware.from_config(cfg, on_poll=self._on_poll, on_fm_alarm=self._on_fm_alarm)
+        self.health = HealthMonitor(cfg, self.bus, self.hardware, self.registry)
+        if self.outbox is not None:
+            outbox = self.outbox
+            self.health.set_outbox_depth(lambda: outbox.depth)
+            self.reporter = MqttReporter(cfg, self.bus, outbox, self.registry, health=self.health.snapshot)
         self.speech: SpeechService | None = None
         self.player: AudioPlayer | None = None
         self.engine: BroadcastEngine | None = None
@@ -110,7 +124,6 @@ class Daemon:
                 raise RuntimeError("the API server stopped while starting")
             await asyncio.sleep(0.02)
         self._tasks.append(serving)
-        self._tasks.append(asyncio.create_task(self._watch_transmitters(), name="fm-watch"))
         if self.notifier.watchdog_s:
             self._tasks.append(asyncio.create_task(self._watchdog(self.notifier.watchdog_s), name="watchdog"))
         log.info("ebc %s (%s) up: API on http://%s:%d, %d devices on %d lines", cfg.gateway.id,
@@ -118,19 +131,32 @@ class Daemon:
         self.notifier.ready(f"serving API on {cfg.api.host}:{cfg.api.port}")
 
     async def _start_parts(self) -> None:
-        """Hardware, speech, audio, engine (which restores devices after a crash), scheduler."""
+        """MQTT reporter (connecting in the background), hardware, health, speech, audio, engine
+        (which restores devices after a crash), county commands, scheduler."""
         cfg = self.cfg
+        if self.reporter is not None:
+            await self.reporter.start()  # connects in the background; the outbox holds reports meanwhile
         await self.hardware.start()
+        await self.health.start()
         self.speech = SpeechService(self.state_dir / CACHE_SUBDIR, cfg.speech.rate_wpm, cfg.speech.max_chars)
         await self.speech.start()  # warm the worker now, not on the first emergency
         self.player = self._make_player()
         self.engine = BroadcastEngine(cfg, self.hardware, self.store, self.speech, self.player, self.bus,
                                       self.registry)
+        self.health.set_engine(self.engine)
         await self.engine.start()
+        if self.reporter is not None:
+            try:
+                self.county = CountyCommands(cfg, self.store, self.engine, rebirth=self.reporter.rebirth,
+                                             line_check=self.health.run_line_check)
+            except ValueError as exc:
+                raise StartupError(str(exc)) from None
+            self.reporter.commands = self.county
         self.scheduler = Scheduler(cfg, self.store, self.engine)
         await self.scheduler.start()
         self.services = ApiServices(cfg=cfg, store=self.store, engine=self.engine, registry=self.registry,
-                                    bus=self.bus, hardware=self.hardware, scheduler=self.scheduler)
+                                    bus=self.bus, hardware=self.hardware, scheduler=self.scheduler,
+                                    health=self.health, county=self.county, outbox=self.outbox)
 
     def _make_player(self) -> AudioPlayer:
         out = self.cfg.audio_output
@@ -176,7 +202,9 @@ class Daemon:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for name, part in (("scheduler", self.scheduler), ("engine", self.engine)):
+        # The reporter goes after engine and health, so their last events still go out (or stay queued).
+        for name, part in (("scheduler", self.scheduler), ("engine", self.engine), ("health", self.health),
+                           ("mqtt reporter", self.reporter)):
             if part is not None:
                 try:
                     await part.stop()
@@ -187,6 +215,8 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await self.speech.close()
         self.store.close()
+        if self.outbox is not None:
+            self.outbox.close()
         log.info("stopped")
 
     # -- background duties ----------------------------------------------------------------------------
@@ -197,35 +227,22 @@ class Daemon:
             self.notifier.watchdog()
             await asyncio.sleep(interval_s / 2)
 
-    async def _watch_transmitters(self) -> None:
-        """Poll each FM transmitter's status into the device registry (terminals have line pollers)."""
-        while True:
-            for fm_id, fm in self.hardware.transmitters.items():
-                view = self.registry.devices[fm_id]
-                was = view.online
-                try:
-                    st = await fm.status()
-                except Exception as exc:
-                    view.online, view.failure = False, str(exc)
-                else:
-                    view.online, view.failure, view.last_seen = True, None, time.time()
-                    view.values = {"forward_w": st.forward_w, "reflected_w": st.reflected_w, "vswr": st.vswr,
-                                   "temperature_c": st.temperature_c, "alarm_bits": st.alarm.bits,
-                                   "alarms": list(st.alarm.names)}
-                if was != view.online:
-                    self.bus.publish("device.state", **view.as_dict())
-            await asyncio.sleep(FM_POLL_S)
+    def _on_poll(self, result: PollResult) -> None:
+        """Every poll result: the registry's live view first, then health judges it (and publishes)."""
+        self.registry.on_poll(result)
+        self.health.on_poll(result)
 
     def _on_fm_alarm(self, device_id: str, alarm: FmAlarm) -> None:
-        log.warning("FM transmitter %s alarm: %s", device_id, ", ".join(alarm.names) or "cleared")
+        """An unsolicited FM alarm: an event at once; health queries the full status and raises faults."""
         self.bus.publish("device.alarm", device_id=device_id, bits=alarm.bits, alarms=list(alarm.names))
+        self.health.on_fm_alarm(device_id, alarm)
 
 
 async def run_daemon(cfg: Config) -> None:
     """``ebc run``: the daemon until SIGTERM or SIGINT, then a graceful stop."""
     try:
         daemon = Daemon(cfg)
-    except StoreError as exc:
+    except (StoreError, OutboxError) as exc:
         log.error("cannot start: %s", exc)
         raise SystemExit(1) from None
     loop = asyncio.get_running_loop()

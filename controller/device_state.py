@@ -1,8 +1,12 @@
-"""Live state of every device: the latest poll of each terminal, as the API and engine see it."""
+"""Live state of every device: the latest poll of each terminal, as the API and engine see it.
+
+The registry only keeps data; it publishes nothing. ``device.state`` events (state code, online,
+faults) have one owner, controller/health.py, which also writes ``state`` and ``faults`` here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from controller.config import Config
@@ -20,38 +24,49 @@ class DeviceView:
     kind: str
     """``terminal`` or ``fm_transmitter``."""
     online: bool | None = None
-    """None until the first poll."""
+    """Answers its polls (the line poller's rule: offline after N failed polls in a row, fast, so the
+    engine skips dead terminals). None until the first poll. The county's heartbeat rule (offline
+    after ``health.offline_after_s`` without a good answer) is the ``online`` of device.state events."""
     last_seen: float | None = None
     """Wall-clock time of the last good answer."""
     failure: str | None = None
     values: dict[str, Any] | None = None
+    state: int | None = None
+    """Terminal state code from HealthMonitor (1 normal, 2 off, 3 fault, 4 recovered, 5 broadcasting)."""
+    state_name: str | None = None
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    """Active faults with reasons, from HealthMonitor."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "village": self.village, "area_code": self.area_code,
                 "line": self.line, "kind": self.kind, "online": self.online, "last_seen": self.last_seen,
-                "failure": self.failure, "values": self.values}
+                "failure": self.failure, "values": self.values, "state": self.state,
+                "state_name": self.state_name, "faults": self.faults}
 
 
 class DeviceRegistry:
-    """Keeps the newest poll result per device and announces availability changes on the bus."""
+    """Keeps the newest poll result per device (HealthMonitor announces changes on the bus)."""
 
-    def __init__(self, cfg: Config, bus: EventBus) -> None:
-        self._bus = bus
+    def __init__(self, cfg: Config, bus: EventBus | None = None) -> None:
+        """``bus`` is unused (kept for existing callers): HealthMonitor publishes device.state."""
+        del bus
         self.devices: dict[str, DeviceView] = {}
         for dev in cfg.devices:
             kind = "terminal" if cfg.profiles[dev.profile].type == "modbus-terminal" else "fm_transmitter"
             self.devices[dev.id] = DeviceView(dev.id, dev.name, dev.village, dev.area_code, dev.line, kind)
 
     def on_poll(self, result: PollResult) -> None:
-        view = self.devices[result.device_id]
         snap = result.snapshot
-        was = view.online
-        view.online = result.online
-        if snap.online:
-            view.last_seen = snap.timestamp
-            view.values = dict(snap.values)
-            view.failure = None
+        failure = None if snap.online else (f"{snap.failure}: {snap.error}" if snap.failure else snap.error)
+        self.record(result.device_id, online=result.online, timestamp=snap.timestamp,
+                    values=dict(snap.values) if snap.online else None, failure=failure)
+
+    def record(self, device_id: str, *, online: bool, timestamp: float, values: dict[str, Any] | None,
+               failure: str | None) -> None:
+        """One reading of a device: ``values`` when it answered, else ``failure`` says why not."""
+        view = self.devices[device_id]
+        view.online = online
+        if values is not None:
+            view.last_seen, view.values, view.failure = timestamp, values, None
         else:
-            view.failure = f"{snap.failure}: {snap.error}" if snap.failure else snap.error
-        if was != view.online:
-            self._bus.publish("device.state", **view.as_dict())
+            view.failure = failure

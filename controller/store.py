@@ -17,7 +17,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,16 @@ MIGRATIONS: list[str] = [
         enabled INTEGER NOT NULL,
         created_at REAL NOT NULL
     );
+    """,
+    # 2: nonces of signed county commands, kept until they can no longer pass the freshness check
+    """
+    CREATE TABLE county_nonces (
+        key_id TEXT NOT NULL,
+        nonce TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (key_id, nonce)
+    );
+    CREATE INDEX county_nonces_expiry ON county_nonces(expires_at);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -264,6 +274,17 @@ class Store:
             counts[BroadcastState(row["state"])] = row["n"]
         return counts
 
+    def broadcast_durations(self, bounds: Sequence[float]) -> dict[str, tuple[list[int], int, float]]:
+        """On-air time (last start to finish) of finished broadcasts, per class, for a histogram:
+        ``{class: (cumulative count ≤ each bound, count, sum of seconds)}``."""
+        marks = "".join(", SUM(d <= ?)" for _ in bounds)
+        rows = self._query(
+            f"SELECT cls, COUNT(*), TOTAL(d){marks} FROM (SELECT json_extract(request, '$.class') AS cls,"
+            " MAX(finished_at - started_at, 0) AS d FROM broadcasts"
+            " WHERE started_at IS NOT NULL AND finished_at IS NOT NULL) GROUP BY cls",
+            tuple(bounds))
+        return {str(r[0]): ([int(n) for n in tuple(r)[3:]], int(r[1]), float(r[2])) for r in rows}
+
     # -- activations in flight (kill -9 recovery) -------------------------------------------------
 
     def save_activation(self, broadcast_id: str, device_id: str, prior_state: dict[str, Any]) -> None:
@@ -297,6 +318,21 @@ class Store:
         """Newest first."""
         rows = self._query("SELECT * FROM audit ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset))
         return [{**dict(r), "details": json.loads(r["details"])} for r in rows]
+
+    # -- nonces of signed county commands (replay protection) -------------------------------------
+
+    def claim_nonce(self, key_id: str, nonce: str, expires_at: float, now: float) -> bool:
+        """Hold ``nonce`` of ``key_id`` until ``expires_at``; False if it is already held (a replay).
+
+        Durable before it returns, so a restart does not reopen the replay window. Check and insert
+        are one transaction, so two deliveries of one command cannot both pass; nonces that expired
+        by ``now`` are pruned in the same step.
+        """
+        with self._tx() as conn:
+            conn.execute("DELETE FROM county_nonces WHERE expires_at <= ?", (now,))
+            cur = conn.execute("INSERT OR IGNORE INTO county_nonces (key_id, nonce, expires_at)"
+                               " VALUES (?,?,?)", (key_id, nonce, expires_at))
+            return cur.rowcount == 1
 
     # -- tokens ------------------------------------------------------------------------------------
 
