@@ -15,7 +15,7 @@ After start-up has settled (``--settle``, default 20 s) the script samples for `
     figure can be read as "per transaction".
 Targets (issue 4): RSS ≤ 80 MB, idle CPU ≤ 1 % of a core — figures, not assertions.
 
-Run: .venv/bin/python bench/footprint.py [--seconds 60] [--settle 20] [--poll-interval 1.0]
+Run: .venv/bin/python bench/footprint.py [--seconds 60] [--settle 20] [--poll-interval 5.0]
      [--line-check-interval 90] [--lines 4 --per-line 16] [--profile]
 """
 
@@ -224,8 +224,8 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=4)
     ap.add_argument("--per-line", type=int, default=16)
     ap.add_argument("--baud", type=int, default=9600)
-    ap.add_argument("--poll-interval", type=float, default=1.0,
-                    help="lines[].poll_interval_s (the config default is 1.0)")
+    ap.add_argument("--poll-interval", type=float, default=5.0,
+                    help="lines[].poll_interval_s (the config default is 5.0)")
     ap.add_argument("--line-check-interval", type=float, default=90.0,
                     help="health.line_check_interval_s (0: none; the default is 90)")
     ap.add_argument("--profile", action="store_true",

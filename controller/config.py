@@ -70,7 +70,7 @@ class _LinePolicy(_Strict):
                                         description="Consecutive failed polls before a device is offline")
     offline_poll_every: int = Field(default=5, ge=1, le=100,
                                     description="Poll an offline device only every N cycles")
-    poll_interval_s: float = Field(default=1.0, ge=0, le=300,
+    poll_interval_s: float = Field(default=5.0, ge=0, le=300,
                                    description="Shortest time between the starts of two health-poll cycles")
 
 

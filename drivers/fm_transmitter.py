@@ -31,7 +31,8 @@ from drivers.serial_port import PortIdentity, SerialPortSettings, port_identity
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_READ_POLL_S = 0.05  # how often the reader thread looks at its stop flag and the port path
+_READ_POLL_S = 0.5  # longest blocking read; close() cancels it, the port path is checked every
+# ``vanish_check_interval_s`` (at most this much later)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,10 @@ class FmTransmitter(LineDriver):
     async def close(self) -> None:
         """Stop the reader thread and release the port."""
         self._stop.set()
+        port = self._serial
+        if port is not None:
+            with contextlib.suppress(Exception):
+                port.cancel_read()  # end the reader's blocking read now rather than at its timeout
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 2.0)
             self._thread = None
@@ -326,7 +331,7 @@ class FmTransmitter(LineDriver):
                 continue
             why_not = ""
             now = time.monotonic()
-            if now - last_check >= self.settings.reconnect_interval_s:
+            if now - last_check >= self.settings.vanish_check_interval_s:
                 last_check = now
                 if port_identity(self.settings.port) != self._identity:
                     self._close_port(f"serial port {self.name} vanished or was replaced")

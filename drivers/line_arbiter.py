@@ -150,6 +150,7 @@ class LineArbiter(LineDriver):
         self._port_identity: PortIdentity | tuple[()] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._retry_s = settings.reconnect_interval_s
+        self._dropped = asyncio.Event()  # wakes the supervisor at once when the line goes down
         self._decoder = DecodePDU(False)
         # state of the attempt on the wire (set by the worker, read by the trace callbacks)
         self._abort: asyncio.Future[str] | None = None
@@ -427,6 +428,7 @@ class LineArbiter(LineDriver):
     def _drop_client(self, reason: str, *, notify: bool = True) -> None:
         client, self._client = self._client, None
         self._generation += 1
+        self._dropped.set()
         self._link.set_down(reason, notify=notify)
         if self._abort is not None and not self._abort.done():
             self._abort.set_result("down")
@@ -440,9 +442,20 @@ class LineArbiter(LineDriver):
 
         A missing serial path is looked for every ``reconnect_interval_s``; failed open/connect
         attempts back off exponentially up to ``reconnect_max_s`` (each is logged by pymodbus).
+        While the line is up, the path of a serial port is checked every ``vanish_check_interval_s``
+        (a TCP line needs no check); a drop wakes this loop at once.
         """
         while True:
-            await asyncio.sleep(self._retry_s)
+            if self._client is None:
+                await asyncio.sleep(self._retry_s)
+            else:
+                self._dropped.clear()
+                check_s = (self.settings.vanish_check_interval_s
+                           if isinstance(self.settings, SerialLineSettings) else None)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._dropped.wait(), check_s)
+                if self._client is None:
+                    await asyncio.sleep(self._retry_s)
             if self._client is None:
                 if await self._open():
                     self._stats.reconnects += 1

@@ -24,6 +24,9 @@ class SerialPortSettings:
     stopbits: int = 1
     reconnect_interval_s: float = 0.1
     """How often a missing port path is looked for (a stat, cheap)."""
+    vanish_check_interval_s: float = 1.0
+    """How often the path of an open port is checked for having vanished or been replaced
+    (a port that errors or closes is noticed at once; this catches a silently replaced one)."""
     name: str = ""
 
     @property

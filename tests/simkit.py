@@ -74,7 +74,8 @@ def write_sim_config(tmp_path: Path, *, rtu_terminals: int = 3, tcp_terminals: i
     host = "127.0.0.1"
     rtu_link, fm_link = tmp_path / "dev" / "ttyRS485", tmp_path / "dev" / "ttyFM"
     lines: list[dict[str, Any]] = [
-        {"type": "serial", "id": "rs485", "port": str(rtu_link), "baudrate": baudrate}]
+        {"type": "serial", "id": "rs485", "port": str(rtu_link), "baudrate": baudrate,
+         "poll_interval_s": 1.0}]  # the tests rely on fast polling (the default is 5 s)
     devs: list[dict[str, Any]] = []
     rtu_ids = [f"rtu{i + 1}" for i in range(rtu_terminals)]
     for i, dev_id in enumerate(rtu_ids):
@@ -84,7 +85,8 @@ def write_sim_config(tmp_path: Path, *, rtu_terminals: int = 3, tcp_terminals: i
     for i in range(tcp_terminals):
         dev_id = f"tcp{i + 1}"
         tcp_ports[dev_id] = free_port(host)
-        lines.append({"type": "tcp", "id": f"ip{i + 1}", "host": host, "port": tcp_ports[dev_id]})
+        lines.append({"type": "tcp", "id": f"ip{i + 1}", "host": host, "port": tcp_ports[dev_id],
+                      "poll_interval_s": 1.0})
         devs.append(_device(dev_id, 100 + i, f"ip{i + 1}", unit_id=1, profile="ebt-1", zones=[1]))
     if fm:
         lines.append({"type": "serial", "id": "fm", "port": str(fm_link), "baudrate": 9600})
