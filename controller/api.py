@@ -355,20 +355,21 @@ def create_app(services: ApiServices) -> FastAPI:
                     {"bytes": clip.bytes, "duration_s": clip.duration_s})
         return asdict(clip)
 
-    @app.get(f"{PREFIX}/broadcasts/{{broadcast_id}}", tags=["broadcasts"])
-    async def get_broadcast(broadcast_id: str, _: Viewer) -> dict[str, Any]:
-        """One broadcast with its per-terminal outcomes and coverage."""
+    def _broadcast_or_404(broadcast_id: str) -> dict[str, Any]:
         record = store.get_broadcast(broadcast_id)
         if record is None:
             raise ApiError(404, f"no broadcast '{broadcast_id}'")
-        return _broadcast_out(record)
+        return record
+
+    @app.get(f"{PREFIX}/broadcasts/{{broadcast_id}}", tags=["broadcasts"])
+    async def get_broadcast(broadcast_id: str, _: Viewer) -> dict[str, Any]:
+        """One broadcast with its per-terminal outcomes and coverage."""
+        return _broadcast_out(_broadcast_or_404(broadcast_id))
 
     @app.post(f"{PREFIX}/broadcasts/{{broadcast_id}}/cancel", tags=["broadcasts"])
     async def cancel_broadcast(broadcast_id: str, actor: Operator) -> dict[str, Any]:
         """Stop a waiting or playing broadcast (the engine audits it); 409 if it is already final."""
-        record = store.get_broadcast(broadcast_id)
-        if record is None:
-            raise ApiError(404, f"no broadcast '{broadcast_id}'")
+        record = _broadcast_or_404(broadcast_id)
         if record["state"] in FINAL_STATES:
             raise ApiError(409, f"broadcast '{broadcast_id}' is already {_state_name(record['state'])}")
         if not await services.engine.cancel(broadcast_id, actor):
