@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,6 +38,9 @@ from controller.store import DuplicateError, Store
 from controller.targets import TargetError, resolve
 from controller.tts import TextTooLong
 
+if TYPE_CHECKING:  # the alert inbox imports this module's helpers for its routes
+    from controller.alerts import AlertService
+
 log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1"
@@ -58,6 +61,12 @@ class BroadcastEngineApi(Protocol):
     """Where uploaded recordings are kept (``audio_id`` in a request names one)."""
 
 
+class FeedsApi(Protocol):
+    """What the API shows of the CAP feed pollers (controller/cap_feeds.py)."""
+
+    def snapshot(self) -> list[dict[str, Any]]: ...
+
+
 @dataclass
 class ApiServices:
     """Everything the routes reach; built by the daemon (or a test) and handed to :func:`create_app`."""
@@ -76,6 +85,10 @@ class ApiServices:
     """County command counts by result, for /metrics."""
     outbox: OutboxApi | None = None
     """Outbox depth and drops, for /metrics."""
+    alerts: AlertService | None = None
+    """The CAP alert inbox (controller/alerts.py; routes in controller/api_alerts.py)."""
+    feeds: FeedsApi | None = None
+    """CAP feed pollers, for ``GET /api/v1/alerts/feeds``."""
     started_at: float = field(default_factory=time.time)
     keepalive_s: float = KEEPALIVE_S
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -292,7 +305,11 @@ def create_app(services: ApiServices) -> FastAPI:
                   description="Local API of one gateway. Every endpoint except /api/v1/health needs "
                               "'Authorization: Bearer <token>' (create one with `ebc token create`).",
                   )
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, per_path={AUDIO_PATH: MAX_AUDIO_BYTES})
+    from controller.api_alerts import CAP_PATH, alert_routes  # it builds on this module's helpers
+    from controller.cap import MAX_CAP_BYTES
+
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES,
+                       per_path={AUDIO_PATH: MAX_AUDIO_BYTES, CAP_PATH: MAX_CAP_BYTES})
     app.state.services = services
     app.add_exception_handler(RequestValidationError, _on_validation)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _on_http)  # type: ignore[arg-type]
@@ -440,6 +457,7 @@ def create_app(services: ApiServices) -> FastAPI:
         """Prometheus text format (also at /metrics, where scrapers look by default)."""
         return PlainTextResponse(_metrics(services), media_type="text/plain; version=0.0.4")
 
+    app.include_router(alert_routes(services))
     return app
 
 

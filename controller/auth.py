@@ -22,22 +22,32 @@ Via = Literal["api", "schedule", "county", "cap", "system"]
 
 
 class Role(StrEnum):
-    """Least privilege: a viewer watches, an operator plays and cancels, an admin manages."""
+    """Least privilege: a viewer watches, an operator plays and cancels, an admin manages.
+
+    A feed token (a warning centre's push client) may only post CAP alerts: it stands outside the
+    viewer < operator < admin chain, so a leaked feed token can neither read the gateway nor play
+    anything directly — what it posts still goes through the rules (预案) and approval.
+    """
 
     VIEWER = "viewer"
     OPERATOR = "operator"
     ADMIN = "admin"
+    FEED = "feed"
 
     @property
     def rank(self) -> int:
         return _RANK[self]
 
     def allows(self, required: Role) -> bool:
-        """True if this role may do what ``required`` may."""
+        """True if this role may do what ``required`` may (operators and admins may do a feed's job)."""
+        if self is Role.FEED:
+            return required is Role.FEED
+        if required is Role.FEED:
+            return self.rank >= _RANK[Role.OPERATOR]
         return self.rank >= required.rank
 
 
-_RANK = {Role.VIEWER: 1, Role.OPERATOR: 2, Role.ADMIN: 3}
+_RANK = {Role.FEED: 0, Role.VIEWER: 1, Role.OPERATOR: 2, Role.ADMIN: 3}
 
 
 @dataclass(frozen=True)
@@ -108,8 +118,8 @@ def require(role: Role) -> Callable[[Request], Awaitable[Actor]]:
         if info is None:
             raise AuthError(401, "invalid or revoked token")
         if not info.role.allows(role):
-            raise AuthError(403, f"this needs the {role.value} role; "
-                                 f"token '{info.name}' is {info.role.value}")
+            needed = "operator role or a feed token" if role is Role.FEED else f"{role.value} role"
+            raise AuthError(403, f"this needs the {needed}; token '{info.name}' is {info.role.value}")
         client = request.client
         remote = f"{client.host}:{client.port}" if client else None
         return Actor(name=info.name, role=info.role, token_id=info.id, remote=remote, via="api")

@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = p.add_subparsers(dest="token_command", required=True)
     t = tsub.add_parser("create", help="create a token; it is printed once, only its hash is stored")
     t.add_argument("name")
-    t.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    t.add_argument("--role", required=True, choices=["viewer", "operator", "admin", "feed"],
+                   help="feed: may only post CAP alerts (a warning centre's push client)")
     t.add_argument("--config", required=True)
     t = tsub.add_parser("list", help="list active tokens (names, roles, ids)")
     t.add_argument("--config", required=True)

@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, get_args
+from typing import Any, Literal, Protocol, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -55,6 +55,9 @@ _NONCE = re.compile(r"[\x21-\x7e]{16,64}")  # printable ASCII: hex, base64 and U
 _DEFAULT_SKEW_S = 300.0
 
 Rebirth = Callable[[], Awaitable[None] | None]
+AlertIngest = Callable[[bytes, Actor, str], Awaitable[dict[str, Any]]]
+"""(CAP document, the verified key as actor, source level) → the inbox's alert record; raises
+ValueError (CapError, with ``element``) for a document that is not a usable CAP alert."""
 LineCheck = Callable[[list[str] | None], Awaitable[dict[str, Any]]]
 Clock = Callable[[], float]
 _M = TypeVar("_M", bound=BaseModel)
@@ -109,6 +112,13 @@ class _CancelArgs(BaseModel):
     broadcast_id: str = Field(min_length=1, max_length=100)
 
 
+class _AlertArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cap: str = Field(min_length=1, description="The CAP document (XML text)")
+    source_level: Literal["village", "township", "county", "city", "province", "national"] = Field(
+        default="county", description="Who the alert counts as, for priority (relaying a higher level)")
+
+
 class _LineCheckArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
     devices: list[str] | None = Field(default=None, description="Device ids; null or absent: all")
@@ -119,7 +129,8 @@ class CountyCommands:
 
     def __init__(self, cfg: Config, store: Store, engine: CommandEngine, *, rebirth: Rebirth,
                  line_check: LineCheck | None, clock: Clock = time.time,
-                 line_check_timeout_s: float = LINE_CHECK_TIMEOUT_S) -> None:
+                 line_check_timeout_s: float = LINE_CHECK_TIMEOUT_S,
+                 alerts: AlertIngest | None = None) -> None:
         """Raises ValueError if a configured key cannot be loaded (``ebc config check`` reports it too)."""
         self.cfg = cfg
         self.store = store
@@ -128,6 +139,7 @@ class CountyCommands:
         self._line_check = line_check
         self._clock = clock
         self._line_check_timeout_s = line_check_timeout_s
+        self._alerts = alerts
         settings = cfg.county
         self._max_skew_s = settings.max_skew_s if settings else _DEFAULT_SKEW_S
         self._nonce_ttl_s = settings.nonce_ttl if settings else 2 * _DEFAULT_SKEW_S
@@ -141,7 +153,7 @@ class CountyCommands:
         self._counts: Counter[tuple[str, str]] = Counter()
         self._handlers: dict[str, Callable[[_Request, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
             "broadcast": self._broadcast, "cancel": self._cancel, "rebirth": self._do_rebirth,
-            "line_check": self._do_line_check}
+            "line_check": self._do_line_check, "alert": self._alert}
 
     def counts(self) -> dict[tuple[str, str], int]:
         """Commands handled since start by (command, result); result is ``ok`` or the error code.
@@ -267,6 +279,19 @@ class CountyCommands:
             raise Refused("timeout", f"the line check did not finish within "
                                      f"{self._line_check_timeout_s:g} s") from None
         return {"results": json.loads(json.dumps(results, default=str))}  # JSON-safe for the response
+
+    async def _alert(self, request: _Request, args: dict[str, Any]) -> dict[str, Any]:
+        """A CAP alert relayed by the county: into the inbox, through the rules like any other."""
+        parsed = _validated(_AlertArgs, args)
+        if self._alerts is None:
+            raise Refused("unavailable", "the CAP alert inbox is not running on this gateway")
+        try:
+            record = await self._alerts(parsed.cap.encode("utf-8"), request.actor, parsed.source_level)
+        except ValueError as exc:  # CapError: what is wrong and where in the document (its message)
+            raise Refused("bad_args", f"args.cap: not a usable CAP alert: {exc}", "args.cap") from None
+        return {"alert_id": record["id"], "disposition": record["disposition"],
+                "duplicate": bool(record.get("duplicate")), "broadcast_id": record.get("broadcast_id"),
+                "reason": record.get("reason")}
 
     # -- answers --------------------------------------------------------------------------------------
 

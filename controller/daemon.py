@@ -1,6 +1,8 @@
 """``ebc run``: one process wiring config → bus → devices → hardware → speech/audio → engine →
 scheduler → API, with a clean shutdown and the systemd notify protocol. With an ``mqtt`` section
-also outbox → MQTT reporter → county commands (docs/mqtt.md).
+also outbox → MQTT reporter → county commands (docs/mqtt.md). CAP alerts (docs/alerts.md): the
+inbox starts after the engine it submits to, then the feed pollers and the county's alert topics
+feed it; they stop before it, and it before the engine.
 
 Start order is the dependency order; stop is the reverse: the API stops taking requests, the
 scheduler stops firing, the engine ends the current broadcast safely and releases every terminal,
@@ -20,7 +22,10 @@ from pathlib import Path
 
 import uvicorn
 
+from controller.alerts import AlertService
 from controller.api import ApiServices, create_app
+from controller.auth import Actor
+from controller.cap_feeds import Feeds
 from controller.config import Config
 from controller.county import CountyCommands
 from controller.device_state import DeviceRegistry
@@ -96,6 +101,10 @@ class Daemon:
         self.player: AudioPlayer | None = None
         self.engine: BroadcastEngine | None = None
         self.scheduler: Scheduler | None = None
+        self.alerts: AlertService | None = None
+        self.feeds: Feeds | None = None
+        self._alert_tasks: set[asyncio.Task[None]] = set()
+        """CAP documents from MQTT being ingested (the reporter's hook must not block)."""
         self.services: ApiServices | None = None
         self._server: _Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -132,7 +141,7 @@ class Daemon:
 
     async def _start_parts(self) -> None:
         """MQTT reporter (connecting in the background), hardware, health, speech, audio, engine
-        (which restores devices after a crash), county commands, scheduler."""
+        (which restores devices after a crash), alert inbox, county commands, scheduler, feeds."""
         cfg = self.cfg
         if self.reporter is not None:
             await self.reporter.start()  # connects in the background; the outbox holds reports meanwhile
@@ -145,18 +154,26 @@ class Daemon:
                                       self.registry)
         self.health.set_engine(self.engine)
         await self.engine.start()
+        self.alerts = AlertService(cfg, self.store, self.engine, self.bus)
+        await self.alerts.start()  # decides what a crash left undecided; watches approval deadlines
         if self.reporter is not None:
             try:
                 self.county = CountyCommands(cfg, self.store, self.engine, rebirth=self.reporter.rebirth,
-                                             line_check=self.health.run_line_check)
+                                             line_check=self.health.run_line_check,
+                                             alerts=self._county_alert)
             except ValueError as exc:
                 raise StartupError(str(exc)) from None
             self.reporter.commands = self.county
+            self.reporter.on_alert_document = self._on_alert_document
         self.scheduler = Scheduler(cfg, self.store, self.engine)
         await self.scheduler.start()
+        config_dir = cfg.path.parent if cfg.path is not None else Path.cwd()
+        self.feeds = Feeds(cfg.alerts, config_dir, self._feed_ingest)
+        await self.feeds.start()
         self.services = ApiServices(cfg=cfg, store=self.store, engine=self.engine, registry=self.registry,
                                     bus=self.bus, hardware=self.hardware, scheduler=self.scheduler,
-                                    health=self.health, county=self.county, outbox=self.outbox)
+                                    health=self.health, county=self.county, outbox=self.outbox,
+                                    alerts=self.alerts, feeds=self.feeds)
 
     def _make_player(self) -> AudioPlayer:
         out = self.cfg.audio_output
@@ -202,9 +219,17 @@ class Daemon:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.feeds is not None:
+            with contextlib.suppress(Exception):
+                await self.feeds.stop()
+        for task in list(self._alert_tasks):  # an interrupted ingest stays stored; decided on restart
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         # The reporter goes after engine and health, so their last events still go out (or stay queued).
-        for name, part in (("scheduler", self.scheduler), ("engine", self.engine), ("health", self.health),
-                           ("mqtt reporter", self.reporter)):
+        parts = (("scheduler", self.scheduler), ("alert inbox", self.alerts), ("engine", self.engine),
+                 ("health", self.health), ("mqtt reporter", self.reporter))
+        for name, part in parts:
             if part is not None:
                 try:
                     await part.stop()
@@ -218,6 +243,37 @@ class Daemon:
         if self.outbox is not None:
             self.outbox.close()
         log.info("stopped")
+
+    # -- CAP alerts from feeds, the county's topics and signed commands ----------------------------------
+
+    async def _feed_ingest(self, document: bytes, source: str, source_level: str) -> dict[str, object]:
+        """A feed poller's document; the actor is the feed (``feed:<id>``), its level the feed's."""
+        assert self.alerts is not None
+        return await self.alerts.ingest(document, source=source, source_level=source_level,
+                                        actor=Actor(name=source.split(" ", 1)[0], via="cap"))
+
+    async def _county_alert(self, document: bytes, actor: Actor, source_level: str) -> dict[str, object]:
+        """The signed county ``alert`` command: the verified key is the actor."""
+        assert self.alerts is not None
+        return await self.alerts.ingest(document, source=f"county:{actor.name}", actor=actor,
+                                        source_level=source_level)
+
+    def _on_alert_document(self, payload: bytes, topic: str) -> None:
+        """A CAP document on one of ``alerts.mqtt_topics``: ingested in a task (the hook must not block)."""
+        task = asyncio.create_task(self._mqtt_alert(payload, topic), name=f"mqtt alert {topic[:48]}")
+        self._alert_tasks.add(task)
+        task.add_done_callback(self._alert_tasks.discard)
+
+    async def _mqtt_alert(self, payload: bytes, topic: str) -> None:
+        assert self.alerts is not None
+        try:
+            record = await self.alerts.ingest(payload, source=f"mqtt:{topic}", source_level="county",
+                                              actor=Actor(name="county-mqtt", via="county"))
+        except ValueError as exc:  # refused and audited by the inbox; nobody to answer on MQTT
+            log.warning("CAP document on MQTT topic %r refused: %s", topic[:128], exc)
+            return
+        log.info("CAP document on MQTT topic %r: alert %s, %s", topic[:128], record["id"],
+                 record["disposition"])
 
     # -- background duties ----------------------------------------------------------------------------
 

@@ -12,6 +12,10 @@ What the county sees, below ``<prefix>/<gateway id>/``:
 ``cmd/<name>``           in: county commands (controller/county.py); answered on
                          ``cmd/<name>/response`` (QoS 1, not retained)
 
+Also in, on whatever topics ``alerts.mqtt_topics`` names (subscribed QoS 1 on every connection):
+CAP documents pushed by the county, handed as they are to :attr:`MqttReporter.on_alert_document`.
+A message on ``cmd/<name>`` is always a command, even if an alert topic filter matches it too.
+
 Everything with a ``seq`` goes through the durable outbox (controller/outbox.py): an event is
 written there by a synchronous bus listener, inside ``EventBus.publish``, so no event is missed,
 and the reporter sends only outbox rows, deleting each on its PUBACK. Retained state (status,
@@ -127,6 +131,10 @@ class MqttReporter:
         self.queue_depth = queue_depth
         self.commands = commands
         """Set after construction when the handler needs :meth:`rebirth` (it does)."""
+        self.alert_topics = list(cfg.alerts.mqtt_topics)
+        self.on_alert_document: Callable[[bytes, str], None] | None = None
+        """Set by the daemon: gets (payload, topic) of each message on :attr:`alert_topics`, on the
+        event loop; it must not block (schedule the ingest as a task)."""
         self.root = f"{self.settings.prefix}/{cfg.gateway.id}"
         self.client_id = self.settings.client_id or cfg.gateway.id
         self.brokers = self.settings.addresses()
@@ -472,6 +480,11 @@ class MqttReporter:
         assert session.client is not None
         self._announce(session)
         session.client.subscribe(self._topic("cmd/+"), qos=1)
+        for topic in self.alert_topics:
+            try:
+                session.client.subscribe(topic, qos=1)
+            except ValueError as exc:  # one bad filter must not cost the others
+                log.error("alerts.mqtt_topics: cannot subscribe to %r: %s", topic, exc)
         session.ready = True
         log.info("MQTT connected to %s as %s; %d queued report(s) to send", session.broker.url,
                  self.client_id, self.outbox.depth)
@@ -491,8 +504,22 @@ class MqttReporter:
     def _on_message(self, session: _Session, message: paho.MQTTMessage) -> None:
         if session is not self._session or self._stopping:
             return
-        name = message.topic.rsplit("/", 1)[-1]
-        self._on_command(name, bytes(message.payload))
+        topic = message.topic
+        if paho.topic_matches_sub(self._topic("cmd/+"), topic):
+            self._on_command(topic.rsplit("/", 1)[-1], bytes(message.payload))
+        elif any(paho.topic_matches_sub(sub, topic) for sub in self.alert_topics):
+            self._on_alert_document(bytes(message.payload), topic)
+
+    def _on_alert_document(self, payload: bytes, topic: str) -> None:
+        hook = self.on_alert_document
+        if hook is None:
+            log.warning("CAP document on %r (%d bytes) dropped: no alert inbox is attached", topic[:128],
+                        len(payload))
+            return
+        try:
+            hook(payload, topic)
+        except Exception:
+            log.exception("the alert document handler failed on %r", topic[:128])
 
 
 def _correlation_id(payload: bytes) -> str | None:

@@ -109,6 +109,43 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX county_nonces_expiry ON county_nonces(expires_at);
     """,
+    # 3: the CAP alert inbox (controller/alerts.py): every alert received, raw document kept
+    """
+    CREATE TABLE alerts (
+        id TEXT PRIMARY KEY,
+        sender TEXT NOT NULL,
+        identifier TEXT NOT NULL,
+        sent TEXT NOT NULL,
+        msg_type TEXT NOT NULL,
+        status TEXT NOT NULL,
+        dialect TEXT NOT NULL,
+        source TEXT NOT NULL,
+        source_level TEXT,
+        actor TEXT NOT NULL,
+        actor_role TEXT,
+        actor_token_id TEXT,
+        actor_remote TEXT,
+        actor_via TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        expires_at REAL,
+        summary TEXT NOT NULL,
+        document BLOB NOT NULL,
+        disposition TEXT NOT NULL,
+        reason TEXT,
+        rule TEXT,
+        broadcast_id TEXT,
+        plan TEXT,
+        decided_by TEXT,
+        decided_at REAL,
+        approval_deadline REAL,
+        on_timeout TEXT,
+        updated_at REAL NOT NULL,
+        UNIQUE (sender, identifier, sent)
+    );
+    CREATE INDEX alerts_disposition ON alerts(disposition);
+    CREATE INDEX alerts_received ON alerts(received_at);
+    CREATE INDEX alerts_broadcast ON alerts(broadcast_id);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -334,6 +371,78 @@ class Store:
                                " VALUES (?,?,?)", (key_id, nonce, expires_at))
             return cur.rowcount == 1
 
+    # -- CAP alert inbox ---------------------------------------------------------------------------
+
+    def add_alert(self, record: dict[str, Any], actor: Actor) -> None:
+        """Keep a received alert (and its raw document) before anything acts on it.
+
+        ``record`` has the columns of the ``alerts`` table (``summary`` and ``plan`` as dicts).
+        Raises DuplicateError when (sender, identifier, sent) is already stored: the dedup key.
+        """
+        row = {**record, "summary": _json(record["summary"]),
+               "plan": None if record.get("plan") is None else _json(record["plan"])}
+        row.update(zip(("actor", "actor_role", "actor_token_id", "actor_remote", "actor_via"),
+                       _actor_columns(actor), strict=True))
+        row["updated_at"] = time.time()
+        names = ", ".join(row)
+        try:
+            with self._tx() as conn:
+                conn.execute(f"INSERT INTO alerts ({names}) VALUES ({','.join('?' * len(row))})",
+                             tuple(row.values()))
+        except sqlite3.IntegrityError:
+            raise DuplicateError(f"alert ({record['sender']}, {record['identifier']}, {record['sent']}) "
+                                 f"is already stored") from None
+
+    _ALERT_FIELDS = frozenset({"disposition", "reason", "rule", "broadcast_id", "plan", "decided_by",
+                               "decided_at", "approval_deadline", "on_timeout"})
+
+    def update_alert(self, alert_id: str, *, expect: Sequence[str] | None = None, **fields: Any) -> bool:
+        """Change an alert's decision fields; with ``expect``, only while its disposition is one of
+        those (so a timeout and a duty officer cannot both decide one alert). True if it changed."""
+        unknown = set(fields) - self._ALERT_FIELDS
+        if unknown:
+            raise ValueError(f"not an alert decision field: {', '.join(sorted(unknown))}")
+        values = {k: (_json(v) if k == "plan" and v is not None else v) for k, v in fields.items()}
+        sets = ", ".join(f"{k}=?" for k in values)
+        where, params = "id=?", [alert_id]
+        if expect is not None:
+            where += f" AND disposition IN ({','.join('?' * len(expect))})"
+            params += list(expect)
+        with self._tx() as conn:
+            cur = conn.execute(f"UPDATE alerts SET {sets}, updated_at=? WHERE {where}",
+                               (*values.values(), time.time(), *params))
+            return cur.rowcount == 1
+
+    def get_alert(self, alert_id: str, *, document: bool = False) -> dict[str, Any] | None:
+        """One alert; with ``document`` also its raw CAP document (bytes, as received)."""
+        rows = self._query("SELECT * FROM alerts WHERE id=?", (alert_id,))
+        return _alert_dict(rows[0], document) if rows else None
+
+    def find_alerts(self, sender: str, identifier: str, sent: str | None = None) -> list[dict[str, Any]]:
+        """Alerts with this sender and identifier (and ``sent`` as written, if given), oldest first."""
+        if sent is None:
+            rows = self._query("SELECT * FROM alerts WHERE sender=? AND identifier=? ORDER BY received_at",
+                               (sender, identifier))
+        else:
+            rows = self._query("SELECT * FROM alerts WHERE sender=? AND identifier=? AND sent=?",
+                               (sender, identifier, sent))
+        return [_alert_dict(r) for r in rows]
+
+    def list_alerts(self, disposition: str | Sequence[str] | None = None, limit: int = 50,
+                    offset: int = 0, *, oldest_first: bool = False) -> list[dict[str, Any]]:
+        """Newest first (or oldest first), optionally only those with the given disposition(s)."""
+        wanted = [disposition] if isinstance(disposition, str) else list(disposition or [])
+        where = f"WHERE disposition IN ({','.join('?' * len(wanted))})" if wanted else ""
+        order = "ASC" if oldest_first else "DESC"
+        rows = self._query(f"SELECT * FROM alerts {where} ORDER BY received_at {order}, id {order}"
+                           f" LIMIT ? OFFSET ?", (*wanted, limit, offset))
+        return [_alert_dict(r) for r in rows]
+
+    def alert_counts(self) -> dict[str, int]:
+        """How many alerts have each disposition."""
+        return {r["disposition"]: r["n"] for r in
+                self._query("SELECT disposition, COUNT(*) AS n FROM alerts GROUP BY disposition")}
+
     # -- tokens ------------------------------------------------------------------------------------
 
     def create_token(self, name: str, role: Role) -> str:
@@ -416,6 +525,18 @@ def _broadcast_dict(row: sqlite3.Row) -> dict[str, Any]:
         "updated_at": row["updated_at"],
         "coverage": row["coverage"],
     }
+
+
+def _alert_dict(row: sqlite3.Row, document: bool = False) -> dict[str, Any]:
+    hidden = ("document", "actor", "actor_role", "actor_token_id", "actor_remote", "actor_via")
+    out = {k: v for k, v in dict(row).items() if k not in hidden}
+    out["summary"] = json.loads(row["summary"])
+    out["plan"] = json.loads(row["plan"]) if row["plan"] is not None else None
+    out["actor"] = {"name": row["actor"], "role": row["actor_role"], "token_id": row["actor_token_id"],
+                    "remote": row["actor_remote"], "via": row["actor_via"]}
+    if document:
+        out["document"] = bytes(row["document"])
+    return out
 
 
 def _token_info(row: sqlite3.Row) -> TokenInfo:

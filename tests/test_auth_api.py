@@ -280,7 +280,7 @@ def test_schedules_crud(client: TestClient, services: ApiServices, tokens: dict[
 
 def test_tokens_endpoint_never_shows_secrets(client: TestClient, tokens: dict[str, str]):
     listed = client.get("/api/v1/tokens", headers=auth(tokens["admin"])).json()
-    assert {t["name"] for t in listed} == {"viewer-1", "operator-1", "admin-1"}
+    assert {t["name"] for t in listed} == {"viewer-1", "operator-1", "admin-1", "feed-1"}
     text = json.dumps(listed)
     for token in tokens.values():
         assert token not in text
