@@ -7,10 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PACKAGES=(mbpoll mosquitto mosquitto-clients alsa-utils)
+# Only for the tests: the web console is tested in Debian's Chromium (driven by Playwright), and a
+# CJK font makes the console's screenshots readable.
+TEST_APT_PACKAGES=(chromium fonts-wqy-microhei)
 
 install_system_packages() {
     local missing=()
-    for pkg in "${APT_PACKAGES[@]}"; do
+    for pkg in "$@"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
     done
     python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
@@ -35,7 +38,11 @@ install_python_env() {
     fi
 }
 
-install_system_packages
+if [ "${1:-}" = test ]; then
+    install_system_packages "${APT_PACKAGES[@]}" "${TEST_APT_PACKAGES[@]}"
+else
+    install_system_packages "${APT_PACKAGES[@]}"
+fi
 install_python_env
 
 case "${1:-}" in

@@ -36,7 +36,8 @@ from controller.program import store_uploaded_audio
 from controller.scheduler import Scheduler, validate_cron
 from controller.store import DuplicateError, Store
 from controller.targets import TargetError, resolve
-from controller.tts import TextTooLong
+from controller.tts import Language, TextTooLong
+from controller.web import SecureFastAPI, install_console
 
 if TYPE_CHECKING:  # the alert inbox imports this module's helpers for its routes
     from controller.alerts import AlertService
@@ -67,6 +68,24 @@ class FeedsApi(Protocol):
     def snapshot(self) -> list[dict[str, Any]]: ...
 
 
+class SpeechApi(Protocol):
+    """What the console's speech preview needs: the engine's SpeechService (controller/tts.py)."""
+
+    def check_length(self, text: str) -> None: ...
+
+    async def synthesize(self, text: str, language: Language) -> Path: ...
+
+
+class UplinkApi(Protocol):
+    """What gateway health shows of the MQTT reporter (controller/mqtt.py: MqttReporter)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def broker(self) -> str | None: ...
+
+
 @dataclass
 class ApiServices:
     """Everything the routes reach; built by the daemon (or a test) and handed to :func:`create_app`."""
@@ -89,6 +108,10 @@ class ApiServices:
     """The CAP alert inbox (controller/alerts.py; routes in controller/api_alerts.py)."""
     feeds: FeedsApi | None = None
     """CAP feed pollers, for ``GET /api/v1/alerts/feeds``."""
+    speech: SpeechApi | None = None
+    """The engine's own SpeechService (one worker for broadcasts and console previews)."""
+    mqtt: UplinkApi | None = None
+    """The MQTT reporter, for the uplink state in ``GET /api/v1/gateway``."""
     started_at: float = field(default_factory=time.time)
     keepalive_s: float = KEEPALIVE_S
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -301,7 +324,7 @@ def _metrics(services: ApiServices) -> str:
 
 def create_app(services: ApiServices) -> FastAPI:
     """The FastAPI application over ``services``; OpenAPI at /docs and /openapi.json."""
-    app = FastAPI(title="ebc — township emergency broadcast gateway", version="1",
+    app = SecureFastAPI(title="ebc — township emergency broadcast gateway", version="1",
                   description="Local API of one gateway. Every endpoint except /api/v1/health needs "
                               "'Authorization: Bearer <token>' (create one with `ebc token create`).",
                   )
@@ -458,6 +481,10 @@ def create_app(services: ApiServices) -> FastAPI:
         return PlainTextResponse(_metrics(services), media_type="text/plain; version=0.0.4")
 
     app.include_router(alert_routes(services))
+    from controller.api_console import console_router  # it builds on this module's helpers
+
+    app.include_router(console_router(services))
+    install_console(app)  # GET / and /ui/: the web console (security headers: SecureFastAPI)
     return app
 
 

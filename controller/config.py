@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from controller.broadcasts import BroadcastRequest
+from controller.broadcasts import MAX_TEXT_CHARS, BroadcastClass, BroadcastRequest, Tone
 from drivers.profile import AtFmTransmitterProfile, ModbusTerminalProfile, load_profile
 
 AREA_CODE = re.compile(r"^\d{12}$")
@@ -190,12 +190,55 @@ class SpeechSettings(_Strict):
     max_chars: int = Field(default=2000, ge=1, le=10000, description="Longest text accepted for speech")
 
 
+class BroadcastTemplate(_Strict):
+    """A ready-made announcement the web console offers: one click fills class, severity, tone, repeat
+    and text, so a duty officer at 3 a.m. only picks the targets (the request minus its targets)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    id: str = Field(pattern=IDENT, description="Lower-case id: letters, digits, - and _")
+    title: str = Field(min_length=1, max_length=200, description="What the console lists, e.g. 防汛紧急通知")
+    broadcast_class: BroadcastClass = Field(alias="class", description="emergency, drill or daily")
+    severity: int | None = Field(default=None, ge=1, le=4,
+                                 description="Emergency level 1 特别重大/红 … 4 一般/蓝 (emergency only)")
+    tone: Tone | None = Field(default=None, description="Attention signal; default by class and severity")
+    repeat: int = Field(default=1, ge=1, le=10, description="How many times the program plays")
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="Text to speak")
+    language: Literal["zh", "en"] = "zh"
+
+    @model_validator(mode="after")
+    def _playable(self) -> BroadcastTemplate:
+        """The same rules as a broadcast request (severity only for emergencies, text not blank)."""
+        self.request({"all": True})
+        return self
+
+    def request(self, targets: dict[str, Any]) -> BroadcastRequest:
+        """This template as a broadcast request to ``targets``; ValueError says what is wrong."""
+        data = {**self.model_dump(by_alias=True, exclude={"id"}), "targets": targets}
+        try:
+            return BroadcastRequest.model_validate(data)
+        except ValidationError as exc:
+            raise ValueError("; ".join(str(e["msg"]).removeprefix("Value error, ")
+                                       for e in exc.errors())) from None
+
+
 class BroadcastSettings(_Strict):
     daily_volume: int = Field(default=70, ge=0, le=100, description="Volume when a request names none")
     ready_timeout_s: float = Field(default=15.0, gt=0, le=120,
                                    description="Longest wait for amplifiers to report ready")
     evidence_retention_days: int = Field(default=90, ge=1, le=3650,
                                          description="How long played program audio is kept")
+    templates: list[BroadcastTemplate] = Field(default_factory=list,
+                                               description="Ready-made announcements the web console offers")
+
+    @field_validator("templates")
+    @classmethod
+    def _unique_ids(cls, value: list[BroadcastTemplate]) -> list[BroadcastTemplate]:
+        seen: set[str] = set()
+        for template in value:
+            if template.id in seen:
+                raise ValueError(f"duplicate template id '{template.id}'")
+            seen.add(template.id)
+        return value
 
 
 class HealthSettings(_Strict):
@@ -692,6 +735,10 @@ def _cross_check(cfg: Config, base: Path) -> list[str]:
                 errors.append(f"{where}.device: no device with id '{step.device}'")
             if step.fault in ("line_open", "line_short") and step.zone is None:
                 errors.append(f"{where}.zone: required for {step.fault}")
+    for i, template in enumerate(cfg.broadcast.templates):
+        if len(template.text) > cfg.speech.max_chars:
+            errors.append(f"broadcast.templates[{i}]({template.id}).text: {len(template.text)} characters; "
+                          f"speech.max_chars allows {cfg.speech.max_chars}")
     for i, sched in enumerate(cfg.schedules):
         try:
             BroadcastRequest.model_validate(sched.request)

@@ -173,7 +173,8 @@ class Daemon:
         self.services = ApiServices(cfg=cfg, store=self.store, engine=self.engine, registry=self.registry,
                                     bus=self.bus, hardware=self.hardware, scheduler=self.scheduler,
                                     health=self.health, county=self.county, outbox=self.outbox,
-                                    alerts=self.alerts, feeds=self.feeds)
+                                    speech=self.speech, mqtt=self.reporter, alerts=self.alerts,
+                                    feeds=self.feeds)
 
     def _make_player(self) -> AudioPlayer:
         out = self.cfg.audio_output

@@ -63,6 +63,7 @@ def _banner(cfg: Config, token: str) -> str:
     header = shlex.quote(f"Authorization: Bearer {token}")
     return "\n".join([
         f"{cfg.gateway.name} ({cfg.gateway.id}) is up on the simulator.",
+        f"  Console:  {base}/   (web console: log in with the token below)",
         f"  API:      {base}/api/v1   (OpenAPI: {base}/docs)",
         f"  Token:    {token}   (admin, made for this run only)",
         "",

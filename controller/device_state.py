@@ -36,12 +36,17 @@ class DeviceView:
     state_name: str | None = None
     faults: list[dict[str, Any]] = field(default_factory=list)
     """Active faults with reasons, from HealthMonitor."""
+    location: dict[str, float] | None = None
+    """``{"lat", "lon"}`` from the config, so the console can place the device on a map."""
+    zones: list[int] = field(default_factory=list)
+    """Speaker zones wired at a terminal (targets by zone); empty for the FM transmitter."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "village": self.village, "area_code": self.area_code,
                 "line": self.line, "kind": self.kind, "online": self.online, "last_seen": self.last_seen,
                 "failure": self.failure, "values": self.values, "state": self.state,
-                "state_name": self.state_name, "faults": self.faults}
+                "state_name": self.state_name, "faults": self.faults, "location": self.location,
+                "zones": list(self.zones)}
 
 
 class DeviceRegistry:
@@ -53,7 +58,10 @@ class DeviceRegistry:
         self.devices: dict[str, DeviceView] = {}
         for dev in cfg.devices:
             kind = "terminal" if cfg.profiles[dev.profile].type == "modbus-terminal" else "fm_transmitter"
-            self.devices[dev.id] = DeviceView(dev.id, dev.name, dev.village, dev.area_code, dev.line, kind)
+            self.devices[dev.id] = DeviceView(
+                dev.id, dev.name, dev.village, dev.area_code, dev.line, kind,
+                location={"lat": dev.location.lat, "lon": dev.location.lon},
+                zones=list(dev.zones) if kind == "terminal" else [])
 
     def on_poll(self, result: PollResult) -> None:
         snap = result.snapshot
