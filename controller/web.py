@@ -118,7 +118,7 @@ def install_console(app: FastAPI, static_dir: Path = STATIC_DIR) -> None:
     """Serve the console: ``GET /`` is index.html (never cached), its files are under ``/ui/``."""
     index = static_dir / "index.html"
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def console_index() -> Response:
         """The console page. It holds no data; everything comes from the API with a token."""
         if not index.is_file():

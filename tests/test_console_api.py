@@ -142,6 +142,9 @@ def test_console_page_is_served_never_cached_with_strict_headers(client: TestCli
     assert r.headers["cache-control"] == "no-store"
     assert r.text == (STATIC_DIR / "index.html").read_text(encoding="utf-8")
     assert_secured(r)
+    head = client.head("/")  # uptime monitors and curl -I
+    assert head.status_code == 200 and head.content == b""
+    assert_secured(head)
 
 
 def test_console_files_are_served_from_the_package_under_ui(client: TestClient):
