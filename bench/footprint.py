@@ -10,6 +10,10 @@ After start-up has settled (``--settle``, default 20 s) the script samples for `
 (default 60) and prints, from psutil (/proc):
   - the DAEMON process alone: RSS (MB) at the end and its peak (VmHWM), and CPU as % of one core
     over the window (user + system time / wall time);
+  - the daemon's wake-ups per second (voluntary context switches, summed over its threads), its
+    CPU per thread and the machine's load average: on a virtual machine a wake-up after a few
+    milliseconds of idleness costs several times what the same work costs on a warm CPU, so the
+    wake-up count is the stable figure and the CPU share depends on how idle the machine is;
   - the daemon's children (the speech worker) separately, and the simulator for reference;
   - the Modbus transactions per second the daemon sent in the window (from /metrics), so a CPU
     figure can be read as "per transaction".
@@ -103,6 +107,32 @@ def hwm_mb(pid: int) -> float | None:
     return int(match.group(1)) / 1024 if match else None
 
 
+def wakeups(pid: int) -> int:
+    """Voluntary context switches so far, summed over every thread of ``pid`` (each one is a
+    wake-up after sleeping: the daemon's idle CPU is mostly their cost)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "status").read_text()
+        except OSError:
+            continue
+        match = re.search(r"^voluntary_ctxt_switches:\s+(\d+)", text, re.M)
+        total += int(match.group(1)) if match else 0
+    return total
+
+
+def thread_cpu(proc: psutil.Process) -> dict[str, float]:
+    """CPU seconds so far per thread of ``proc``, by thread name (``/proc/<pid>/task/<tid>/comm``)."""
+    result: dict[str, float] = {}
+    for t in proc.threads():
+        try:
+            name = Path(f"/proc/{proc.pid}/task/{t.id}/comm").read_text().strip()
+        except OSError:
+            continue
+        result[f"{name} ({t.id})"] = t.user_time + t.system_time
+    return result
+
+
 def line_requests(http: httpx2.Client) -> dict[str, float]:
     """``ebc_line_requests_total`` per line from the daemon's /metrics."""
     text = http.get("/api/v1/metrics").text
@@ -180,10 +210,13 @@ def measure(args: argparse.Namespace, workdir: Path) -> None:
                 t0 = time.monotonic()
                 c0 = {p.pid: cpu_s(p) for p in [d, *children, *([s] if s else [])]}
                 r0 = line_requests(http)
+                w0, th0 = wakeups(d.pid), thread_cpu(d)
                 time.sleep(args.seconds)
                 wall = time.monotonic() - t0
+                w1, th1 = wakeups(d.pid), thread_cpu(d)
                 r1 = line_requests(http)
                 c1 = {p.pid: cpu_s(p) for p in [d, *children, *([s] if s else [])]}
+                load = os.getloadavg()[0]
 
                 def pct(p: psutil.Process) -> float:
                     return (c1[p.pid] - c0[p.pid]) / wall * 100
@@ -195,6 +228,11 @@ def measure(args: argparse.Namespace, workdir: Path) -> None:
                       f"after {args.settle:g} s settle")
                 print(f"daemon  pid {d.pid}: RSS {rss:.1f} MB (peak {hwm_mb(d.pid) or 0:.1f} MB), "
                       f"CPU {pct(d):.2f} % of one core   [targets: ≤ 80 MB, ≤ 1 %]")
+                print(f"  wake-ups (voluntary context switches, all threads) {(w1 - w0) / wall:.1f}/s; "
+                      f"machine load average {load:.2f}")
+                busy = sorted(((th1[k] - th0.get(k, 0.0)) / wall * 100, k) for k in th1)
+                print("  threads: " + ", ".join(f"{name} {share:.2f} %" for share, name in reversed(busy)
+                                                if share >= 0.01))
                 for child in children:
                     name = " ".join(child.cmdline()[1:3]) or child.name()
                     print(f"  child pid {child.pid} ({name}): RSS {child.memory_info().rss / MB:.1f} MB, "

@@ -75,6 +75,7 @@ async def measure(n: int, cycles: int, workdir: Path) -> dict[str, float]:
                            turnaround_ms=TURNAROUND_MS)
     profile = load_profile(REPO / "config" / "profiles" / "ebt-1.yaml")
     assert isinstance(profile, ModbusTerminalProfile)
+    profile = profile.model_copy(update={"settings_poll_every": 1})  # full status on every cycle
     with running_simulator(cfg):
         arbiter = LineArbiter(SerialLineSettings(port=str(cfg.rtu_link), baudrate=BAUD, timeout_s=0.3))
         await arbiter.start()

@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -78,6 +79,10 @@ LINE_CHECK_POLL_S = 0.5
 1.5 s): each question is a transaction on a shared line, so none are spent before any could be done."""
 LINE_BIT_RECHECK_S = 30.0
 """Shortest time between two checks a terminal's own line-fault bit asks for (see on_poll)."""
+CLOCK_SLACK_S = 0.01
+"""The state clock wakes this long after the moment a device's state changes by time alone."""
+CLOCK_MAX_SLEEP_S = 60.0
+"""Longest sleep of the state clock (a safety net: it is woken whenever a closer moment appears)."""
 
 
 class TerminalState(IntEnum):
@@ -163,6 +168,9 @@ class HealthMonitor:
         self._sampler = ProcessSampler(cfg.state_dir)
         self._tasks: list[asyncio.Task[None]] = []
         self._spawned: set[asyncio.Task[Any]] = set()
+        self._wake_at = math.inf
+        """When the state clock next re-judges (the earliest moment time alone changes a state)."""
+        self._clock_moved: asyncio.Event | None = None
 
     def set_engine(self, engine: EngineView | None) -> None:
         """The engine is built after hardware and health; hand it over when it exists."""
@@ -285,6 +293,11 @@ class HealthMonitor:
         """Recompute online and state; mirror into the registry; publish device.state on change."""
         dev.online = self._online(dev, now)
         dev.state = self._judge(dev, now)
+        due = self._time_change(dev, now)
+        if due < self._wake_at:  # the state clock must wake sooner than it planned
+            self._wake_at = due
+            if self._clock_moved is not None:
+                self._clock_moved.set()
         current = (dev.state, dev.online, frozenset(dev.faults))
         if current == dev.published:
             return
@@ -300,6 +313,22 @@ class HealthMonitor:
         payload.update(self._state_fields(dev), faults=faults,
                        previous_state=None if previous is None else int(previous), previous_online=before[1])
         self.bus.publish("device.state", **payload)
+
+    def _time_change(self, dev: _Device, now: float) -> float:
+        """The next moment time alone changes ``dev``'s judgement (inf: none): it goes offline
+        ``offline_after_s`` after its last good answer (or after start, never heard of), and
+        "fault recovered" ends ``fault_recovered_hold_s`` after its last fault cleared."""
+        due = math.inf
+        limit = self.settings.offline_after_s
+        if dev.last_good is not None:
+            if now - dev.last_good <= limit:
+                due = dev.last_good + limit
+        elif now - self._started <= limit:
+            due = self._started + limit
+        hold = self.settings.fault_recovered_hold_s
+        if dev.recovered_at is not None and now - dev.recovered_at < hold:
+            due = min(due, dev.recovered_at + hold)
+        return due
 
     def _state_fields(self, dev: _Device) -> dict[str, Any]:
         state = dev.state
@@ -418,7 +447,7 @@ class HealthMonitor:
             return
         self._started = self._clock()  # devices unheard of go "off" offline_after_s from here
         duties: list[tuple[str, Coroutine[Any, Any, None]]] = [
-            ("health clock", self._every(min(1.0, self.settings.offline_after_s / 4), self.refresh)),
+            ("health clock", self._state_clock()),
             ("health report", self._every(self.settings.report_interval_s, self._report, at_once=False)),
         ]
         if self.hardware.transmitters:
@@ -452,6 +481,25 @@ class HealthMonitor:
             except Exception:  # a bug in one judgement must not stop health supervision
                 log.exception("health duty %r failed", duty)
             await asyncio.sleep(interval_s)
+
+    async def _state_clock(self) -> None:
+        """Re-judge every device when time alone changes a state — a device falls silent for
+        ``offline_after_s``, "fault recovered" runs out — rather than on a fixed tick: an idle
+        gateway whose terminals all answer wakes for this only every ``offline_after_s`` or so."""
+        self._clock_moved = moved = asyncio.Event()
+        try:
+            while True:
+                self._wake_at = math.inf
+                try:
+                    self.refresh()  # every _update lowers _wake_at to its device's next change
+                except Exception:  # a bug in one judgement must not stop health supervision
+                    log.exception("health state clock failed")
+                moved.clear()
+                sleep_s = min(self._wake_at - self._clock(), CLOCK_MAX_SLEEP_S)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(moved.wait(), max(sleep_s, 0.0) + CLOCK_SLACK_S)
+        finally:
+            self._clock_moved = None
 
     def _report(self) -> None:
         self.check_gateway()

@@ -31,8 +31,8 @@ from drivers.serial_port import PortIdentity, SerialPortSettings, port_identity
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_READ_POLL_S = 0.5  # longest blocking read; close() cancels it, the port path is checked every
-# ``vanish_check_interval_s`` (at most this much later)
+_LINE_REST_MAX_CHARS = 64
+"""Longest wait for the rest of a line, in character times (see ``FmTransmitter._rest_s``)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,8 @@ class FmTransmitter(LineDriver):
         self._callbacks: set[asyncio.Future[object]] = set()
         self._ever_opened = False
         self._last_alarm: FmAlarm | None = None
+        self._line_chars: dict[bytes, int] = {}
+        """Length of the last line received per first two characters (reader thread only)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -348,6 +350,24 @@ class FmTransmitter(LineDriver):
                     self._call(self._on_line, raw.decode("ascii", errors="replace"))
             if len(buffer) > 1024:
                 buffer = b""
+            for raw in lines:
+                if len(raw) >= 2:
+                    self._line_chars[raw[:2]] = len(raw) + 2  # with its CR LF
+            if buffer:  # inside a line: let the rest arrive rather than wake for every piece of it
+                self._stop.wait(self._rest_s(buffer))
+
+    def _rest_s(self, partial: bytes) -> float:
+        """How long the rest of a line that begins with ``partial`` is expected to take on the wire.
+
+        The reader is woken by the first byte of every line; waiting for the rest instead of
+        reading each piece as the port delivers it makes a 40-character ``+STAT`` reply cost the
+        thread two or three wake-ups instead of a dozen. A line is expected to be as long as the
+        last one that began with the same two characters (``OK``, ``+STAT``, ``+TX``…); for the
+        very first of its kind nothing is waited for beyond its first two characters, so no reply
+        is ever later than its own wire time plus a character or two.
+        """
+        expected = self._line_chars.get(partial[:2], 0) if len(partial) >= 2 else 2
+        return min(max(expected - len(partial), 0), _LINE_REST_MAX_CHARS) * self.settings.char_s
 
     def _open(self) -> str:
         """Open the port (reader thread); returns "" or why it could not be opened."""
@@ -357,7 +377,8 @@ class FmTransmitter(LineDriver):
         s = self.settings
         try:
             port = serial.Serial(s.port, baudrate=s.baudrate, bytesize=s.bytesize, parity=s.parity,
-                                 stopbits=s.stopbits, timeout=_READ_POLL_S, write_timeout=1.0, exclusive=True)
+                                 stopbits=s.stopbits, timeout=s.vanish_check_interval_s, write_timeout=1.0,
+                                 exclusive=True)  # the longest blocking read; close() cancels it
         except (serial.SerialException, OSError, ValueError) as exc:
             return f"cannot open {self.name}: {exc}"
         port.reset_input_buffer()

@@ -23,6 +23,12 @@ What pymodbus 3.16 does, and how the arbiter uses it (read from its source):
 * Broadcast = device id 0 with ``no_response_expected=True`` (execute returns at once); the
   arbiter then keeps the line silent for the frame's wire time, 3.5 characters and the turnaround
   delay so terminals can act before the next frame.
+* Its serial transport reads whatever the port has each time the event loop reports it readable,
+  so a reply trickling in at 9600 baud wakes the loop once per few bytes (the simulator's pty
+  delivers 4 ms chunks; USB adapters deliver at their latency timer). pymodbus offers no option for
+  larger reads and stubs ``pause_reading()``; :class:`_ReplyHold` gets the same effect for health
+  polls: once a reply's first bytes are in, the arbiter knows its length and stops watching the
+  port until the rest has had its wire time, so a reply costs two wake-ups instead of one per chunk.
 """
 
 from __future__ import annotations
@@ -73,6 +79,10 @@ class SerialLineSettings(SerialPortSettings):
     """Silence kept after a broadcast write so every terminal has executed it."""
     reconnect_max_s: float = 5.0
     """Failed open attempts back off up to this interval."""
+    hold_replies: bool = True
+    """Read the rest of a poll's reply in one go once its wire time has passed (see
+    :class:`_ReplyHold`) instead of waking for every chunk the port delivers; False only to
+    compare (bench, tests)."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +155,8 @@ class LineArbiter(LineDriver):
         self._stats = LineStats()
         self._queue: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue()
         self._seq = itertools.count()
+        self._writes: dict[int, int] = {}
+        self._broadcast_writes = 0
         self._client: AsyncModbusSerialClient | AsyncModbusTcpClient | None = None
         self._generation = 0
         self._port_identity: PortIdentity | tuple[()] | None = None
@@ -153,13 +165,22 @@ class LineArbiter(LineDriver):
         self._dropped = asyncio.Event()  # wakes the supervisor at once when the line goes down
         self._decoder = DecodePDU(False)
         # state of the attempt on the wire (set by the worker, read by the trace callbacks)
-        self._abort: asyncio.Future[str] | None = None
+        self._deadline: asyncio.Timeout | None = None
+        """The timeout of the reply being waited for (rescheduled to now to abort the wait)."""
+        self._abort_reason: str | None = None
         self._expect_unit = -1
+        self._expect_block: ReadBlock | WriteBlock | None = None
+        """The request on the wire, while an attempt waits for its reply."""
         self._rx_bytes = 0
         self._quiet_until = 0.0
+        self._hold: _ReplyHold | None = None
+        self._holding = False
+        """The reply on the wire is read whole (a poll, see :class:`_ReplyHold`)."""
         if isinstance(settings, SerialLineSettings):
             self._char_s = settings.char_s
             self._t35_s = 3.5 * self._char_s if settings.baudrate <= 19200 else 0.00175
+            if settings.hold_replies:
+                self._hold = _ReplyHold(self._char_s, self._t35_s)
         else:
             self._char_s = self._t35_s = 0.0
 
@@ -200,6 +221,11 @@ class LineArbiter(LineDriver):
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
+    def write_count(self, unit: int) -> int:
+        """Writes submitted so far that reach ``unit`` (its own and unit-id-0 broadcasts), sent
+        or not: a value that changed since a read of its settings means they may be stale."""
+        return self._writes.get(unit, 0) + self._broadcast_writes
+
     # ------------------------------------------------------------------ public requests
 
     async def read(self, unit: int, block: ReadBlock, *, priority: Priority = Priority.POLL,
@@ -226,6 +252,11 @@ class LineArbiter(LineDriver):
     def _submit(self, unit: int, block: ReadBlock | WriteBlock, priority: Priority,
                 timeout_s: float | None) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if isinstance(block, WriteBlock):  # counted even if it fails: it may have been executed
+            if unit == BROADCAST_UNIT:
+                self._broadcast_writes += 1
+            else:
+                self._writes[unit] = self._writes.get(unit, 0) + 1
         if not self._tasks:
             future.set_exception(LineDownError(f"line {self.name} is not started"))
         elif self._client is None:
@@ -296,47 +327,67 @@ class LineArbiter(LineDriver):
         delay = self._quiet_until - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        loop = asyncio.get_running_loop()
-        self._abort = loop.create_future()
+        self._abort_reason = None
         self._expect_unit, self._rx_bytes = job.unit, 0
-        broadcast = job.unit == BROADCAST_UNIT
         started = time.monotonic()
+        if job.unit != BROADCAST_UNIT:
+            self._expect_block = job.block
+            # only health polling (and line checks) trades a few ms per reply for fewer wake-ups;
+            # a broadcast's commands and read-backs get every reply as soon as it is in
+            self._holding = self._hold is not None and job.priority >= Priority.POLL
+            if self._hold is not None:
+                self._hold.new_reply()
+            try:
+                return await self._reply(client, job, started)
+            finally:
+                self._expect_block, self._holding = None, False
+                if self._hold is not None:
+                    self._hold.release()  # never leave the port unwatched after an attempt
         try:
-            call = asyncio.ensure_future(_call(client, job.unit, job.block, broadcast))
+            await _call(client, job.unit, job.block, True)
         except (ConnectionException, ModbusException) as exc:
             self._drop_client(f"send failed: {exc}")
             raise self._down_error() from None
-        if broadcast:
-            await call
-            self._stats.broadcasts += 1
-            turnaround = (self.settings.broadcast_turnaround_s
-                          if isinstance(self.settings, SerialLineSettings) else 0.0)
-            self._quiet_until = started + _request_size(job.block) * self._char_s + self._t35_s + turnaround
-            await asyncio.sleep(max(0.0, self._quiet_until - time.monotonic()))
-            return None
+        self._stats.broadcasts += 1
+        turnaround = (self.settings.broadcast_turnaround_s
+                      if isinstance(self.settings, SerialLineSettings) else 0.0)
+        self._quiet_until = started + _request_size(job.block) * self._char_s + self._t35_s + turnaround
+        await asyncio.sleep(max(0.0, self._quiet_until - time.monotonic()))
+        return None
+
+    async def _reply(self, client: AsyncModbusSerialClient | AsyncModbusTcpClient, job: _Job,
+                     started: float) -> object:
+        """Send the request, wait for its reply and classify it.
+
+        pymodbus's ``execute`` is awaited in this task under :func:`asyncio.timeout` (no task of its
+        own, no ``asyncio.wait``: each of those costs the idle gateway a loop iteration per
+        transaction); a bad CRC or a dropped line ends the wait at once by rescheduling the
+        timeout to now (:meth:`_abort_attempt`).
+        """
         wire = (_request_size(job.block) + _reply_size(job.block)) * self._char_s
-        done, _ = await asyncio.wait({call, self._abort}, timeout=job.timeout_s + wire,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        self._quiet_until = time.monotonic() + self._t35_s
-        if call not in done:
-            call.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await call
-            if self._abort.done() and self._abort.result() == "down":
-                raise self._down_error()
-            if self._abort.done() or self._rx_bytes:
-                self._stats.crc_errors += 1
-                raise _Garbled()
-            self._stats.timeouts += 1
-            raise NoResponseError("timeout")
         try:
-            response = call.result()
+            async with asyncio.timeout(job.timeout_s + wire) as self._deadline:
+                response = await _call(client, job.unit, job.block, False)
+        except TimeoutError:
+            self._quiet_until = time.monotonic() + self._t35_s
+            if self._abort_reason == "down":
+                raise self._down_error() from None
+            if self._abort_reason is not None or self._rx_bytes:
+                self._stats.crc_errors += 1
+                raise _Garbled() from None
+            self._stats.timeouts += 1
+            raise NoResponseError("timeout") from None
         except ConnectionException:
             self._drop_client("connection lost")
             raise self._down_error() from None
         except ModbusException:  # pymodbus could not decode what came back
+            self._quiet_until = time.monotonic() + self._t35_s
             self._stats.crc_errors += 1
             raise _Garbled() from None
+        finally:
+            self._deadline = None
+        now = time.monotonic()
+        self._quiet_until = self._hold.quiet_until(now) if self._hold is not None else now + self._t35_s
         if response.isError():
             raise DeviceExceptionError(
                 f"unit {job.unit} on line {self.name} refused {_describe(job.block)}: "
@@ -344,12 +395,18 @@ class LineArbiter(LineDriver):
         if not _answers(response, job.block):  # a late reply to an earlier request
             self._stats.crc_errors += 1
             raise _Garbled()
-        self._record_latency((time.monotonic() - started) * 1000)
+        self._record_latency((now - started) * 1000)
         self._stats.successes += 1
         if isinstance(job.block, ReadBlock):
             data = response.bits if is_bit_table(job.block.table) else response.registers
             return list(data[:job.block.count])
         return None
+
+    def _abort_attempt(self, reason: str) -> None:
+        """End the wait for the current reply now (``crc``: garbled; ``down``: the line dropped)."""
+        if self._deadline is not None and self._abort_reason is None:
+            self._abort_reason = reason
+            self._deadline.reschedule(asyncio.get_running_loop().time())
 
     def _record_latency(self, ms: float) -> None:
         s = self._stats
@@ -364,9 +421,13 @@ class LineArbiter(LineDriver):
         if sending:
             return data
         self._rx_bytes += len(data)
-        if self.is_serial and self._abort is not None and not self._abort.done() \
+        if self.is_serial and self._deadline is not None \
                 and _rtu_crc_failed(self._decoder, data, self._expect_unit):
-            self._abort.set_result("crc")
+            self._abort_attempt("crc")
+        elif self._holding and self._hold is not None and self._expect_block is not None \
+                and self._client is not None:
+            size = _rtu_reply_size(data, self._expect_unit, self._expect_block)
+            self._hold.received(self._client, data, size)
         return data
 
     def _trace_connect(self, generation: int, up: bool) -> None:
@@ -426,12 +487,13 @@ class LineArbiter(LineDriver):
         return True
 
     def _drop_client(self, reason: str, *, notify: bool = True) -> None:
+        if self._hold is not None:
+            self._hold.release()
         client, self._client = self._client, None
         self._generation += 1
         self._dropped.set()
         self._link.set_down(reason, notify=notify)
-        if self._abort is not None and not self._abort.done():
-            self._abort.set_result("down")
+        self._abort_attempt("down")
         if client is None:
             return
         with contextlib.suppress(Exception):
@@ -443,7 +505,8 @@ class LineArbiter(LineDriver):
         A missing serial path is looked for every ``reconnect_interval_s``; failed open/connect
         attempts back off exponentially up to ``reconnect_max_s`` (each is logged by pymodbus).
         While the line is up, the path of a serial port is checked every ``vanish_check_interval_s``
-        (a TCP line needs no check); a drop wakes this loop at once.
+        (a TCP line needs no check), at whole multiples of it on the monotonic clock so that the
+        checks of all lines (and the API's tick) share one wake-up; a drop wakes this loop at once.
         """
         while True:
             if self._client is None:
@@ -452,6 +515,8 @@ class LineArbiter(LineDriver):
                 self._dropped.clear()
                 check_s = (self.settings.vanish_check_interval_s
                            if isinstance(self.settings, SerialLineSettings) else None)
+                if check_s is not None:  # on the whole-interval grid: the lines check together
+                    check_s -= time.monotonic() % check_s
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._dropped.wait(), check_s)
                 if self._client is None:
@@ -468,6 +533,122 @@ class LineArbiter(LineDriver):
 
 class _Garbled(Exception):
     """Internal: a reply arrived but was unusable (bad CRC, truncated, wrong function)."""
+
+
+class _ReplyHold:
+    """Stop watching a serial port while the rest of a reply is still on the wire.
+
+    Why: pymodbus 3.16's ``SerialTransport`` registers ``intern_read_ready`` as the event loop's
+    reader for the port and reads whatever has arrived each time the port is readable; at 9600 baud
+    a 43-byte reply arrives over 45 ms, in as many pieces as the port delivers (the simulator's pty:
+    one per 4 ms), and every piece wakes the process — on an idle gateway the wake-ups, not the
+    Modbus work, are most of the CPU. pymodbus has no option for fewer, larger reads, and its
+    transport's ``pause_reading()``/``resume_reading()`` (the asyncio API for exactly this) are
+    empty stubs.
+
+    How: when the first bytes of a reply are in, their header says how many are still to come
+    (:func:`_rtu_reply_size`); this removes the transport's reader from the loop and puts the very
+    same callback back once they have had their wire time. Nothing in pymodbus is replaced or
+    patched: the bytes wait in the kernel's buffer and pymodbus reads them all at once, exactly
+    as it would have read them piecemeal. The attempt always releases the hold when it ends, and
+    a transport that pymodbus closed meanwhile is never re-registered. It relies on two attributes
+    of pymodbus's transport (``sync_serial``, ``intern_read_ready``); if a pymodbus release lacks
+    them, holding switches itself off and replies are read as before (tests/test_drivers.py checks
+    that holding is in effect with the pinned pymodbus).
+
+    Only requests at ``Priority.POLL`` are held — idle-time health polling and line checks, where
+    wake-ups are the cost; releasing at the end of the silence below makes each reply available
+    a few milliseconds later, which a broadcast's commands and read-backs must not pay (a slower
+    read-back pass can miss a terminal's audio in a pause of the program and confirm it a whole
+    pass later: bench/trigger_to_air.py).
+
+    The 3.5-character silence owed after the reply is folded into the same wake-up. Bytes reach
+    the host no earlier than they were on the wire, and a Modbus RTU frame is sent as one
+    continuous stream (Modbus over Serial Line V1.02, 2.5.1.1), so the reply has left the wire by
+    :attr:`end` = arrival of its first bytes + the wire time of the rest. Released at ``end`` +
+    3.5 characters, the reply is decoded and the next request may go out at once: two wake-ups
+    per transaction (first bytes; rest + next request) instead of one per chunk plus one for the
+    silence. If the rest is not all there by then (a device pausing mid-frame, an adapter
+    delivering late), :attr:`end` is not trusted for that reply and the silence is counted from
+    when the reply was complete, as without holding.
+    """
+
+    MIN_CHARS = 3
+    """Not worth a timer for fewer outstanding characters than this."""
+    MARGIN_CHARS = 0.5
+    """Slack after the expected end of a reply whose end is not trusted, in character times."""
+
+    def __init__(self, char_s: float, t35_s: float) -> None:
+        self.char_s, self.t35_s = char_s, t35_s
+        self.enabled = True
+        self.holds = 0
+        """Replies held so far (for tests and benchmarks)."""
+        self.end: float | None = None
+        """Monotonic time by which the current reply has left the wire, if known."""
+        self._check = False
+        self._trusted = True
+        self._timer: asyncio.TimerHandle | None = None
+        self._held: tuple[Any, Any, int, Any] | None = None
+
+    @property
+    def holding(self) -> bool:
+        return self._held is not None
+
+    def new_reply(self) -> None:
+        """A request went out: forget what was known about the previous reply."""
+        self.end, self._check, self._trusted = None, False, True
+
+    def quiet_until(self, now: float) -> float:
+        """When the next frame may start, the current reply having been received by ``now``."""
+        end = self.end if self.end is not None and self.end <= now else now
+        return end + self.t35_s
+
+    def received(self, client: AsyncModbusSerialClient | AsyncModbusTcpClient, buffer: bytes,
+                 size: int) -> None:
+        """Bytes of the reply arrived (``buffer``: all so far; ``size``: the whole reply, 0 unknown)."""
+        if self._check:  # the first read after a hold: the rest must all be there
+            self._check = False
+            if not size or len(buffer) < size:
+                self.end, self._trusted = None, False
+        missing = size - len(buffer)
+        if missing >= self.MIN_CHARS and self._held is None and self.enabled:
+            self._hold(client, missing)
+
+    def _hold(self, client: AsyncModbusSerialClient | AsyncModbusTcpClient, missing: int) -> None:
+        transport = getattr(client.ctx, "transport", None)
+        port = getattr(transport, "sync_serial", None)
+        reader = getattr(transport, "intern_read_ready", None)
+        if port is None or reader is None:
+            if transport is not None:
+                self.enabled = False
+                log.warning("pymodbus serial transport has no sync_serial/intern_read_ready: "
+                            "replies are read as they trickle in")
+            return
+        loop = asyncio.get_running_loop()
+        fd = port.fileno()
+        if not loop.remove_reader(fd):  # not the reader registration we expected: leave it alone
+            return
+        self._held = (transport, port, fd, reader)
+        self.holds += 1
+        self._check = True
+        rest = missing * self.char_s
+        if self._trusted:
+            self.end = loop.time() + rest
+            self._timer = loop.call_at(self.end + self.t35_s, self.release)
+        else:
+            self._timer = loop.call_later(rest + self.MARGIN_CHARS * self.char_s, self.release)
+
+    def release(self) -> None:
+        """Watch the port again (at once if the attempt ended early); idempotent."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        held, self._held = self._held, None
+        if held is None:
+            return
+        transport, port, fd, reader = held
+        if transport.sync_serial is port and port.is_open:  # pymodbus has not closed it meanwhile
+            asyncio.get_running_loop().add_reader(fd, reader)
 
 
 def _describe(block: ReadBlock | WriteBlock) -> str:
@@ -490,6 +671,21 @@ def _reply_size(block: ReadBlock | WriteBlock) -> int:
         return 8
     payload = math.ceil(block.count / 8) if is_bit_table(block.table) else 2 * block.count
     return 5 + payload
+
+
+def _rtu_reply_size(buffer: bytes, unit: int, block: ReadBlock | WriteBlock) -> int:
+    """Length of the RTU reply to ``block`` that ``buffer`` starts, as far as its first bytes tell
+    (0: not a reply from ``unit`` to this request, or too few bytes to say)."""
+    if len(buffer) < 2 or buffer[0] != unit:
+        return 0
+    function = buffer[1]
+    if function == block.function_code | 0x80:
+        return 5  # exception reply: unit, function, code, CRC
+    if function != block.function_code:
+        return 0
+    if isinstance(block, WriteBlock):
+        return 8
+    return 5 + buffer[2] if len(buffer) >= 3 else _reply_size(block)
 
 
 def _answers(response: Any, block: ReadBlock | WriteBlock) -> bool:

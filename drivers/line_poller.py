@@ -1,11 +1,13 @@
 """Health polling of every terminal on one line, in cycles, at low priority.
 
-Each cycle reads the full status of every terminal (merged reads, ``Priority.POLL``) and
-publishes one result per polled terminal. A terminal that fails ``offline_after_failures`` polls
-in a row is offline and — if it is silent rather than refusing — is then polled only every
-``offline_poll_every`` cycles (ESPHome's rule), so a dead terminal costs its line one timeout per
-N cycles instead of one per cycle. While the line itself is down nothing is sent; every terminal
-gets a ``line_down`` result once per wait and all are polled again as soon as the line is back.
+Each cycle reads the status of every terminal (merged reads, ``Priority.POLL``, through
+:meth:`ModbusTerminal.poll_status`: read-only points every cycle, the writable settings every
+``settings_poll_every`` cycles of the profile) and publishes one result per polled terminal. A
+terminal that fails ``offline_after_failures`` polls in a row is offline and — if it is silent
+rather than refusing — is then polled only every ``offline_poll_every`` cycles (ESPHome's rule),
+so a dead terminal costs its line one timeout per N cycles instead of one per cycle. While the
+line itself is down nothing is sent; every terminal gets a ``line_down`` result once per wait and
+all are polled again as soon as the line is back.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ class LinePoller:
             if not self.due(term.device_id, cycle):
                 skipped += 1
                 continue
-            result = self._account(term.device_id, cycle, await term.read_status())
+            result = self._account(term.device_id, cycle, await term.poll_status())
             failed += not result.snapshot.online
             results.append(result)
             await self._emit(result)

@@ -8,6 +8,7 @@ plus turnaround and 3.5 characters of silence, so a terminal's status is read in
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -50,6 +51,7 @@ def is_bit_table(table: Table) -> bool:
 # --------------------------------------------------------------------------- single points
 
 
+@functools.lru_cache(maxsize=64)
 def _decimals(scale: float) -> int:
     exponent = Decimal(str(scale)).normalize().as_tuple().exponent
     return max(0, -exponent) if isinstance(exponent, int) else 0
@@ -181,12 +183,18 @@ class ReadPlan:
 
     def decode(self, replies: Sequence[Sequence[Raw]]) -> dict[str, Value]:
         """Decode the replies to ``blocks`` (same order) into ``{name: value}``."""
-        values: dict[str, Value] = {}
+        return {name: decode_point(point, replies[index][start:end])
+                for name, point, index, start, end in self._slices}
+
+    @functools.cached_property
+    def _slices(self) -> tuple[tuple[str, Point, int, int, int], ...]:
+        """(name, point, block index, start, end) of every point in its block's reply (every health
+        poll decodes a plan: worked out once)."""
+        result = []
         for name, point, index in self.placement:
-            block = self.blocks[index]
-            start = point.address - block.address
-            values[name] = decode_point(point, replies[index][start:start + point.width])
-        return values
+            start = point.address - self.blocks[index].address
+            result.append((name, point, index, start, start + point.width))
+        return tuple(result)
 
 
 def read_plan(profile: ModbusTerminalProfile, names: Iterable[str] | None = None) -> ReadPlan:

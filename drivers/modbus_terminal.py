@@ -15,7 +15,7 @@ from typing import Literal
 
 from drivers.errors import DeviceExceptionError, DriverError, LineDownError
 from drivers.line_arbiter import LineArbiter, Priority
-from drivers.modbus_codec import ReadPlan, Value, read_plan, write_plan
+from drivers.modbus_codec import ReadPlan, Value, decode_point, read_plan, write_plan
 from drivers.profile import LineImpedanceCoding, ModbusTerminalProfile
 
 
@@ -64,6 +64,11 @@ class TerminalSnapshot:
     values: dict[str, Value] = field(default_factory=dict)
     failure: FailureKind | None = None
     error: str = ""
+    settings_read_at: float | None = None
+    """Wall-clock time the writable points in ``values`` were last read from the terminal:
+    ``timestamp`` when this read included them, earlier when a health poll reused them
+    (``settings_poll_every`` in the profile; values written through the driver since are included
+    as written)."""
 
 
 class ModbusTerminal:
@@ -78,25 +83,79 @@ class ModbusTerminal:
         self.timeout_s = timeout_s
         """Reply timeout for this device (None: the line's)."""
         self._status_plan = read_plan(profile)
+        self._setting_names = tuple(name for name, point in profile.points.items() if point.writable)
+        live = [name for name, point in profile.points.items() if not point.writable]
+        self._live_plan = (read_plan(profile, live) if profile.settings_poll_every > 1 and live
+                           and self._setting_names else self._status_plan)
+        self._settings: dict[str, Value] | None = None
+        """The writable points from the last full read, while they can be trusted."""
+        self._settings_at = 0.0
+        self._settings_writes = 0
+        """``arbiter.write_count(unit_id)`` just before they were read."""
+        self._polls_since_settings = 0
 
     def __repr__(self) -> str:
         return f"ModbusTerminal({self.device_id!r}, unit {self.unit_id} on {self.arbiter.name})"
 
     @property
     def status_plan(self) -> ReadPlan:
-        """The merged requests :meth:`read_status` sends."""
+        """The merged requests :meth:`read_status` sends (every point)."""
         return self._status_plan
+
+    @property
+    def live_plan(self) -> ReadPlan:
+        """The merged requests a health poll sends when the settings are not due (read-only points)."""
+        return self._live_plan
 
     # ------------------------------------------------------------------ reads
 
     async def read_status(self, priority: Priority = Priority.POLL) -> TerminalSnapshot:
         """Read every point; a communication failure gives an offline snapshot instead of raising."""
+        writes = self.arbiter.write_count(self.unit_id)  # before the read: a write during it counts
         try:
             values = await self._read_plan(self._status_plan, priority)
         except DriverError as exc:
-            return TerminalSnapshot(self.device_id, self.unit_id, False, time.time(),
-                                    failure=failure_kind(exc), error=str(exc))
-        return TerminalSnapshot(self.device_id, self.unit_id, True, time.time(), values)
+            return self._failed(exc)
+        now = time.time()
+        if self._settings_at == 0.0:  # the first read: stagger the terminals of a line by unit id
+            self._polls_since_settings = self.unit_id % self.profile.settings_poll_every
+        else:
+            self._polls_since_settings = 0
+        self._settings = {name: values[name] for name in self._setting_names}
+        self._settings_at, self._settings_writes = now, writes
+        return TerminalSnapshot(self.device_id, self.unit_id, True, now, values, settings_read_at=now)
+
+    async def poll_status(self, priority: Priority = Priority.POLL) -> TerminalSnapshot:
+        """The health poll: like :meth:`read_status`, but the writable points are read only when due.
+
+        Read-only points (status bits, measurements: where faults show) are read on every poll.
+        The writable ones — settings that change only when written, by the gateway or a local
+        operator — are read on every ``settings_poll_every``-th poll, on the first poll, after a
+        failed poll and after a write to this unit id (or a broadcast) on its line other than
+        through :meth:`write_points` of this object, which updates them as written; otherwise the
+        snapshot carries them from the last read (``settings_read_at`` says when; the terminals of
+        a line take their turns staggered by unit id). Whoever needs a setting fresh
+        (activation's prior-state read and read-back) reads it with :meth:`read_points`, which
+        never uses these values.
+        """
+        settings = self._settings
+        if (settings is None or self._live_plan is self._status_plan
+                or self._polls_since_settings + 1 >= self.profile.settings_poll_every
+                or self.arbiter.write_count(self.unit_id) != self._settings_writes):
+            return await self.read_status(priority)
+        try:
+            live = await self._read_plan(self._live_plan, priority)
+        except DriverError as exc:
+            return self._failed(exc)
+        self._polls_since_settings += 1
+        return TerminalSnapshot(self.device_id, self.unit_id, True, time.time(), {**settings, **live},
+                                settings_read_at=self._settings_at)
+
+    def _failed(self, exc: DriverError) -> TerminalSnapshot:
+        """An offline snapshot; the settings are read again with the next good answer."""
+        self._settings = None
+        return TerminalSnapshot(self.device_id, self.unit_id, False, time.time(),
+                                failure=failure_kind(exc), error=str(exc))
 
     async def read_points(self, names: Iterable[str],
                           priority: Priority = Priority.COMMAND) -> dict[str, Value]:
@@ -114,9 +173,26 @@ class ModbusTerminal:
 
     async def write_points(self, values: Mapping[str, object],
                            priority: Priority = Priority.COMMAND) -> None:
-        """Validate and write points, adjacent ones in one request (raises PointError / DriverError)."""
-        for block in write_plan(self.profile, values):
+        """Validate and write points, adjacent ones in one request (raises PointError / DriverError).
+
+        Health polls report the values written here until they next read the settings, so a
+        write costs no extra read; if a write fails, or anyone else writes to this unit id (or
+        broadcasts) meanwhile, the next poll reads the settings from the terminal instead.
+        """
+        blocks = write_plan(self.profile, values)
+        before = self.arbiter.write_count(self.unit_id)
+        for block in blocks:
             await self.arbiter.write(self.unit_id, block, priority=priority, timeout_s=self.timeout_s)
+        settings, after = self._settings, before + len(blocks)
+        if settings is not None and self._settings_writes == before \
+                and self.arbiter.write_count(self.unit_id) == after:  # only ours since they were read
+            for block in blocks:
+                offset = 0
+                for name in block.points:
+                    point = self.profile.points[name]
+                    settings[name] = decode_point(point, block.values[offset:offset + point.width])
+                    offset += point.width
+            self._settings_writes = after
 
     async def set_amp_power(self, on: bool, priority: Priority = Priority.COMMAND) -> None:
         await self.write_points({"amp_power": on}, priority)

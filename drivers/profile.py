@@ -77,6 +77,13 @@ class ModbusTerminalProfile(_Strict):
     max_read_gap: int = Field(default=0, ge=0, le=32, description="Unused registers a merged read may span")
     zones: int = Field(default=8, ge=1, le=32)
     line_impedance: LineImpedanceCoding = LineImpedanceCoding()
+    settings_poll_every: int = Field(
+        default=1, ge=1, le=1000,
+        description="Health polls read the writable points (settings: power, mute, volume, source, "
+                    "zones) only on every Nth poll of a terminal, and on the next poll after a failed "
+                    "poll or a write by anyone but the gateway's driver (whose own writes are reported "
+                    "as written); read-only points (status, measurements) on every poll. 1: every "
+                    "point on every poll (for terminals that keep measurements in writable registers)")
     points: dict[str, Point]
 
     @model_validator(mode="after")

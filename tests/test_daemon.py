@@ -4,6 +4,7 @@ graceful SIGTERM, and kill -9 in the middle of a broadcast followed by a restart
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -20,9 +21,11 @@ from typing import Any
 
 import httpx2
 import pytest
+import uvicorn
 import yaml
 from simkit import REPO, SimConfig, SimProcess, free_port, running_simulator, write_sim_config
 
+from controller import daemon as daemon_module
 from controller.sd_notify import Notifier
 from controller.store import Store
 
@@ -77,6 +80,29 @@ def test_notifier_abstract_socket_and_absent_socket():
     other_pid = {"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}
     assert Notifier(other_pid).watchdog_s is None
     assert not Notifier({"NOTIFY_SOCKET": "/nonexistent/notify"}).ready()  # no crash, just False
+
+
+# -- the API server's main loop ------------------------------------------------------------------------
+
+
+async def test_api_server_ticks_rarely_and_stops_at_once(monkeypatch: pytest.MonkeyPatch):
+    """uvicorn's own loop wakes ten times a second; the daemon's wakes once per API_TICK_S, refreshes
+    the Date header on every tick, and a stop request ends it at once, not at the next tick."""
+    monkeypatch.setattr(daemon_module, "API_TICK_S", 3600.0)  # a stop that waited for the tick would hang
+    server = daemon_module._Server(uvicorn.Config(app=lambda scope, receive, send: None))
+    ticks: list[int] = []
+
+    async def on_tick(counter: int) -> bool:
+        ticks.append(counter)
+        return server.should_exit
+
+    server.on_tick = on_tick  # type: ignore[method-assign]
+    loop = asyncio.create_task(server.main_loop())
+    await asyncio.sleep(0.3)
+    assert ticks == [0]  # no 0.1 s tick
+    server.should_exit = True
+    await asyncio.wait_for(loop, HANG_GUARD_S)
+    assert len(ticks) == 2 and all(counter % 10 == 0 for counter in ticks)  # each tick refreshes Date
 
 
 # -- the daemon as a subprocess ------------------------------------------------------------------------

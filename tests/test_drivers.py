@@ -237,6 +237,133 @@ async def test_full_status_in_three_merged_requests(rtu, module_sim, ebt1):
     assert line_stats(module_sim, RTU_LINE)["frames"] - frames_before == 3
 
 
+# ---------------------------------------------------------------------- health polls: settings every Nth poll
+
+
+def every(profile: ModbusTerminalProfile, n: int) -> ModbusTerminalProfile:
+    return profile.model_copy(update={"settings_poll_every": n})
+
+
+async def _requests_per_poll(term: ModbusTerminal, polls: int) -> list[int]:
+    counts = []
+    for _ in range(polls):
+        before = term.arbiter.stats.requests
+        snap = await term.poll_status()
+        assert snap.online and set(snap.values) == set(term.profile.points)
+        counts.append(term.arbiter.stats.requests - before)
+    return counts
+
+
+async def test_health_poll_reads_status_every_time_and_settings_every_nth(any_line, ebt1):
+    """ebt-1 polls read the input registers (status, measurements) every time and the coils and
+    holding registers (settings) only every ``settings_poll_every``-th time: 1 request, not 3."""
+    assert ebt1.settings_poll_every == 12
+    base = any_line.terminals[0]
+    term = ModbusTerminal(base.device_id, base.unit_id, every(ebt1, 3), any_line.arbiter)
+    assert [(b.table, b.address, b.count) for b in term.live_plan.blocks] == [("input", 0, 19)]
+    phase = term.unit_id % 3  # the terminals of a line take their turns staggered by unit id
+    first = 3 - phase  # polls until the second full read
+    counts = await _requests_per_poll(term, 1 + first + 3)
+    assert counts == [3, *[1] * (first - 1), 3, 1, 1, 3]
+    snap = await term.poll_status()  # a poll that reused the settings says when they were read
+    assert snap.settings_read_at is not None and snap.settings_read_at < snap.timestamp
+    full = await term.read_status()  # an explicit full read still reads everything
+    assert full.settings_read_at == full.timestamp
+    one = ModbusTerminal(base.device_id, base.unit_id, every(ebt1, 1), any_line.arbiter)
+    assert await _requests_per_poll(one, 3) == [3, 3, 3]  # settings_poll_every: 1 reads all each time
+
+
+async def test_fault_bits_show_on_the_next_poll_when_settings_are_not_due(rtu, module_sim, ebt1):
+    """A fault in the status word is seen by the very next poll (the ≤ 2 poll cycles promise)
+    even while the settings are reused, through the line poller as the daemon runs it."""
+    base = rtu.terminals[1]
+    term = ModbusTerminal(base.device_id, base.unit_id, every(ebt1, 1000), rtu.arbiter)
+    results: list[PollResult] = []
+    poller = LinePoller([term], results.append)
+    await poller.poll_cycle()
+    await poller.poll_cycle()
+    assert results[-1].snapshot.values["tamper"] is False
+    before = rtu.arbiter.stats.requests
+    with fault(module_sim, "tamper", device=term.device_id):
+        await poller.poll_cycle()
+        assert results[-1].snapshot.values["tamper"] is True
+        assert rtu.arbiter.stats.requests - before == 1  # the status alone was read
+    await poller.poll_cycle()
+    assert results[-1].snapshot.values["tamper"] is False
+
+
+async def test_written_settings_show_in_polls_and_other_writes_force_a_read(rtu, module_sim, ebt1):
+    term, other = (ModbusTerminal(t.device_id, t.unit_id, every(ebt1, 1000), rtu.arbiter)
+                   for t in rtu.terminals[:2])
+    await _requests_per_poll(term, 1)
+    await term.write_points({"volume": 37, "audio_source": "fm_tuner", "mute": True})
+    assert await _requests_per_poll(term, 1) == [1]  # no extra read: polls report what was written
+    snap = await term.poll_status()
+    assert (snap.values["volume"], snap.values["audio_source"], snap.values["mute"]) == (37, "fm_tuner", True)
+    await other.write_points({"volume": 20})  # another unit: no reason to read term's settings again
+    assert await _requests_per_poll(term, 1) == [1]
+    await rtu.arbiter.write(term.unit_id, WriteBlock("holding", 0, (41,), ("volume",)))  # not through term
+    assert await _requests_per_poll(term, 2) == [3, 1]
+    assert (await term.poll_status()).values["volume"] == 41
+    await write_all_on_line(rtu.terminals, {"volume": 45})  # unit id 0 reaches every terminal
+    assert await _requests_per_poll(term, 1) == [3]
+    assert (await term.poll_status()).values["volume"] == 45
+    with fault(module_sim, "offline", device=term.device_id):  # a failed poll: read them all once back
+        assert not (await term.poll_status()).online
+    assert await _requests_per_poll(term, 2) == [3, 1]
+    await term.write_points({"volume": 50, "audio_source": "line_in", "mute": False})
+
+
+async def test_read_points_is_fresh_while_polls_reuse_settings(module_sim, ebt1):
+    """A local operator (here a second Modbus TCP client, as a panel would be) turns the volume:
+    polls keep showing the last read value until the settings are due, but read_points — what
+    activation's prior-state read and read-back use — reads the terminal itself."""
+    async with open_line("tcp", module_sim, ebt1) as line, open_line("tcp", module_sim, ebt1) as panel:
+        term = ModbusTerminal(line.terminals[0].device_id, 1, every(ebt1, 4), line.arbiter)
+        await term.write_points({"volume": 30})
+        await term.read_status()  # the first full read (unit 1: its next one is 4 - 1 polls on)
+        await panel.terminals[0].write_points({"volume": 64})
+        for _ in range(2):
+            assert (await term.poll_status()).values["volume"] == 30  # reused (not yet due)
+            assert (await term.read_points(["volume"]))["volume"] == 64  # fresh from the terminal
+        assert (await term.poll_status()).values["volume"] == 64  # due: read again
+        await term.write_points({"volume": 50})
+
+
+# ---------------------------------------------------------------------- reading whole replies
+
+
+async def test_replies_are_read_whole_after_their_wire_time(rtu, module_sim, ebt1):
+    """Each RTU reply to a poll is read in two pieces (its first bytes, then the rest after its
+    wire time) instead of one wake-up per chunk the port delivers; values, exceptions and CRC
+    errors are unaffected, and the same reads without holding give the same values."""
+    hold = rtu.arbiter._hold
+    assert hold is not None and hold.enabled  # the pinned pymodbus has what holding relies on
+    term = rtu.terminals[0]
+    before = hold.holds
+    for _ in range(3):
+        held = await term.read_status()
+        assert held.online
+    assert hold.holds - before == 9  # every reply of every block (coils 7, holding 15, input 43 bytes)
+    assert not hold.holding
+    before = hold.holds
+    assert (await term.read_points(["volume", "amp_ready"], Priority.EMERGENCY))["volume"] >= 0
+    assert hold.holds == before  # a command's replies are taken as they come: no added latency
+    with pytest.raises(DeviceExceptionError):
+        await rtu.arbiter.write(1, WriteBlock("holding", 0, (150,), ("volume",)))
+    with fault(module_sim, "crc_errors", device="rtu1", rate=1.0), pytest.raises(NoResponseError) as info:
+        await term.read_points(["volume"])
+    assert info.value.garbled == 3 and not hold.holding
+    settings = SerialLineSettings(rtu.arbiter.settings.port, timeout_s=0.3, retries=2, hold_replies=False)
+    await rtu.arbiter.close()  # one client per port
+    async with LineArbiter(settings) as plain:
+        assert plain._hold is None
+        snap = await ModbusTerminal(term.device_id, term.unit_id, ebt1, plain).read_status()
+    assert snap.online and set(snap.values) == set(held.values)
+    writable = [name for name, point in ebt1.points.items() if point.writable and name != "line_check"]
+    assert {k: snap.values[k] for k in writable} == {k: held.values[k] for k in writable}
+
+
 # ---------------------------------------------------------------------- broadcast
 
 

@@ -198,6 +198,49 @@ async def test_broadcasting_and_faults_keep_while_offline(unit: Unit):
     assert [f["fault"] for f in unit.monitor.device_health("rtu1")["faults"]] == ["tamper"]
 
 
+async def test_state_clock_wakes_when_time_changes_a_state_not_on_a_tick(tmp_path: Path):
+    """The background clock re-judges when "fault recovered" runs out and when a device has been
+    silent for offline_after_s — and otherwise sleeps (an idle gateway is not woken every second)."""
+    sim = write_sim_config(tmp_path, rtu_terminals=1, tcp_terminals=0, fm=False)
+    cfg = load_config(sim.path)
+    cfg.health = HealthSettings(offline_after_s=0.6, fault_recovered_hold_s=0.2, line_check_interval_s=0)
+    bus, registry = EventBus(), DeviceRegistry(cfg)
+    monitor = HealthMonitor(cfg, bus, Hardware.from_config(cfg, on_poll=lambda r: None), registry)
+    u = Unit(cfg, bus, registry, monitor, FakeClock())  # the clock field is unused: real time here
+    bus.add_listener(u.events.append)
+    refreshes: list[float] = []
+    judge = monitor.refresh
+
+    def counted() -> None:
+        refreshes.append(time.monotonic())
+        judge()
+
+    monitor.refresh = counted  # type: ignore[method-assign]
+    await monitor.start()
+    try:
+        u.poll("rtu1", {"tamper": True})
+        u.poll("rtu1", {})
+        assert u.states("rtu1")[-1] == (4, True)  # fault recovered, for 0.2 s
+        last_good = time.monotonic()
+
+        async def state_becomes(state: tuple[int, bool]) -> float:
+            while u.states("rtu1")[-1] != state:
+                await asyncio.sleep(0.01)
+            return time.monotonic()
+
+        await asyncio.wait_for(state_becomes((1, True)), HANG_GUARD_S)
+        for _ in range(12):  # answering every 0.1 s for 1.2 s: nothing for the clock to do
+            await asyncio.sleep(0.1)
+            u.poll("rtu1", {})
+            last_good = time.monotonic()
+        offline_at = await asyncio.wait_for(state_becomes((2, False)), HANG_GUARD_S)
+        assert offline_at - last_good >= 0.6  # never before offline_after_s of silence
+        # start, end of the hold, a few moved deadlines, offline (6) — not a tick every 0.15 s (16)
+        assert len(refreshes) <= 9, len(refreshes)
+    finally:
+        await monitor.stop()
+
+
 async def test_line_down_is_a_fault_at_once(unit: Unit):
     unit.poll("rtu1", {})
     unit.poll("rtu1", None, failure=FailureKind.LINE_DOWN)
