@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-
-import shapely
-from shapely.geometry import Point, Polygon
-from shapely.geometry.base import BaseGeometry
+from typing import TYPE_CHECKING
 
 from controller.broadcasts import AREA_CODE, Targets
 from controller.cap import Area, Circle, Info
 from controller.config import Config, Device
 from controller.targets import area_covers
 from drivers.profile import ModbusTerminalProfile
+
+if TYPE_CHECKING:  # shapely (with numpy, ~14 MB) is imported only when an alert has a polygon
+    from shapely.geometry.base import BaseGeometry
 
 EARTH_RADIUS_KM = 6371.0088
 """Mean Earth radius (IUGG), for great-circle distances."""
@@ -118,6 +118,8 @@ class _Shapes:
             if area_covers(code, dev.area_code):
                 return f"area code {code}"
         if self.polygons:
+            from shapely.geometry import Point
+
             point = Point(dev.location.lon, dev.location.lat)
             for poly in self.polygons:
                 if poly.covers(point) or poly.distance(point) <= BOUNDARY_TOLERANCE_DEG:
@@ -138,6 +140,9 @@ def _polygon(points: tuple[tuple[float, float], ...]) -> BaseGeometry | None:
     ring = [(lon, lat) for lat, lon in points]
     if len(set(ring)) < 3:
         return None
+    import shapely  # lazily: the idle gateway's memory (see the TYPE_CHECKING note above)
+    from shapely.geometry import Polygon
+
     poly: BaseGeometry = Polygon(ring)
     if not poly.is_valid:
         poly = shapely.make_valid(poly)
