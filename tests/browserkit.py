@@ -31,10 +31,6 @@ silencing, as each test takes the fixture as a parameter of the same name)::
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -53,7 +49,7 @@ from playwright.sync_api import (
     expect,
     sync_playwright,
 )
-from simkit import PROFILES_DIR, REPO, SimConfig, SimProcess, free_port
+from simkit import PROFILES_DIR, REPO, Daemon, SimConfig, SimProcess, free_port
 
 from controller.auth import Actor, Role
 from controller.store import Store
@@ -132,48 +128,6 @@ def write_demo_township(tmp: Path) -> tuple[SimConfig, int]:
                        tcp_ports={d["id"]: tcp_ports[d["line"]] for d in devices if d["line"] in tcp_ports},
                        fm_id=fm_ids[0] if fm_ids else None, host=host)
     return config, api_port
-
-
-class Daemon:
-    """``ebc run --config FILE`` as a child process, ready once /api/v1/health answers."""
-
-    def __init__(self, config: Path, port: int, log_path: Path) -> None:
-        self.config, self.port, self.log_path = config, port, log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Daemon:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "run", "--config",
-                                          str(self.config)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                         env=env)
-        deadline = time.monotonic() + HANG_GUARD_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
-            with contextlib.suppress(httpx2.HTTPError):
-                if httpx2.get(f"{self.base_url}/api/v1/health", timeout=2).status_code == 200:
-                    return self
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"daemon not answering after {HANG_GUARD_S} s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(HANG_GUARD_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @dataclass

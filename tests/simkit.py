@@ -2,7 +2,8 @@
 
 The simulator runs as a separate process (``python -m controller.cli sim --config FILE``), as real
 hardware would, and is reached only over its ptys, sockets and control interface. Other test
-modules reuse this: ``write_sim_config`` for a small township, ``SimProcess`` to run it.
+modules reuse this: ``write_sim_config`` for a small township, ``SimProcess`` to run it, and
+``Daemon`` to run ``ebc run`` against it as a child process.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import yaml
 
 from simulator.control import ControlClient
@@ -178,3 +180,75 @@ def running_simulator(config: SimConfig) -> Iterator[SimProcess]:
         yield sim
     finally:
         sim.stop()
+
+
+DAEMON_START_GUARD_S = 90.0
+"""Only a guard against a hung start or stop, never a performance claim."""
+
+
+class Daemon:
+    """``ebc run --config FILE`` as a child process, ready once ``/api/v1/health`` answers.
+
+    (tests/test_daemon.py runs the daemon its own way: it tests readiness over sd_notify.)
+    """
+
+    def __init__(self, config: Path, port: int, log_path: Path, *, verbose: bool = False) -> None:
+        self.config, self.port, self.log_path, self.verbose = config, port, log_path, verbose
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Daemon:
+        args = [sys.executable, "-m", "controller.cli", *(["-v"] if self.verbose else []),
+                "run", "--config", str(self.config)]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + DAEMON_START_GUARD_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            with contextlib.suppress(httpx2.HTTPError):
+                if httpx2.get(f"{self.base_url}/api/v1/health", timeout=2).status_code == 200:
+                    return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"daemon not answering after {DAEMON_START_GUARD_S} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL if it hangs; returns the exit status (None if never started)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(DAEMON_START_GUARD_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def make_token(config: Path, name: str, role: str) -> str:
+    """A bearer token made the way an administrator makes one (``ebc token create``)."""
+    out = subprocess.run([sys.executable, "-m", "controller.cli", "token", "create", name, "--role", role,
+                          "--config", str(config)], cwd=REPO, capture_output=True, text=True, check=True)
+    token = out.stdout.strip()
+    assert token.startswith("ebc_") and "\n" not in token
+    return token
+
+
+def wait_until(what: str, check: Callable[[], Any], every: float = 0.2,
+               guard_s: float = DAEMON_START_GUARD_S) -> Any:
+    """``check()``'s first truthy value; fails naming ``what`` after ``guard_s`` (a hang guard)."""
+    deadline = time.monotonic() + guard_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"gave up waiting for {what}")

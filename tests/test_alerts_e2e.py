@@ -9,14 +9,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import secrets
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,72 +22,20 @@ import pytest
 from alertkit import LIUQIAO, OTHER_COUNTY, QIANLI, ZHANGZHUANG, alert_township, cn_alert
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mqttkit import Broker, Subscriber
-from simkit import REPO, SimConfig, SimProcess, free_port, running_simulator
+from simkit import Daemon, SimConfig, SimProcess, free_port, make_token, running_simulator, wait_until
 
 HANG_GUARD_S = 90.0
 """Only a guard against a hung test, never a performance claim."""
 FINAL = ("succeeded", "failed", "cancelled")
 
 
-class Daemon:
-    """``ebc run --config FILE``; ready once ``/api/v1/health`` answers."""
-
-    def __init__(self, config: Path, port: int, log_path: Path) -> None:
-        self.config, self.port, self.log_path = config, port, log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Daemon:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "-v", "run", "--config",
-                                          str(self.config)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.monotonic() + HANG_GUARD_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
-            with contextlib.suppress(httpx2.HTTPError):
-                if httpx2.get(f"http://127.0.0.1:{self.port}/api/v1/health", timeout=2).status_code == 200:
-                    return self
-            time.sleep(0.1)
-        raise AssertionError(f"daemon not ready:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(HANG_GUARD_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-
 @contextlib.contextmanager
 def daemon(sim: SimConfig, port: int, log_path: Path) -> Iterator[Daemon]:
-    d = Daemon(sim.path, port, log_path).start()
+    d = Daemon(sim.path, port, log_path, verbose=True).start()
     try:
         yield d
     finally:
         assert d.stop() == 0, d.log()
-
-
-def make_token(config: Path, name: str, role: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "controller.cli", "token", "create", name, "--role", role,
-                          "--config", str(config)], cwd=REPO, capture_output=True, text=True, check=True)
-    return out.stdout.strip()
-
-
-def wait_until(what: str, check: Callable[[], Any], every: float = 0.2) -> Any:
-    deadline = time.monotonic() + HANG_GUARD_S
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 class Gateway:

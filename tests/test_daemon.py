@@ -23,7 +23,16 @@ import httpx2
 import pytest
 import uvicorn
 import yaml
-from simkit import REPO, SimConfig, SimProcess, free_port, running_simulator, write_sim_config
+from simkit import (
+    REPO,
+    SimConfig,
+    SimProcess,
+    free_port,
+    make_token,
+    running_simulator,
+    wait_until,
+    write_sim_config,
+)
 
 from controller import daemon as daemon_module
 from controller.sd_notify import Notifier
@@ -216,24 +225,6 @@ def daemon(config: Path, notify: tuple[NotifyListener, str], log_path: Path) -> 
         yield proc.start()
     finally:
         proc.ensure_gone()
-
-
-def make_token(config: Path, name: str, role: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "controller.cli", "token", "create", name, "--role", role,
-                          "--config", str(config)], cwd=REPO, capture_output=True, text=True, check=True)
-    token = out.stdout.strip()
-    assert token.startswith("ebc_") and "\n" not in token
-    return token
-
-
-def wait_until(what: str, check: Any, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + HANG_GUARD_S
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 def terminals_released(sim: SimProcess, ids: list[str]) -> bool:
