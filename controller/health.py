@@ -73,10 +73,10 @@ from drivers.modbus_terminal import FailureKind, LineImpedance, ModbusTerminal
 
 log = logging.getLogger(__name__)
 
-LINE_CHECK_FIRST_S = 1.0
 LINE_CHECK_POLL_S = 0.5
-"""A running line check is first asked whether it finished after 1 s, then every 0.5 s (ebt-1 takes
-1.5 s): each question is a transaction on a shared line, so none are spent before any could be done."""
+"""A running line check is first asked whether it finished after the profile's
+``line_check_duration_s`` (ebt-1: 1.5 s), then every 0.5 s: each question is a transaction on a
+shared line, so none are spent before the answer can be yes."""
 LINE_BIT_RECHECK_S = 30.0
 """Shortest time between two checks a terminal's own line-fault bit asks for (see on_poll)."""
 CLOCK_SLACK_S = 0.01
@@ -551,7 +551,7 @@ async def _measure_lines(term: ModbusTerminal, timeout_s: float) -> dict[int, Li
     """
     await term.start_line_check(Priority.POLL)
     deadline = time.monotonic() + timeout_s
-    wait = LINE_CHECK_FIRST_S
+    wait = term.profile.line_check_duration_s
     while True:
         await asyncio.sleep(wait)
         wait = LINE_CHECK_POLL_S

@@ -77,6 +77,10 @@ class ModbusTerminalProfile(_Strict):
     max_read_gap: int = Field(default=0, ge=0, le=32, description="Unused registers a merged read may span")
     zones: int = Field(default=8, ge=1, le=32)
     line_impedance: LineImpedanceCoding = LineImpedanceCoding()
+    line_check_duration_s: float = Field(
+        default=1.0, gt=0, le=60,
+        description="How long a speaker-line check usually takes: the gateway first asks whether it "
+                    "finished after this long (each question is a transaction on a shared line)")
     settings_poll_every: int = Field(
         default=1, ge=1, le=1000,
         description="Health polls read the writable points (settings: power, mute, volume, source, "
