@@ -210,10 +210,10 @@ def measure(args: argparse.Namespace, workdir: Path) -> None:
                 t0 = time.monotonic()
                 c0 = {p.pid: cpu_s(p) for p in [d, *children, *([s] if s else [])]}
                 r0 = line_requests(http)
-                w0, th0 = wakeups(d.pid), thread_cpu(d)
+                w0, th0, t0d = wakeups(d.pid), thread_cpu(d), d.cpu_times()
                 time.sleep(args.seconds)
                 wall = time.monotonic() - t0
-                w1, th1 = wakeups(d.pid), thread_cpu(d)
+                w1, th1, t1d = wakeups(d.pid), thread_cpu(d), d.cpu_times()
                 r1 = line_requests(http)
                 c1 = {p.pid: cpu_s(p) for p in [d, *children, *([s] if s else [])]}
                 load = os.getloadavg()[0]
@@ -228,6 +228,8 @@ def measure(args: argparse.Namespace, workdir: Path) -> None:
                       f"after {args.settle:g} s settle")
                 print(f"daemon  pid {d.pid}: RSS {rss:.1f} MB (peak {hwm_mb(d.pid) or 0:.1f} MB), "
                       f"CPU {pct(d):.2f} % of one core   [targets: ≤ 80 MB, ≤ 1 %]")
+                print(f"  of which user {(t1d.user - t0d.user) / wall * 100:.2f} %, "
+                      f"system (kernel: syscalls, wake-ups) {(t1d.system - t0d.system) / wall * 100:.2f} %")
                 print(f"  wake-ups (voluntary context switches, all threads) {(w1 - w0) / wall:.1f}/s; "
                       f"machine load average {load:.2f}")
                 busy = sorted(((th1[k] - th0.get(k, 0.0)) / wall * 100, k) for k in th1)

@@ -245,6 +245,8 @@ class SpeechService:
         rid = request["id"] = next(self._ids)
         self._abandoned[rid] = part  # until answered: a cancelled caller leaves it here
         try:
+            if self._proc.stdin.is_closing():  # (a write would raise RuntimeError on uvloop)
+                raise BrokenPipeError("the pipe is closed")
             self._proc.stdin.write(json.dumps(request).encode() + b"\n")
             await self._proc.stdin.drain()
         except ConnectionError as exc:

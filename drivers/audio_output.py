@@ -84,6 +84,8 @@ class SimLineSink:
         lost = ""
         if self._refusal is None:
             try:
+                if self._writer.is_closing():  # (a write would raise RuntimeError on uvloop)
+                    raise ConnectionResetError("connection closed")
                 self._writer.write(pcm)
                 await self._writer.drain()
                 return
@@ -139,6 +141,8 @@ class AlsaSink:
         if proc is None or proc.stdin is None:
             raise AudioOutputError("the ALSA output is not open")
         try:
+            if proc.stdin.is_closing():  # aplay exited (a write would raise on uvloop, not fail)
+                raise BrokenPipeError
             proc.stdin.write(pcm)
             await proc.stdin.drain()
         except ConnectionError:

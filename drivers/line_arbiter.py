@@ -626,7 +626,8 @@ class _ReplyHold:
             return
         loop = asyncio.get_running_loop()
         fd = port.fileno()
-        if not loop.remove_reader(fd):  # not the reader registration we expected: leave it alone
+        # asyncio says False when nothing was registered (then leave it alone); uvloop says None
+        if loop.remove_reader(fd) is False:
             return
         self._held = (transport, port, fd, reader)
         self.holds += 1
