@@ -15,13 +15,12 @@ Run: .venv/bin/python bench/line_efficiency.py [--sizes 16 32] [--cycles 5]
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import uvloop
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the same simulator harness the tests use
@@ -124,4 +123,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(main())
+    asyncio.run(main())

@@ -34,7 +34,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the same broker and township helpers the tests use
 
-import uvloop  # noqa: E402
 import yaml  # noqa: E402
 from mqttkit import Broker  # noqa: E402
 from simkit import write_sim_config  # noqa: E402
@@ -202,11 +201,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for inflight in args.inflight:
         with tempfile.TemporaryDirectory(prefix="ebc-bench-") as tmp:
-            r = uvloop.run(flush_run(Path(tmp), args.events, inflight, args.durable_acks))
+            r = asyncio.run(flush_run(Path(tmp), args.events, inflight, args.durable_acks))
         print(f"| {inflight} | {r['append_per_s']:,.0f} | {r['flush_s']:.2f} s | {r['flush_per_s']:,.0f} | "
               f"{r['e2e_s']:.2f} s | {r['e2e_per_s']:,.0f} | {r['duplicates']:.0f} |", flush=True)
     with tempfile.TemporaryDirectory(prefix="ebc-bench-") as tmp:
-        k = uvloop.run(kill9_run(Path(tmp), args.kill_after))
+        k = asyncio.run(kill9_run(Path(tmp), args.kill_after))
     print(f"kill -9 of a writer after {args.kill_after:g} s: {k['confirmed']} events confirmed, "
           f"{k['survived']} in the outbox after the kill ({k['lost']} lost; {k['stored']} rows stored), "
           f"{k['delivered']} delivered to the subscriber by a fresh reporter")

@@ -17,8 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import uvloop
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the same simulator harness the tests use
 
@@ -83,4 +81,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(main())
+    asyncio.run(main())

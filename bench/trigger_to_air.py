@@ -58,7 +58,6 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import httpx2
-import uvloop
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -252,7 +251,7 @@ class InProcessGateway:
         from drivers.audio_output import AudioPlayer, SimLineSink
 
         self.speech_cache = work / "speech-cache"
-        self.loop = uvloop.new_event_loop()  # the loop `ebc run` uses
+        self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="gateway", daemon=True)
         self.thread.start()
         self.mono_to_wall = time.time() - time.monotonic()

@@ -69,15 +69,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import uvloop
-
     from controller.daemon import run_daemon
     from controller.logs import setup_logging
 
     setup_logging(args.log_format, verbose=args.verbose)
-    # uvloop (libuv): the same asyncio API at a fraction of the cost per event-loop wake-up, which
-    # is most of what an idle gateway spends (docs/benchmarks.md, Footprint)
-    uvloop.run(run_daemon(_load_or_exit(args.config)))
+    asyncio.run(run_daemon(_load_or_exit(args.config)))
     return 0
 
 

@@ -245,7 +245,7 @@ class SpeechService:
         rid = request["id"] = next(self._ids)
         self._abandoned[rid] = part  # until answered: a cancelled caller leaves it here
         try:
-            if self._proc.stdin.is_closing():  # (a write would raise RuntimeError on uvloop)
+            if self._proc.stdin.is_closing():  # the other end is gone: say so, do not write
                 raise BrokenPipeError("the pipe is closed")
             self._proc.stdin.write(json.dumps(request).encode() + b"\n")
             await self._proc.stdin.drain()

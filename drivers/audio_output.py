@@ -84,7 +84,7 @@ class SimLineSink:
         lost = ""
         if self._refusal is None:
             try:
-                if self._writer.is_closing():  # (a write would raise RuntimeError on uvloop)
+                if self._writer.is_closing():  # the other end is gone: say so, do not write
                     raise ConnectionResetError("connection closed")
                 self._writer.write(pcm)
                 await self._writer.drain()
@@ -141,7 +141,7 @@ class AlsaSink:
         if proc is None or proc.stdin is None:
             raise AudioOutputError("the ALSA output is not open")
         try:
-            if proc.stdin.is_closing():  # aplay exited (a write would raise on uvloop, not fail)
+            if proc.stdin.is_closing():  # aplay exited
                 raise BrokenPipeError
             proc.stdin.write(pcm)
             await proc.stdin.drain()

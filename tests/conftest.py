@@ -6,13 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvloop
 from simkit import SimConfig, SimProcess, running_simulator, write_sim_config
-
-
-def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
-    """Async tests run on uvloop, the event loop ``ebc run`` uses (controller/cli.py)."""
-    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture
