@@ -291,7 +291,8 @@ class Activation:
         it waits for the transmitter.
         """
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), self.settings.ready_timeout_s + 1.0)
+            async with asyncio.timeout(self.settings.ready_timeout_s + 1.0):
+                await self._ready.wait()
 
     @property
     def live(self) -> bool:

@@ -461,7 +461,8 @@ class AlertService:
                 log.exception("checking pending alerts failed")
                 delay = MAX_IDLE_S
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):  # not wait_for: 3.11's can lose a cancel
+                    await self._wake.wait()
 
     async def _check_pending(self) -> float:
         """Act on due pending alerts; seconds until the next deadline or expiry (at most MAX_IDLE_S)."""

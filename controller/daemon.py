@@ -87,7 +87,8 @@ class _Server(uvicorn.Server):
             counter = (counter + 10) % 864000  # uvicorn refreshes the Date header when counter % 10 == 0
             tick_s = API_TICK_S - asyncio.get_running_loop().time() % API_TICK_S  # with the lines' checks
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), tick_s)
+                async with asyncio.timeout(tick_s):  # not wait_for: 3.11's can lose a cancel
+                    await self._wake.wait()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

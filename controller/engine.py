@@ -253,7 +253,8 @@ class BroadcastEngine:
                 self._task = asyncio.create_task(self._play(best), name=f"broadcast {best.id}")
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._sleep_s(now))
+                async with asyncio.timeout(self._sleep_s(now)):  # not wait_for: 3.11's can lose a cancel
+                    await self._wake.wait()
 
     def _sleep_s(self, now: datetime) -> float | None:
         """Until the next start_at or expiry that could change a decision (None: until woken)."""

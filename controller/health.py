@@ -496,8 +496,11 @@ class HealthMonitor:
                     log.exception("health state clock failed")
                 moved.clear()
                 sleep_s = min(self._wake_at - self._clock(), CLOCK_MAX_SLEEP_S)
+                # not asyncio.wait_for: on Python 3.11 it can swallow a cancel that arrives as
+                # ``moved`` is set, and this loop would then outlive stop() (seen in CI)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(moved.wait(), max(sleep_s, 0.0) + CLOCK_SLACK_S)
+                    async with asyncio.timeout(max(sleep_s, 0.0) + CLOCK_SLACK_S):
+                        await moved.wait()
         finally:
             self._clock_moved = None
 

@@ -177,7 +177,8 @@ class Scheduler:
             if times:
                 delay = min(delay, max(0.0, (min(times) - self.now()).total_seconds()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):  # not wait_for: 3.11's can lose a cancel
+                    await self._wake.wait()
 
 
 def _problem(exc: ValueError) -> str:

@@ -518,7 +518,8 @@ class LineArbiter(LineDriver):
                 if check_s is not None:  # on the whole-interval grid: the lines check together
                     check_s -= time.monotonic() % check_s
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._dropped.wait(), check_s)
+                    async with asyncio.timeout(check_s):  # not wait_for: 3.11's can lose a cancel
+                        await self._dropped.wait()
                 if self._client is None:
                     await asyncio.sleep(self._retry_s)
             if self._client is None:

@@ -57,7 +57,8 @@ class LinkState:
     async def wait_up(self, timeout_s: float) -> bool:
         """Wait until the line is up; False on timeout."""
         try:
-            await asyncio.wait_for(self._up.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):  # not wait_for: 3.11's can lose a cancel
+                await self._up.wait()
         except TimeoutError:
             return False
         return True
