@@ -188,7 +188,8 @@ class MqttReporter:
                 await asyncio.wait_for(waiter, max(0.1, deadline - time.monotonic()) + 2.0)
             session.client.disconnect()  # a clean DISCONNECT: the broker discards the Will
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(session.ended.wait(), 2.0)
+                async with asyncio.timeout(2.0):  # not wait_for: 3.11's can lose a cancel
+                    await session.ended.wait()
         for task in [*self._tasks, *self._spawned]:
             task.cancel()
         for task in [*self._tasks, *self._spawned]:
@@ -416,7 +417,8 @@ class MqttReporter:
             return
         client.loop_start()
         try:
-            await asyncio.wait_for(session.ended.wait(), CONNACK_TIMEOUT_S)
+            async with asyncio.timeout(CONNACK_TIMEOUT_S):  # not wait_for: 3.11's can lose a cancel
+                await session.ended.wait()
         except TimeoutError:
             if not session.connected:
                 session.why = f"no CONNACK within {CONNACK_TIMEOUT_S:g} s"
