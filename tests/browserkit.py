@@ -31,7 +31,6 @@ silencing, as each test takes the fixture as a parameter of the same name)::
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +48,7 @@ from playwright.sync_api import (
     expect,
     sync_playwright,
 )
-from simkit import PROFILES_DIR, REPO, Daemon, SimConfig, SimProcess, free_port
+from simkit import PROFILES_DIR, REPO, Daemon, SimConfig, SimProcess, free_port, wait_until
 
 from controller.auth import Actor, Role
 from controller.store import Store
@@ -154,15 +153,13 @@ class Township:
                              headers={"Authorization": f"Bearer {self.tokens[role]}"})
 
     def wait_until(self, what: str, check: Any, every: float = 0.2) -> Any:
-        """Poll ``check`` until it returns something truthy; AssertionError after the hang guard."""
-        deadline = time.monotonic() + HANG_GUARD_S
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            time.sleep(every)
-        tail = self.daemon.log()[-3000:]
-        raise AssertionError(f"gave up waiting for {what}\n--- daemon log tail ---\n{tail}")
+        """Poll ``check`` until it returns something truthy; AssertionError after the hang guard,
+        with the daemon's log tail."""
+        try:
+            return wait_until(what, check, every, guard_s=HANG_GUARD_S)
+        except AssertionError as exc:
+            tail = self.daemon.log()[-3000:]
+            raise AssertionError(f"{exc}\n--- daemon log tail ---\n{tail}") from None
 
     def wait_all_reporting(self) -> None:
         """Until every terminal has a state code (the board then shows no 'waiting for data')."""
