@@ -162,14 +162,21 @@ class SimProcess:
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, then wait; SIGKILL only if it does not stop."""
         self.control.close()
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return terminate(self.proc, timeout)
+
+
+def terminate(proc: subprocess.Popen[bytes] | None, timeout: float) -> int | None:
+    """SIGTERM (unless it already exited), then SIGKILL if it does not stop within ``timeout``;
+    the exit status, or None if never started."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
 @contextlib.contextmanager
@@ -222,15 +229,7 @@ class Daemon:
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL if it hangs; returns the exit status (None if never started)."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(DAEMON_START_GUARD_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return terminate(self.proc, DAEMON_START_GUARD_S)
 
 
 def make_token(config: Path, name: str, role: str) -> str:
