@@ -136,6 +136,7 @@ class _Job:
     future: asyncio.Future[Any] = field(compare=False)
     attempts: int = field(default=0, compare=False)
     garbled: int = field(default=0, compare=False)
+    retries: int = field(default=0, compare=False)
 
 
 class LineArbiter(LineDriver):
@@ -229,17 +230,20 @@ class LineArbiter(LineDriver):
     # ------------------------------------------------------------------ public requests
 
     async def read(self, unit: int, block: ReadBlock, *, priority: Priority = Priority.POLL,
-                   timeout_s: float | None = None) -> list[Raw]:
-        """Read one block; returns ``block.count`` bools (bit tables) or register ints."""
-        result: list[Raw] = await self._submit(unit, block, priority, timeout_s)
+                   timeout_s: float | None = None, retries: int | None = None) -> list[Raw]:
+        """Read one block; returns ``block.count`` bools (bit tables) or register ints.
+
+        ``retries`` overrides the line's (0: one attempt — a probe of a unit that has not been
+        answering costs one timeout of line time, not three)."""
+        result: list[Raw] = await self._submit(unit, block, priority, timeout_s, retries)
         return result
 
     async def write(self, unit: int, block: WriteBlock, *, priority: Priority = Priority.COMMAND,
-                    timeout_s: float | None = None) -> None:
-        """Write one block to one unit and wait for its acknowledgement."""
+                    timeout_s: float | None = None, retries: int | None = None) -> None:
+        """Write one block to one unit and wait for its acknowledgement (``retries`` as for read)."""
         if unit == BROADCAST_UNIT:
             raise ValueError("use broadcast() for unit id 0")
-        await self._submit(unit, block, priority, timeout_s)
+        await self._submit(unit, block, priority, timeout_s, retries)
 
     async def broadcast(self, block: WriteBlock, *, priority: Priority = Priority.COMMAND) -> None:
         """Write one block to unit id 0: every terminal on the line executes it, none replies.
@@ -250,7 +254,7 @@ class LineArbiter(LineDriver):
         await self._submit(BROADCAST_UNIT, block, priority, None)
 
     def _submit(self, unit: int, block: ReadBlock | WriteBlock, priority: Priority,
-                timeout_s: float | None) -> asyncio.Future[Any]:
+                timeout_s: float | None, retries: int | None = None) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if isinstance(block, WriteBlock):  # counted even if it fails: it may have been executed
             if unit == BROADCAST_UNIT:
@@ -264,7 +268,8 @@ class LineArbiter(LineDriver):
             future.set_exception(self._down_error())
         else:
             self._queue.put_nowait(_Job(int(priority), next(self._seq), unit, block,
-                                        timeout_s or self.settings.timeout_s, future))
+                                        timeout_s or self.settings.timeout_s, future,
+                                        retries=self.settings.retries if retries is None else retries))
         return future
 
     def _down_error(self) -> LineDownError:
@@ -287,7 +292,7 @@ class LineArbiter(LineDriver):
                 job.attempts += 1
                 if isinstance(exc, _Garbled):
                     job.garbled += 1
-                if job.attempts <= self.settings.retries and not job.future.done():
+                if job.attempts <= job.retries and not job.future.done():
                     self._stats.retries += 1
                     self._queue.put_nowait(job)  # same place among polls; commands go first
                     continue
@@ -378,6 +383,7 @@ class LineArbiter(LineDriver):
             self._stats.timeouts += 1
             raise NoResponseError("timeout") from None
         except ConnectionException:
+            self._deadline = None  # the wait is over: nothing left to abort (a finished timeout refuses)
             self._drop_client("connection lost")
             raise self._down_error() from None
         except ModbusException:  # pymodbus could not decode what came back

@@ -157,16 +157,18 @@ class ModbusTerminal:
         return TerminalSnapshot(self.device_id, self.unit_id, False, time.time(),
                                 failure=failure_kind(exc), error=str(exc))
 
-    async def read_points(self, names: Iterable[str],
-                          priority: Priority = Priority.COMMAND) -> dict[str, Value]:
-        """Read some points (merged like the status read); raises DriverError on failure."""
-        return await self._read_plan(read_plan(self.profile, names), priority)
+    async def read_points(self, names: Iterable[str], priority: Priority = Priority.COMMAND, *,
+                          retries: int | None = None) -> dict[str, Value]:
+        """Read some points (merged like the status read); raises DriverError on failure.
+        ``retries`` overrides the line's (0 for a probe of a terminal that has not been answering)."""
+        return await self._read_plan(read_plan(self.profile, names), priority, retries)
 
-    async def _read_plan(self, plan: ReadPlan, priority: Priority) -> dict[str, Value]:
+    async def _read_plan(self, plan: ReadPlan, priority: Priority,
+                         retries: int | None = None) -> dict[str, Value]:
         replies = []
         for block in plan.blocks:  # stop at the first failure: a dead device costs one timeout
             replies.append(await self.arbiter.read(self.unit_id, block, priority=priority,
-                                                   timeout_s=self.timeout_s))
+                                                   timeout_s=self.timeout_s, retries=retries))
         return plan.decode(replies)
 
     # ------------------------------------------------------------------ writes
