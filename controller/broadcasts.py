@@ -65,10 +65,13 @@ FINAL_STATES = frozenset({BroadcastState.SUCCEEDED, BroadcastState.FAILED, Broad
 
 
 class TerminalOutcome(StrEnum):
+    """A device's outcome for one broadcast, judged from read-back evidence (controller/evidence.py)."""
+
     PENDING = "pending"
-    SUCCEEDED = "succeeded"      # confirmed audio at the output by read-back
-    FAILED = "failed"            # answered, but did not play (reason says why)
-    UNREACHABLE = "unreachable"  # did not answer on its line
+    SUCCEEDED = "succeeded"      # audio confirmed throughout at least one complete repetition
+    PARTIAL = "partial"          # audible part of the time (joined late, dropped out), no whole repetition
+    FAILED = "failed"            # answered, but never confirmed audible (reason says why)
+    UNREACHABLE = "unreachable"  # did not answer during the broadcast
 
 
 class Targets(BaseModel):

@@ -225,6 +225,12 @@ class BroadcastSettings(_Strict):
     daily_volume: int = Field(default=70, ge=0, le=100, description="Volume when a request names none")
     ready_timeout_s: float = Field(default=15.0, gt=0, le=120,
                                    description="Longest wait for amplifiers to report ready")
+    ready_hold_s: float = Field(default=2.0, ge=0, le=30,
+                                description="After the first terminal is ready, how long the program "
+                                            "(its attention tone) waits for the others still warming up")
+    success_threshold: float = Field(default=1.0, gt=0, le=1,
+                                     description="Share of the reachable targeted devices that must play a "
+                                                 "complete repetition for the broadcast to succeed")
     evidence_retention_days: int = Field(default=90, ge=1, le=3650,
                                          description="How long played program audio is kept")
     templates: list[BroadcastTemplate] = Field(default_factory=list,

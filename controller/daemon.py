@@ -35,6 +35,7 @@ from controller.hardware import Hardware
 from controller.health import HealthMonitor
 from controller.mqtt import MqttReporter
 from controller.outbox import Outbox, OutboxError, OutboxLimits
+from controller.release import Releaser
 from controller.scheduler import Scheduler
 from controller.sd_notify import Notifier
 from controller.store import Store, StoreError
@@ -130,6 +131,8 @@ class Daemon:
                 max_rows=cfg.mqtt.outbox_max_rows, max_droppable_rows=cfg.mqtt.outbox_max_health_rows))
         self.hardware = Hardware.from_config(cfg, on_poll=self._on_poll, on_fm_alarm=self._on_fm_alarm)
         self.health = HealthMonitor(cfg, self.bus, self.hardware, self.registry)
+        self.releaser = Releaser(self.hardware, self.store, on_pending=self.health.set_release_pending,
+                                 on_note=self.store.add_note)
         if self.outbox is not None:
             outbox = self.outbox
             self.health.set_outbox_depth(lambda: outbox.depth)
@@ -188,7 +191,7 @@ class Daemon:
         await self.speech.start()  # warm the worker now, not on the first emergency
         self.player = self._make_player()
         self.engine = BroadcastEngine(cfg, self.hardware, self.store, self.speech, self.player, self.bus,
-                                      self.registry)
+                                      self.registry, releaser=self.releaser)
         self.health.set_engine(self.engine)
         await self.engine.start()
         self.alerts = AlertService(cfg, self.store, self.engine, self.bus)
@@ -266,7 +269,7 @@ class Daemon:
                 await task
         # The reporter goes after engine and health, so their last events still go out (or stay queued).
         parts = (("scheduler", self.scheduler), ("alert inbox", self.alerts), ("engine", self.engine),
-                 ("health", self.health), ("mqtt reporter", self.reporter))
+                 ("releaser", self.releaser), ("health", self.health), ("mqtt reporter", self.reporter))
         for name, part in parts:
             if part is not None:
                 try:
@@ -325,6 +328,8 @@ class Daemon:
         """Every poll result: the registry's live view first, then health judges it (and publishes)."""
         self.registry.on_poll(result)
         self.health.on_poll(result)
+        if result.online:
+            self.releaser.wake(result.device_id)  # heard again: restore it now if it waits
 
     def _on_fm_alarm(self, device_id: str, alarm: FmAlarm) -> None:
         """An unsolicited FM alarm: an event at once; health queries the full status and raises faults."""

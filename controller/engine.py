@@ -15,14 +15,19 @@ Decisions (documented for operators and the API):
   when it expires while waiting; expiring mid-play stops it (FAILED "expired").
 * Cancel acts directly: a waiting broadcast is CANCELLED at once; a playing one is stopped, its
   devices released, then CANCELLED. ``cancel`` returns after that.
-* Outcome: SUCCEEDED if at least one targeted device confirmed audio by read-back, even when
-  others failed (coverage < 1 — the failures are listed per device with reasons); FAILED if none
-  did. Coverage = succeeded / targeted devices (the FM transmitter counts when it is keyed).
-* The program starts when the first targeted terminal's amplifier is ready (see
-  :meth:`Activation.wait_ready`); slower lines join while the attention tone plays.
-* Health polling's view (the DeviceRegistry) is used for one thing: a terminal it reports offline
-  is not read before power-on, and a journalled leftover of one is not restored before the next
-  activation — their timeouts would hold up a whole RS-485 line (see controller/activation.py).
+* Outcome, from read-back evidence (controller/evidence.py): a device *succeeded* when it was
+  confirmed audible through at least one complete repetition; the broadcast SUCCEEDED when at
+  least ``broadcast.success_threshold`` (default: every one) of the reachable targeted devices
+  did, else FAILED naming who was missed. Coverage = succeeded / targeted devices (the FM
+  transmitter counts when it is keyed).
+* The program starts when every targeted terminal that answered is ready, so every horn hears
+  the whole attention tone (bounded: see :meth:`Activation.wait_ready`); terminals that could not
+  be reached join late while the broadcast is valid.
+* Health polling's view (the DeviceRegistry) is used for two things: a terminal it reports
+  offline is not read before power-on (its timeouts would hold up a whole RS-485 line), and one
+  that never answers during a broadcast it already had offline does not count against it.
+* Release: every device goes to the :class:`~controller.release.Releaser`, which restores it and
+  keeps retrying until it is back in its prior state, across line outages and restarts.
 * Everything accepted is journalled before ``submit`` returns. ``stop()`` puts the playing
   broadcast back to WAITING, so it and every queued one resume after a restart; ``start()``
   restores devices left on by a crash, then requeues what is still valid and fails the rest with
@@ -37,7 +42,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,24 +50,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from controller.activation import (
-    Activation,
-    ActivationSettings,
-    DeviceResult,
-    pending_by_device,
-    restore,
-    restore_pending,
-)
+from controller.activation import Activation, ActivationSettings
 from controller.auth import Actor, Role
 from controller.broadcasts import BroadcastRequest, BroadcastState, TerminalOutcome
 from controller.config import Config
 from controller.device_state import DeviceRegistry
 from controller.events import EventBus
+from controller.evidence import ProgramTimeline, Verdict, broadcast_verdict
 from controller.hardware import Hardware
 from controller.program import Program, build_program, uploaded_audio
+from controller.release import Releaser
 from controller.store import Store
 from controller.targets import Resolved, TargetError, resolve
-from drivers.audio_output import prune_evidence
+from drivers.audio_output import has_sound, prune_evidence
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,8 @@ class _Entry:
     interrupt: tuple[str, Any] | None = None
     """Why the playing task was cancelled: ("preempted", by id), ("cancelled", actor), ("expired", None),
     ("stopping", None) or ("error", exception)."""
+    offline_at_start: frozenset[str] = frozenset()
+    """Devices health polling had offline when its activation began (see the outcome rule)."""
     running: bool = False
     """Its task has begun (a task cancelled before its first step would skip its clean-up)."""
     concluding: bool = False
@@ -105,7 +107,8 @@ class BroadcastEngine:
     """Queue, priority, pre-emption, activation and playback of broadcasts (see module doc)."""
 
     def __init__(self, cfg: Config, hardware: Hardware, store: Store, speech: Any, player: Any, bus: EventBus,
-                 registry: DeviceRegistry | None = None, *, clock: Clock | None = None) -> None:
+                 registry: DeviceRegistry | None = None, *, clock: Clock | None = None,
+                 releaser: Releaser | None = None) -> None:
         self.cfg = cfg
         self.hardware = hardware
         self.store = store
@@ -113,6 +116,7 @@ class BroadcastEngine:
         self.player = player
         self.bus = bus
         self.registry = registry
+        self.releaser = releaser or Releaser(hardware, store, on_note=store.add_note)
         self._now: Clock = clock or (lambda: datetime.now(UTC))
         self._queue: dict[str, _Entry] = {}
         self._current: _Entry | None = None
@@ -130,7 +134,7 @@ class BroadcastEngine:
 
     async def start(self) -> None:
         """Recover from an unclean stop, requeue what is still valid, then start scheduling."""
-        await restore_pending(self.store, self.hardware)
+        await self.releaser.start()  # devices a crash left switched on go back first
         now = self._now()
         for row in self.store.unfinished_broadcasts():
             self._recover(row, now)
@@ -165,9 +169,8 @@ class BroadcastEngine:
         if current is not None:
             self._interrupt(current, "stopping", None)
             await current.done.wait()
-        leftovers = pending_by_device(self.store)  # handed over by a pre-emption, not yet taken
-        if leftovers:
-            await restore(self.hardware, self.store, leftovers)
+        self.releaser.unpark()  # kept on for a pre-emptor that never took them
+        await self.releaser.settle(STOP_RELEASE_S)
 
     # ------------------------------------------------------------------ public API
 
@@ -247,6 +250,8 @@ class BroadcastEngine:
                     self._interrupt(current, "expired", None)
                 elif best is not None and best.request.priority > current.request.priority:
                     self._interrupt(current, "preempted", best.id)
+            elif current is None and best is None:
+                self.releaser.unpark()  # a pre-emptor that kept devices on went away before playing
             elif current is None and best is not None:
                 del self._queue[best.id]
                 self._current = best
@@ -291,7 +296,7 @@ class BroadcastEngine:
                 self._transition(entry.id, BroadcastState.PLAYING, None, started_at=time.time())
                 program = build_program(entry.request, self.speech, self.cfg.audio_output.sample_rate,
                                         audio_dir=self.audio_dir)  # raises before anything is touched
-                activation = await self._activate(entry)
+                activation = self._activate(entry, program)
                 await self._perform(entry, activation, program)
         except asyncio.CancelledError:
             task = asyncio.current_task()
@@ -310,21 +315,20 @@ class BroadcastEngine:
             done.set()
             self._wake.set()
 
-    async def _activate(self, entry: _Entry) -> Activation:
-        """Inherit devices handed over by a pre-empted broadcast; restore leftovers; start activation."""
-        settings = ActivationSettings.for_request(entry.request, daily_volume=self.cfg.broadcast.daily_volume,
-                                                  ready_timeout_s=self.cfg.broadcast.ready_timeout_s)
-        offline = self._known_offline()
-        held = pending_by_device(self.store)
-        targeted = set(entry.resolved.device_ids)
-        # still on from a broadcast we pre-empted (or not restorable before), but not ours to play on;
-        # one that health polling reports offline is left journalled: its timeouts would delay us
-        leftovers = {d: h for d, h in held.items() if d not in targeted and d not in offline}
-        if leftovers:
-            await restore(self.hardware, self.store, leftovers, settings.priority)
-        activation = Activation(entry.id, entry.resolved, self.hardware, self.store, settings,
-                                inherited={d: h for d, h in held.items() if d in targeted}, offline=offline,
-                                report=lambda dev, result: self._outcome(entry.id, dev, result))
+    def _activate(self, entry: _Entry, program: Program) -> Activation:
+        """Take the targeted devices (inheriting those still on from a pre-empted broadcast) and
+        start activating them."""
+        b = self.cfg.broadcast
+        settings = ActivationSettings.for_request(entry.request, daily_volume=b.daily_volume,
+                                                  ready_timeout_s=b.ready_timeout_s,
+                                                  ready_hold_s=b.ready_hold_s)
+        entry.offline_at_start = frozenset(self._known_offline())
+        inherited = self.releaser.claim(entry.resolved.device_ids)
+        self.releaser.unpark()  # kept on by a pre-empted broadcast but not ours: restore them
+        activation = Activation(entry.id, entry.resolved, self.hardware, self.store, settings, self.releaser,
+                                inherited=inherited, offline=entry.offline_at_start,
+                                timeline=ProgramTimeline(program.repetitions),
+                                report=lambda dev, verdict: self._outcome(entry.id, dev, verdict))
         for dev in entry.resolved.device_ids:
             self.store.set_outcome(entry.id, dev, TerminalOutcome.PENDING)
         activation.start()
@@ -337,29 +341,30 @@ class BroadcastEngine:
         return {d for d, view in self.registry.devices.items() if view.online is False}
 
     async def _perform(self, entry: _Entry, activation: Activation, program: Program) -> None:
-        """Start the program on the first ready terminal (speech synthesises under the tone), confirm."""
+        """Start the program once the terminals are ready (speech synthesises under the tone), play
+        it to the end, and read every device back once more."""
         await activation.wait_ready()
-        if not activation.live:
-            return
         self.evidence_dir.mkdir(parents=True, exist_ok=True)
-        chunks = _announcing(program.chunks(), activation.audio_started)
-        try:
-            await self.player.play(chunks, program.sample_rate,
-                                   evidence_path=self.evidence_dir / f"{entry.id}.wav")
-        finally:
-            activation.audio_ended()
-        await activation.wait_confirmed()
+        chunks = _announcing(program.chunks(), activation, program.sample_rate)
+        evidence = self.evidence_dir / f"{entry.id}.wav"
+        await self.player.play(chunks, program.sample_rate, evidence_path=evidence)
+        activation.program_ended()
+        await activation.finish()
 
     async def _conclude(self, entry: _Entry, activation: Activation | None) -> None:
-        """Release devices (handing over to a pre-emptor), then journal the final or waiting state."""
+        """Judge, release devices (handing over to a pre-emptor), then journal the final or waiting state."""
         why, detail = entry.interrupt or ("completed", None)
-        results = dict(activation.results) if activation is not None else {}
+        replays = why == "stopping" or (why == "preempted" and not entry.request.expired(self._now()))
+        verdicts: dict[str, Verdict] = {}
         if activation is not None:
+            if why != "completed":
+                activation.program_ended(_STOPPED.get(why, why))
+            verdicts = await activation.finish(final_pass=False, report=not replays)
             keep: set[str] = set()
             if why == "preempted" and detail in self._queue:
                 keep = set(entry.resolved.device_ids) & set(self._queue[detail].resolved.device_ids)
             await activation.release(keep)
-        if why == "preempted" and not entry.request.expired(self._now()):
+        if why == "preempted" and replays:
             entry.preemptions += 1
             entry.interrupt, entry.running, entry.concluding, entry.done = None, False, False, asyncio.Event()
             self._queue[entry.id] = entry
@@ -371,18 +376,20 @@ class BroadcastEngine:
             self._transition(entry.id, BroadcastState.WAITING, "interrupted by shutdown")
             return
         for dev in entry.resolved.device_ids:
-            if dev not in results:
-                results[dev] = DeviceResult(TerminalOutcome.FAILED, f"{why} before confirmation")
-                self._outcome(entry.id, dev, results[dev])
-        state, reason = _verdict(why, detail, results)
-        self._finish(entry.id, state, reason, _coverage(results.values()))
+            if dev not in verdicts:  # never activated (it failed before): say so per device
+                verdicts[dev] = Verdict(TerminalOutcome.FAILED, f"{_STOPPED.get(why, why)} before activation")
+                self._outcome(entry.id, dev, verdicts[dev])
+        state, reason, coverage = _verdict(why, detail, verdicts, entry.offline_at_start,
+                                           self.cfg.broadcast.success_threshold)
+        self._finish(entry.id, state, reason, coverage)
 
     # ------------------------------------------------------------------ journal + events
 
-    def _outcome(self, bid: str, dev: str, result: DeviceResult) -> None:
-        self.store.set_outcome(bid, dev, result.outcome, result.reason)
-        self.bus.publish("broadcast.outcome", id=bid, device=dev, outcome=result.outcome.value,
-                         reason=result.reason)
+    def _outcome(self, bid: str, dev: str, verdict: Verdict) -> None:
+        detail = verdict.detail()
+        self.store.set_outcome(bid, dev, verdict.outcome, verdict.reason, detail)
+        self.bus.publish("broadcast.outcome", id=bid, device=dev, outcome=verdict.outcome.value,
+                         reason=verdict.reason, **detail)
 
     def _transition(self, bid: str, state: BroadcastState, reason: str | None, *,
                     started_at: float | None = None, finished_at: float | None = None,
@@ -398,31 +405,24 @@ class BroadcastEngine:
         self._transition(bid, state, reason, finished_at=time.time(), coverage=coverage)
 
 
-def _coverage(results: Iterable[DeviceResult]) -> float:
-    results = list(results)
-    if not results:
-        return 0.0
-    return sum(r.outcome is TerminalOutcome.SUCCEEDED for r in results) / len(results)
+_STOPPED = {"cancelled": "cancelled", "preempted": "pre-empted", "expired": "expired",
+            "stopping": "stopped by shutdown", "error": "stopped by an error"}
+STOP_RELEASE_S = 5.0
+"""At shutdown, how long to wait for devices to be restored before the lines close (those that
+are not stay journalled and are restored at the next start)."""
 
 
-def _verdict(why: str, detail: Any, results: dict[str, DeviceResult]) -> tuple[BroadcastState, str]:
-    """Final state and reason: interrupted, or by the coverage rule (≥ 1 confirmed = SUCCEEDED)."""
+def _verdict(why: str, detail: Any, verdicts: dict[str, Verdict], offline_at_start: frozenset[str],
+             threshold: float) -> tuple[BroadcastState, str, float]:
+    """Final state, reason and coverage: interrupted, or by the outcome rule (controller/evidence.py)."""
+    judged = broadcast_verdict(verdicts, offline_at_start=offline_at_start, threshold=threshold)
     if why == "cancelled":
-        return BroadcastState.CANCELLED, f"cancelled by {detail.name}"
+        return BroadcastState.CANCELLED, f"cancelled by {detail.name}", judged.coverage
     if why in ("expired", "preempted"):
-        return BroadcastState.FAILED, "expired" if why == "expired" else "pre-empted"
+        return BroadcastState.FAILED, "expired" if why == "expired" else "pre-empted", judged.coverage
     if why == "error":
-        return BroadcastState.FAILED, f"cannot play: {detail}"
-    if any(r.outcome is TerminalOutcome.SUCCEEDED for r in results.values()):
-        return BroadcastState.SUCCEEDED, _summary(results)
-    return BroadcastState.FAILED, "no device confirmed audio: " + _summary(results)
-
-
-def _summary(results: dict[str, DeviceResult]) -> str:
-    """``4/5 devices confirmed; rtu3 unreachable``-style line for the broadcast's reason."""
-    ok = sum(r.outcome is TerminalOutcome.SUCCEEDED for r in results.values())
-    bad = [f"{d} {r.outcome.value}" for d, r in results.items() if r.outcome is not TerminalOutcome.SUCCEEDED]
-    return f"{ok}/{len(results)} devices confirmed audio" + (f"; {', '.join(bad)}" if bad else "")
+        return BroadcastState.FAILED, f"cannot play: {detail}", judged.coverage
+    return judged.state, judged.reason, judged.coverage
 
 
 async def _unstoppable(coro: Any) -> None:
@@ -438,14 +438,18 @@ async def _unstoppable(coro: Any) -> None:
     task.result()
 
 
-async def _announcing(chunks: AsyncIterator[bytes], on_first: Callable[[], None]) -> AsyncIterator[bytes]:
-    """Pass ``chunks`` through, calling ``on_first`` as the first one goes to the player."""
+async def _announcing(chunks: AsyncIterator[bytes], activation: Activation,
+                      sample_rate: int) -> AsyncIterator[bytes]:
+    """Pass ``chunks`` through, telling the activation when the program starts and what each chunk
+    is (its length, and whether it is sound a terminal's output detector would notice)."""
+    loop = asyncio.get_running_loop()
     first = True
     try:
         async for chunk in chunks:
             if first and chunk:
                 first = False
-                on_first()
+                activation.program_started(loop.time())
+            activation.timeline.add_chunk(len(chunk) / 2 / sample_rate, has_sound(chunk))
             yield chunk
     finally:
         aclose = getattr(chunks, "aclose", None)

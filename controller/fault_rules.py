@@ -197,6 +197,15 @@ def line_down_fault(line: str, detail: str) -> Fault:
                  values={"line": line, "detail": detail})
 
 
+def release_pending_fault(reason: str, broadcast_ids: Iterable[str] = ()) -> Fault:
+    """A broadcast has ended but the terminal could not yet be put back to its prior state (its
+    amplifier may still be on, its override set): the gateway keeps trying (controller/release.py)."""
+    ids = list(broadcast_ids)
+    return Fault("release_pending", f"not restored after its broadcast ended: {reason} (retrying)",
+                 f"广播结束后未能复位（功放可能仍开启），正在重试：{reason}",
+                 values={"broadcast_ids": ids, "detail": reason})
+
+
 def gateway_faults(free_mb: float | None, state_dir: str, writable: bool,
                    settings: HealthSettings) -> list[Fault]:
     """The gateway's own faults: a nearly full disk, or a state directory it cannot write."""

@@ -34,6 +34,8 @@ Where faults come from, each source replacing only its own faults when it report
   broadcast's frames always go first) and never on a terminal that is broadcasting or offline or
   while the engine has a broadcast on air; :meth:`HealthMonitor.run_line_check` runs one now;
 * the line: ``line_down`` as soon as a poll finds the serial port gone or the endpoint refused;
+* release: ``release_pending`` while a broadcast has ended but the device could not yet be put
+  back to its prior state (controller/release.py retries until it is; :meth:`set_release_pending`);
 * the FM transmitter: every alarm bit, and high VSWR also from the measured ratio. This monitor
   is the one poller of FM status (every ``health.fm_poll_interval_s``, and at once on an
   unsolicited ``+ALARM``); it keeps the registry's view of the transmitter up to date.
@@ -61,6 +63,7 @@ from controller.fault_rules import (
     fm_faults,
     gateway_faults,
     line_down_fault,
+    release_pending_fault,
     terminal_faults,
 )
 from controller.gateway_stats import ProcessSampler, line_counters
@@ -231,6 +234,18 @@ class HealthMonitor:
             if isinstance(error, LineDownError):
                 self._set_faults(dev, "link", [line_down_fault(dev.cfg.line, str(error))], now)
             self.registry.record(device_id, online=False, timestamp=wall, values=None, failure=str(error))
+        self._update(dev, now)
+
+    def set_release_pending(self, device_id: str, reason: str | None,
+                            broadcast_ids: Iterable[str] = ()) -> None:
+        """A device could not be put back after its broadcast (``reason``), or now is (None): shown
+        as a ``release_pending`` fault until then (controller/release.py keeps retrying)."""
+        dev = self._devices.get(device_id)
+        if dev is None:
+            return
+        now = self._clock()
+        faults = [] if reason is None else [release_pending_fault(reason, broadcast_ids)]
+        self._set_faults(dev, "release", faults, now)
         self._update(dev, now)
 
     def refresh(self) -> None:

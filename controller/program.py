@@ -99,6 +99,19 @@ class Program:
         """Every segment known so far; the whole program once the speech length is known."""
         return self._segments()
 
+    def repetitions(self) -> list[tuple[float, float]]:
+        """Each repetition's (start, end) in program seconds — attention tone to last word, without
+        the gaps between repetitions — as far as the layout is known (the outcome rule judges
+        terminals per complete repetition: controller/evidence.py)."""
+        spans: dict[int, tuple[float, float]] = {}
+        for seg in self._segments():
+            if seg.kind == "gap":
+                continue
+            a, b = spans.get(seg.repeat, (seg.start_s, seg.end_s))
+            spans[seg.repeat] = (min(a, seg.start_s), max(b, seg.end_s))
+        complete = len(spans) if self._voice_n is not None else max(0, len(spans) - 1)
+        return [spans[r] for r in sorted(spans)[:complete]]
+
     def _segments(self) -> list[Segment]:
         out: list[Segment] = []
         pos = 0

@@ -147,6 +147,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX alerts_broadcast ON alerts(broadcast_id);
     """,
 ]
+MIGRATIONS.append(
+    # 4: the evidence behind each device outcome (joined_late, missed_s, audible_s, joined_at_s)
+    "ALTER TABLE outcomes ADD COLUMN detail TEXT NOT NULL DEFAULT '{}'",
+)
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -257,13 +262,15 @@ class Store:
                 raise KeyError(f"no broadcast '{broadcast_id}'")
 
     def set_outcome(self, broadcast_id: str, device_id: str, outcome: TerminalOutcome,
-                    reason: str = "") -> None:
+                    reason: str = "", detail: dict[str, Any] | None = None) -> None:
+        """A device's outcome with the evidence figures behind it (controller/evidence.py)."""
         with self._tx() as conn:
             conn.execute(
-                "INSERT INTO outcomes (broadcast_id, device_id, outcome, reason, updated_at)"
-                " VALUES (?,?,?,?,?) ON CONFLICT (broadcast_id, device_id) DO UPDATE SET"
-                " outcome=excluded.outcome, reason=excluded.reason, updated_at=excluded.updated_at",
-                (broadcast_id, device_id, str(outcome), reason, time.time()))
+                "INSERT INTO outcomes (broadcast_id, device_id, outcome, reason, updated_at, detail)"
+                " VALUES (?,?,?,?,?,?) ON CONFLICT (broadcast_id, device_id) DO UPDATE SET"
+                " outcome=excluded.outcome, reason=excluded.reason, updated_at=excluded.updated_at,"
+                " detail=excluded.detail",
+                (broadcast_id, device_id, str(outcome), reason, time.time(), _json(detail or {})))
 
     def add_note(self, broadcast_id: str, text: str) -> None:
         """A free-text line in a broadcast's history (pre-empted, resumed, retried, ...)."""
@@ -276,8 +283,10 @@ class Store:
         rows = self._query("SELECT * FROM broadcasts WHERE id=?", (broadcast_id,))
         if not rows:
             return None
-        outcomes = [{**dict(r), "outcome": TerminalOutcome(r["outcome"])} for r in self._query(
-            "SELECT device_id, outcome, reason, updated_at FROM outcomes WHERE broadcast_id=?"
+        outcomes = [{"device_id": r["device_id"], "outcome": TerminalOutcome(r["outcome"]),
+                     "reason": r["reason"], "updated_at": r["updated_at"], **json.loads(r["detail"])}
+                    for r in self._query(
+            "SELECT device_id, outcome, reason, updated_at, detail FROM outcomes WHERE broadcast_id=?"
             " ORDER BY device_id",
             (broadcast_id,))]
         notes = [{"ts": r["ts"], "text": r["text"]}
