@@ -160,6 +160,11 @@ class Simulator(_Strict):
     audio: SimAudio = Field(description="The audio line the gateway's output feeds")
     time_scale: float = Field(default=1.0, gt=0, le=100, description="Physics speed-up (tests only)")
     turnaround_ms: float = Field(default=3.0, ge=0, le=1000, description="Default reply turnaround")
+    rtu_framing: Literal["strict", "lenient"] = Field(
+        default="strict",
+        description="strict: a request starting less than 3.5 characters after the previous frame on "
+                    "the bus (a reply too) runs into it and goes unanswered, as on RS-485 hardware; "
+                    "lenient: answer it anyway (to compare)")
     devices: dict[str, SimDevice] = Field(default_factory=dict)
     scenarios: list[SimFault] = Field(default_factory=list)
 
