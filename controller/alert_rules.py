@@ -19,19 +19,14 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from enum import StrEnum
 from typing import Literal
-from zoneinfo import ZoneInfo
 
 from controller.alert_area import AreaMatch
 from controller.broadcasts import MAX_TEXT_CHARS, BroadcastClass, BroadcastRequest, SourceLevel, Tone
 from controller.cap import EMERGENCY_LEVEL, SEVERITY_BY_COLOUR, CapAlert, Info, MsgType, Status
 from controller.config import DEFAULT_TEMPLATE, AlertMatch, AlertRule, AlertsSettings, Config
-from controller.scheduler import DEFAULT_TIMEZONE
-
-LOCAL_TZ = ZoneInfo(DEFAULT_TIMEZONE)
-"""Times in announcements are read in the gateway's local time (China: one zone, no DST)."""
 
 TITLE_MAX = 200
 SOURCE_MAX = 200
@@ -253,7 +248,7 @@ def compose_text(cfg: Config, info: Info, match: AreaMatch) -> str:
     """
     settings = cfg.alerts
     template = _template(settings, info)
-    values = _values(settings, info, match)
+    values = _values(settings, info, match, cfg.gateway.tz)
     limit = min(cfg.speech.max_chars, MAX_TEXT_CHARS)
     text = _render(template, values)
     if not text:  # a template made only of parts this alert lacks: say at least what it is
@@ -291,13 +286,14 @@ def _template(settings: AlertsSettings, info: Info) -> str:
     return templates.get("default", DEFAULT_TEMPLATE)
 
 
-def _values(settings: AlertsSettings, info: Info, match: AreaMatch) -> dict[str, str]:
+def _values(settings: AlertsSettings, info: Info, match: AreaMatch, tz: tzinfo) -> dict[str, str]:
+    """The template's placeholders; times are read in the gateway's time zone ``tz``."""
     guided = [(v, g) for v in match.villages if (g := _sentence(settings.guidance.get(v, "")))]
     distinct = list(dict.fromkeys(g for _, g in guided))
     # Several villages' different advice: say whose is whose.
     guidance = "".join(f"{v}：{g}" for v, g in guided) if len(distinct) > 1 else "".join(distinct)
     colour = _COLOUR_ZH.get((info.severity_colour or "").strip().lower(), "")
-    expires = info.expires.astimezone(LOCAL_TZ) if info.expires else None
+    expires = info.expires.astimezone(tz) if info.expires else None
     return {
         "headline": _phrase(info.headline),
         "description": _sentence(info.description),

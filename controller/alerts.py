@@ -32,7 +32,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from enum import StrEnum
 from typing import Any, Literal, Protocol
 
@@ -92,11 +92,11 @@ def new_alert_id() -> str:
     return f"al-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
-def iso(ts: float | None) -> str | None:
-    """Epoch seconds as ISO 8601 in the gateway's local time zone (None stays None)."""
+def iso(ts: float | None, tz: tzinfo) -> str | None:
+    """Epoch seconds as ISO 8601 in the gateway's time zone ``tz`` (None stays None)."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+    return datetime.fromtimestamp(ts, tz).isoformat(timespec="seconds")
 
 
 _ENCODING = re.compile(rb"""^\s*<\?xml[^>]*encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
@@ -406,7 +406,7 @@ class AlertService:
         if rec is None:
             raise AlertActionError("not_found", f"no alert '{alert_id}'")
         if rec["disposition"] == Disposition.PENDING and _expired(rec, self._now().timestamp()):
-            self._expire(rec, f"the alert expired at {iso(rec['expires_at'])} before a decision")
+            self._expire(rec, f"the alert expired at {self._iso(rec['expires_at'])} before a decision")
             rec = self.store.get_alert(alert_id) or rec
         if rec["disposition"] != Disposition.PENDING:
             raise AlertActionError("conflict", f"alert '{alert_id}' is {rec['disposition']}, not pending: "
@@ -472,7 +472,8 @@ class AlertService:
             for rec in self.store.list_alerts(Disposition.PENDING, limit=100_000, oldest_first=True):
                 deadline = rec["approval_deadline"]
                 if _expired(rec, now):
-                    self._expire(rec, f"the alert expired at {iso(rec['expires_at'])} before a decision")
+                    expired_at = self._iso(rec["expires_at"])
+                    self._expire(rec, f"the alert expired at {expired_at} before a decision")
                 elif deadline is not None and deadline <= now:
                     await self._on_timeout(rec, now)
                 else:
@@ -498,16 +499,20 @@ class AlertService:
 
     # ------------------------------------------------------------------ reading
 
+    def _iso(self, ts: float | None) -> str | None:
+        return iso(ts, self.cfg.gateway.tz)
+
     def record(self, rec: dict[str, Any], *, document: bool = False) -> dict[str, Any]:
         """A stored alert as the API shows it (docs/alerts.md)."""
         summary = rec["summary"]
         out = {"id": rec["id"], "sender": rec["sender"], "identifier": rec["identifier"], "sent": rec["sent"],
                "msg_type": rec["msg_type"], "status": rec["status"], "dialect": rec["dialect"],
                "source": rec["source"], "source_level": rec["source_level"],
-               "ingested_by": rec["actor"]["name"], "received_at": iso(rec["received_at"]), **summary,
+               "ingested_by": rec["actor"]["name"], "received_at": self._iso(rec["received_at"]), **summary,
                "disposition": rec["disposition"], "reason": rec["reason"], "rule": rec["rule"],
                "broadcast_id": rec["broadcast_id"], "plan": rec["plan"], "decided_by": rec["decided_by"],
-               "decided_at": iso(rec["decided_at"]), "approval_deadline": iso(rec["approval_deadline"]),
+               "decided_at": self._iso(rec["decided_at"]),
+               "approval_deadline": self._iso(rec["approval_deadline"]),
                "on_timeout": rec["on_timeout"]}
         if document and "document" in rec:
             out["document"] = document_text(rec["document"])

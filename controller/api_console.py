@@ -61,9 +61,10 @@ def console_router(services: ApiServices) -> APIRouter:
 
     @router.get("/session")
     async def session(actor: Viewer) -> dict[str, Any]:
-        """Who this token is, so the console shows only what the role may do."""
+        """Who this token is, so the console shows only what the role may do, and the gateway's
+        time zone, which the console shows every time in (not the browser's)."""
         return {"name": actor.name, "role": actor.role.value if actor.role else None,
-                "token_id": actor.token_id}
+                "token_id": actor.token_id, "timezone": cfg.gateway.timezone}
 
     @router.get("/templates")
     async def templates(_: Viewer) -> list[dict[str, Any]]:
@@ -143,7 +144,7 @@ def gateway_status(services: ApiServices) -> dict[str, Any]:
     snapshot = getattr(services.health, "snapshot", None)
     out: dict[str, Any] = dict(snapshot()) if callable(snapshot) else {"ts": time.time()}
     out["gateway"] = {"id": gw.id, "name": gw.name, "area_code": gw.area_code,
-                      "location": {"lat": gw.location.lat, "lon": gw.location.lon}}
+                      "location": {"lat": gw.location.lat, "lon": gw.location.lon}, "timezone": gw.timezone}
     out["api_started_at"] = services.started_at
     reporter = services.mqtt
     out["mqtt"] = {"enabled": cfg.mqtt is not None,

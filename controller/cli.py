@@ -59,7 +59,8 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     from simulator.runner import run_simulation
 
     spec = spec_from_config(_load_or_exit(args.config))
-    return run_until_signalled(run_simulation(spec))
+    lifeline = sys.stdin.fileno() if args.exit_on_stdin_eof else None
+    return run_until_signalled(run_simulation(spec, lifeline_fd=lifeline))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -97,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sim", help="run the hardware simulator alone")
     p.add_argument("--config", required=True, help="gateway config with a simulator section")
+    p.add_argument("--exit-on-stdin-eof", action="store_true",
+                   help="also stop (cleanly) when standard input reaches end-of-file: a starter that "
+                        "holds a pipe to it open takes the simulator with it however it ends (ebc demo)")
     p.set_defaults(func=_cmd_sim)
 
     p = sub.add_parser("run", help="run the gateway daemon")

@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -27,6 +28,8 @@ from controller.broadcasts import MAX_TEXT_CHARS, BroadcastClass, BroadcastReque
 from drivers.profile import AtFmTransmitterProfile, ModbusTerminalProfile, load_profile
 
 AREA_CODE = re.compile(r"^\d{12}$")
+DEFAULT_TIMEZONE = "Asia/Shanghai"
+"""China's one time zone (no daylight saving): the default of ``gateway.timezone``."""
 IDENT = r"^[a-z0-9][a-z0-9_-]{0,31}$"  # ids end up in MQTT topics and URLs
 
 
@@ -58,8 +61,26 @@ class Gateway(_Strict):
     name: str = Field(min_length=1, description="Human name, e.g. 濉溪县刘桥镇应急广播网关")
     area_code: str = Field(description="12-digit area code of the township this gateway serves")
     location: Location
+    timezone: str = Field(default=DEFAULT_TIMEZONE,
+                          description="IANA time zone of the township, e.g. Asia/Shanghai: schedules, times "
+                                      "in announcements and in the web console are read in it")
 
     _area = field_validator("area_code")(_check_area_code)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"'{value}' is not an IANA time zone name such as Asia/Shanghai or Asia/Urumqi "
+                             "(not an offset like UTC+8)") from None
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        """The township's time zone."""
+        return ZoneInfo(self.timezone)
 
 
 class _LinePolicy(_Strict):
@@ -160,6 +181,11 @@ class Simulator(_Strict):
     audio: SimAudio = Field(description="The audio line the gateway's output feeds")
     time_scale: float = Field(default=1.0, gt=0, le=100, description="Physics speed-up (tests only)")
     turnaround_ms: float = Field(default=3.0, ge=0, le=1000, description="Default reply turnaround")
+    rtu_framing: Literal["strict", "lenient"] = Field(
+        default="strict",
+        description="strict: a request starting less than 3.5 characters after the previous frame on "
+                    "the bus (a reply too) runs into it and goes unanswered, as on RS-485 hardware; "
+                    "lenient: answer it anyway (to compare)")
     devices: dict[str, SimDevice] = Field(default_factory=dict)
     scenarios: list[SimFault] = Field(default_factory=list)
 

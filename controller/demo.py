@@ -106,10 +106,13 @@ async def run_demo(cfg: Config) -> None:
     if cfg.simulator is None or cfg.path is None:
         raise SystemExit("ebc demo needs a config file with a simulator section")
     install_redaction()
-    cmd = [sys.executable, "-m", "controller.cli", "sim", "--config", str(cfg.path)]
+    cmd = [sys.executable, "-m", "controller.cli", "sim", "--config", str(cfg.path), "--exit-on-stdin-eof"]
     # Its own session: Ctrl-C goes to the whole foreground group, and the simulated terminals must
-    # outlive the daemon's shutdown so it can switch them off; the simulator is stopped last.
-    sim = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    # outlive the daemon's shutdown so it can switch them off; the simulator is stopped last. Its
+    # stdin is a pipe nobody writes to: if this process dies without stopping it (SIGKILL), the
+    # kernel closes our end and the simulator stops by itself (simulator/lifeline.py).
+    sim = subprocess.Popen(cmd, stdin=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                           start_new_session=True)
     daemon = Daemon(cfg)
     try:
         await _wait_for_simulator(cfg, sim)
@@ -123,3 +126,6 @@ async def run_demo(cfg: Config) -> None:
             sim.wait(10)
         except subprocess.TimeoutExpired:
             sim.kill()
+            sim.wait()
+        if sim.stdin is not None:
+            sim.stdin.close()

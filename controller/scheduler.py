@@ -1,8 +1,9 @@
 """Calendar broadcasts: daily programs and routine system tests on five-field cron expressions.
 
 Schedules come from the config file (``schedules:``) and from the store (created through the
-API; :meth:`Scheduler.reload` picks up changes). Cron fields are read in the gateway's local time,
-Asia/Shanghai by default (China has no daylight saving, so every day has every minute once).
+API; :meth:`Scheduler.reload` picks up changes). Cron fields are read in the gateway's time zone
+(``gateway.timezone``, Asia/Shanghai by default: China has no daylight saving, so every day has
+every minute once).
 Parsing is cronsim's (the parser healthchecks.io runs on); :func:`validate_cron` turns its terse
 errors into messages that say which field is wrong.
 
@@ -34,7 +35,6 @@ from controller.store import Store
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEZONE = "Asia/Shanghai"
 MAX_SLEEP_S = 60.0
 """Re-read the clock at least this often, so a clock step (NTP, RTC fix) is noticed."""
 FIELDS = ("minute", "hour", "day of month", "month", "day of week")
@@ -49,7 +49,7 @@ def validate_cron(expr: str, now: datetime | None = None) -> CronSim:
     fields = expr.split()
     if len(fields) != 5:
         raise ValueError(f"cron {expr!r}: expected 5 fields ({', '.join(FIELDS)}), got {len(fields)}")
-    start = now or datetime.now(ZoneInfo(DEFAULT_TIMEZONE))
+    start = now or datetime.now(UTC)  # any aware start will do to check the fields
     try:
         return CronSim(expr, start)
     except CronSimError as exc:
@@ -81,12 +81,14 @@ class Scheduler:
     """Fires due schedules into the engine; see the module doc for the rules."""
 
     def __init__(self, cfg: Config, store: Store, engine: EngineSubmit, *,
-                 timezone: str | tzinfo = DEFAULT_TIMEZONE,
+                 timezone: str | tzinfo | None = None,
                  clock: Callable[[], datetime] | None = None) -> None:
+        """``timezone``: the one the cron fields are read in (default: ``gateway.timezone``)."""
         self.cfg = cfg
         self.store = store
         self.engine = engine
-        self.tz = ZoneInfo(timezone) if isinstance(timezone, str) else timezone
+        zone = cfg.gateway.timezone if timezone is None else timezone
+        self.tz = ZoneInfo(zone) if isinstance(zone, str) else zone
         self._clock = clock or (lambda: datetime.now(UTC))
         self._entries: dict[str, _Entry] = {}
         self.problems: dict[str, str] = {}

@@ -28,7 +28,8 @@ def spec_from_config(cfg: Config) -> SimulationSpec:
     if sim is None:
         raise ValueError("the config has no 'simulator:' section (control and audio endpoints)")
     serial = [SerialLineSpec(id=ln.id, link_path=ln.port, baudrate=ln.baudrate, bytesize=ln.bytesize,
-                             parity=ln.parity, stopbits=ln.stopbits)
+                             parity=ln.parity, stopbits=ln.stopbits,
+                             strict_framing=sim.rtu_framing == "strict")
               for ln in cfg.lines if isinstance(ln, SerialLine)]
     tcp = [TcpEndpointSpec(id=ln.id, host=ln.host, port=ln.port)
            for ln in cfg.lines if isinstance(ln, TcpLine)]

@@ -29,6 +29,10 @@ What pymodbus 3.16 does, and how the arbiter uses it (read from its source):
   larger reads and stubs ``pause_reading()``; :class:`_ReplyHold` gets the same effect for health
   polls: once a reply's first bytes are in, the arbiter knows its length and stops watching the
   port until the rest has had its wire time, so a reply costs two wake-ups instead of one per chunk.
+* The 3.5-character silence before the next request counts from when the reply left the wire,
+  bounded from when its bytes arrived (:class:`_ReplyEnd`), not from when pymodbus handed the
+  decoded reply over; the request never goes out sooner (a strict RTU bus would merge it into
+  the reply and nobody would answer).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import itertools
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Any
@@ -174,14 +179,17 @@ class LineArbiter(LineDriver):
         """The request on the wire, while an attempt waits for its reply."""
         self._rx_bytes = 0
         self._quiet_until = 0.0
+        """No frame may start before this (monotonic): 3.5 characters after the last one."""
+        self._reply_end: _ReplyEnd | None = None
         self._hold: _ReplyHold | None = None
         self._holding = False
         """The reply on the wire is read whole (a poll, see :class:`_ReplyHold`)."""
         if isinstance(settings, SerialLineSettings):
             self._char_s = settings.char_s
             self._t35_s = 3.5 * self._char_s if settings.baudrate <= 19200 else 0.00175
+            self._reply_end = _ReplyEnd(self._char_s, self._t35_s)
             if settings.hold_replies:
-                self._hold = _ReplyHold(self._char_s, self._t35_s)
+                self._hold = _ReplyHold(self._char_s, self._t35_s, self._reply_end)
         else:
             self._char_s = self._t35_s = 0.0
 
@@ -329,8 +337,10 @@ class LineArbiter(LineDriver):
             raise self._down_error()
         if job.attempts == 0 and job.unit != BROADCAST_UNIT:
             self._stats.requests += 1
+        if self._hold is not None:
+            self._hold.next_request(time.monotonic())
         delay = self._quiet_until - time.monotonic()
-        if delay > 0:
+        if delay > 0:  # never sooner: on a strict bus the request would run into the last frame
             await asyncio.sleep(delay)
         self._abort_reason = None
         self._expect_unit, self._rx_bytes = job.unit, 0
@@ -340,6 +350,8 @@ class LineArbiter(LineDriver):
             # only health polling (and line checks) trades a few ms per reply for fewer wake-ups;
             # a broadcast's commands and read-backs get every reply as soon as it is in
             self._holding = self._hold is not None and job.priority >= Priority.POLL
+            if self._reply_end is not None:
+                self._reply_end.new_reply()
             if self._hold is not None:
                 self._hold.new_reply()
             try:
@@ -393,7 +405,7 @@ class LineArbiter(LineDriver):
         finally:
             self._deadline = None
         now = time.monotonic()
-        self._quiet_until = self._hold.quiet_until(now) if self._hold is not None else now + self._t35_s
+        self._quiet_until = (self._reply_end.end(now) if self._reply_end is not None else now) + self._t35_s
         if response.isError():
             raise DeviceExceptionError(
                 f"unit {job.unit} on line {self.name} refused {_describe(job.block)}: "
@@ -430,10 +442,12 @@ class LineArbiter(LineDriver):
         if self.is_serial and self._deadline is not None \
                 and _rtu_crc_failed(self._decoder, data, self._expect_unit):
             self._abort_attempt("crc")
-        elif self._holding and self._hold is not None and self._expect_block is not None \
-                and self._client is not None:
+        elif self._reply_end is not None and self._expect_block is not None:
             size = _rtu_reply_size(data, self._expect_unit, self._expect_block)
-            self._hold.received(self._client, data, size)
+            held = self._hold is not None and self._hold.deferred
+            self._reply_end.received(time.monotonic(), len(data), size, after_hold=held)
+            if self._holding and self._hold is not None and self._client is not None:
+                self._hold.received(self._client, data, size)
         return data
 
     def _trace_connect(self, generation: int, up: bool) -> None:
@@ -542,6 +556,61 @@ class _Garbled(Exception):
     """Internal: a reply arrived but was unusable (bad CRC, truncated, wrong function)."""
 
 
+class _ReplyEnd:
+    """When the reply being received left the wire: the silence before the next request counts
+    from there.
+
+    Why: 3.5 characters of silence are owed after the reply's last byte *on the wire*; a request
+    sooner runs into the reply on a multi-drop bus and nobody answers it. Counting them from when
+    pymodbus handed the decoded reply over (as before) adds the reply's delivery, its decoding and
+    a task hop or two to every transaction without need.
+
+    How: bytes reach the host no earlier than they were on the wire, and a Modbus RTU frame is
+    sent as one continuous stream (Modbus over Serial Line V1.02, 2.5.1.1), so whenever ``have``
+    of a reply's ``size`` bytes are in, it has left the wire by now + (size - have) character
+    times. The earliest such bound is :attr:`bound`. It is trusted only if the reply was
+    complete by ``bound`` + 3.5 characters (for a held reply: if the rest was all there at the
+    first read after the hold); otherwise (a device pausing mid-frame, an adapter delivering late)
+    the silence counts from when the reply was complete. A reply whose size its header does not
+    tell counts from when it was handed over.
+    """
+
+    def __init__(self, char_s: float, t35_s: float) -> None:
+        self.char_s, self.t35_s = char_s, t35_s
+        self.new_reply()
+
+    def new_reply(self) -> None:
+        """A request went out: forget the previous reply."""
+        self.bound = math.inf
+        """Monotonic time by which the reply has left the wire (if :attr:`trusted`)."""
+        self.complete_at: float | None = None
+        self.trusted = True
+        self._deferred = False
+
+    def received(self, now: float, have: int, size: int, *, after_hold: bool) -> None:
+        """``have`` bytes of the reply are in at ``now``; ``size``: the whole reply (0: unknown);
+        ``after_hold``: they were left waiting on purpose (:class:`_ReplyHold`), so ``now`` says
+        nothing about when they arrived."""
+        if not size:
+            return
+        if after_hold:
+            if not self._deferred:  # the first read after a hold: the rest must all be there
+                self._deferred = True
+                self.trusted = self.trusted and have >= size
+        else:
+            self.bound = min(self.bound, now + max(size - have, 0) * self.char_s)
+        if have >= size and self.complete_at is None:
+            self.complete_at = now
+            if not self._deferred and now > self.bound + self.t35_s:
+                self.trusted = False
+
+    def end(self, now: float) -> float:
+        """The reply's end to count the silence from; ``now``: it has just been handed over."""
+        if self.complete_at is None:
+            return now
+        return min(self.bound, self.complete_at) if self.trusted else self.complete_at
+
+
 class _ReplyHold:
     """Stop watching a serial port while the rest of a reply is still on the wire.
 
@@ -569,54 +638,62 @@ class _ReplyHold:
     read-back pass can miss a terminal's audio in a pause of the program and confirm it a whole
     pass later: bench/trigger_to_air.py).
 
-    The 3.5-character silence owed after the reply is folded into the same wake-up. Bytes reach
-    the host no earlier than they were on the wire, and a Modbus RTU frame is sent as one
-    continuous stream (Modbus over Serial Line V1.02, 2.5.1.1), so the reply has left the wire by
-    :attr:`end` = arrival of its first bytes + the wire time of the rest. Released at ``end`` +
-    3.5 characters, the reply is decoded and the next request may go out at once: two wake-ups
-    per transaction (first bytes; rest + next request) instead of one per chunk plus one for the
-    silence. If the rest is not all there by then (a device pausing mid-frame, an adapter
-    delivering late), :attr:`end` is not trusted for that reply and the silence is counted from
-    when the reply was complete, as without holding.
+    The 3.5-character silence owed after the reply is folded into the same wake-up: the reply has
+    left the wire by :attr:`_ReplyEnd.bound` (its first bytes' arrival + the wire time of the
+    rest), and the hold ends 3.5 characters after that, *less the time the gateway then takes to
+    have the next request ready* (reading the rest, decoding, the poller's turn: :meth:`lead`), so
+    that work overlaps the silence instead of following it. Two wake-ups per transaction (first
+    bytes; rest + next request) instead of one per chunk plus one for the silence. The arbiter
+    still waits out whatever is left of the silence before it sends, so a release that came too
+    early costs one more wake-up, never a request too soon. If the rest is not all there by then,
+    the end is not trusted for that reply (see :class:`_ReplyEnd`).
     """
 
     MIN_CHARS = 3
     """Not worth a timer for fewer outstanding characters than this."""
     MARGIN_CHARS = 0.5
     """Slack after the expected end of a reply whose end is not trusted, in character times."""
+    LEAD_WINDOW = 16
+    """The lead is the shortest release-to-next-request time of this many latest releases."""
 
-    def __init__(self, char_s: float, t35_s: float) -> None:
+    def __init__(self, char_s: float, t35_s: float, reply_end: _ReplyEnd) -> None:
         self.char_s, self.t35_s = char_s, t35_s
         self.enabled = True
         self.holds = 0
         """Replies held so far (for tests and benchmarks)."""
-        self.end: float | None = None
-        """Monotonic time by which the current reply has left the wire, if known."""
-        self._check = False
-        self._trusted = True
+        self.deferred = False
+        """A hold happened during the current reply: later reads come late on purpose."""
+        self._end = reply_end
         self._timer: asyncio.TimerHandle | None = None
         self._held: tuple[Any, Any, int, Any] | None = None
+        self._due: float | None = None
+        """When the pending release timer is due (trusted end only)."""
+        self._released_due: float | None = None
+        """Due time of the latest release by timer, until the next request is ready."""
+        self._ready_after: deque[float] = deque(maxlen=self.LEAD_WINDOW)
 
     @property
     def holding(self) -> bool:
         return self._held is not None
 
+    def lead(self) -> float:
+        """How much sooner than the end of the silence to release a held reply."""
+        return max(0.0, min(min(self._ready_after, default=0.0), self.t35_s / 2))
+
     def new_reply(self) -> None:
         """A request went out: forget what was known about the previous reply."""
-        self.end, self._check, self._trusted = None, False, True
+        self.deferred = False
 
-    def quiet_until(self, now: float) -> float:
-        """When the next frame may start, the current reply having been received by ``now``."""
-        end = self.end if self.end is not None and self.end <= now else now
-        return end + self.t35_s
+    def next_request(self, now: float) -> None:
+        """The next request is ready to be sent (before waiting out the silence): learn how long
+        after a release that took."""
+        if self._released_due is not None:
+            self._ready_after.append(now - self._released_due)
+            self._released_due = None
 
     def received(self, client: AsyncModbusSerialClient | AsyncModbusTcpClient, buffer: bytes,
                  size: int) -> None:
         """Bytes of the reply arrived (``buffer``: all so far; ``size``: the whole reply, 0 unknown)."""
-        if self._check:  # the first read after a hold: the rest must all be there
-            self._check = False
-            if not size or len(buffer) < size:
-                self.end, self._trusted = None, False
         missing = size - len(buffer)
         if missing >= self.MIN_CHARS and self._held is None and self.enabled:
             self._hold(client, missing)
@@ -638,13 +715,17 @@ class _ReplyHold:
             return
         self._held = (transport, port, fd, reader)
         self.holds += 1
-        self._check = True
-        rest = missing * self.char_s
-        if self._trusted:
-            self.end = loop.time() + rest
-            self._timer = loop.call_at(self.end + self.t35_s, self.release)
+        self.deferred = True
+        if self._end.trusted and self._end.bound < math.inf:
+            self._due = max(loop.time(), self._end.bound + self.t35_s - self.lead())
+            self._timer = loop.call_at(self._due, self._release_on_time)
         else:
-            self._timer = loop.call_later(rest + self.MARGIN_CHARS * self.char_s, self.release)
+            self._due = None
+            self._timer = loop.call_later((missing + self.MARGIN_CHARS) * self.char_s, self.release)
+
+    def _release_on_time(self) -> None:
+        self._released_due, self._timer = self._due, None
+        self.release()
 
     def release(self) -> None:
         """Watch the port again (at once if the attempt ended early); idempotent."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import tty
 from collections.abc import Callable
@@ -47,6 +48,9 @@ class PtyPort:
         self._tx_lock = asyncio.Lock()
         self.wire_free = 0.0
         """Loop time at which the half-duplex wire is next idle."""
+        self.tx_end = -math.inf
+        """Loop time at which the last byte of the latest transmission left (or will leave) the
+        simulated wire; the pty may deliver it later, as a USB adapter would, never earlier."""
         self.bytes_in = 0
         self.bytes_out = 0
         self.bytes_dropped = 0
@@ -111,7 +115,7 @@ class PtyPort:
         loop = asyncio.get_running_loop()
         async with self._tx_lock:
             start = max(loop.time(), self.wire_free)
-            self.wire_free = start + len(data) * self.char_s
+            self.wire_free = self.tx_end = start + len(data) * self.char_s
             chunk = max(1, int(CHUNK_S / self.char_s))
             for i in range(0, len(data), chunk):
                 part = data[i:i + chunk]

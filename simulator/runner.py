@@ -3,7 +3,8 @@
 ``run_simulation`` is what ``ebc sim`` runs: it builds the devices from a :class:`SimulationSpec`,
 opens every pty, socket and the control and audio endpoints, plays the scripted fault scenario,
 and when cancelled (Ctrl-C, or SIGTERM, which it turns into Ctrl-C) closes everything again,
-removing the pty links so a stale link never points at a dead pty.
+removing the pty links so a stale link never points at a dead pty. Given a lifeline (see
+``simulator.lifeline``) it also stops, just as cleanly, when the process that started it is gone.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from simulator.audio_line import AudioLine
 from simulator.control import ControlServer
 from simulator.faults import FM_FAULTS, TERMINAL_FAULTS, WIRE_FAULTS, RequestError
 from simulator.fm_transmitter import FmTransmitter
+from simulator.lifeline import watch_lifeline
 from simulator.rtu_line import RtuLine
 from simulator.spec import FaultStep, SimulationSpec
 from simulator.tcp_server import TcpEndpoint
@@ -218,19 +220,29 @@ def _sigterm_as_ctrl_c(loop: asyncio.AbstractEventLoop) -> bool:
     return True
 
 
-async def run_simulation(spec: SimulationSpec, *, ready: asyncio.Event | None = None) -> None:
-    """Run the simulation until cancelled; ``ready`` is set once every endpoint listens."""
+async def run_simulation(spec: SimulationSpec, *, ready: asyncio.Event | None = None,
+                         lifeline_fd: int | None = None) -> None:
+    """Run the simulation until cancelled; ``ready`` is set once every endpoint listens.
+
+    With ``lifeline_fd`` (the read end of a pipe whose other end the starting process holds) it
+    also stops when that pipe reaches end-of-file: the starter is gone, even if it was SIGKILLed.
+    """
     sim = Simulation(spec)
     loop = asyncio.get_running_loop()
+    starter_gone = asyncio.Event()
+    unwatch = watch_lifeline(lifeline_fd, starter_gone.set) if lifeline_fd is not None else None
     handles_sigterm = _sigterm_as_ctrl_c(loop)
     try:
         await sim.start()
         log.info(sim.summary())
         if ready is not None:
             ready.set()
-        await asyncio.Event().wait()  # until cancelled
+        await starter_gone.wait()  # or until cancelled
+        log.info("the process that started the simulator is gone (its lifeline closed)")
     finally:
         log.info("simulator stopping")
+        if unwatch is not None:
+            unwatch()
         if handles_sigterm:
             loop.remove_signal_handler(signal.SIGTERM)
         await sim.stop()

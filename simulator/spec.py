@@ -39,6 +39,9 @@ class SerialLineSpec:
     bytesize: int = 8
     parity: str = "N"
     stopbits: int = 1
+    strict_framing: bool = True
+    """Modbus RTU: a request that starts less than 3.5 characters after the previous frame (a
+    reply included) runs into it and goes unanswered, as on a real bus; False answers it anyway."""
 
 
 @dataclass

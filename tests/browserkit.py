@@ -226,8 +226,10 @@ def launch(pw: Playwright) -> Browser:
     return pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
 
 
-def new_context(browser: Browser, viewport: dict[str, int] | None = None) -> BrowserContext:
-    context = browser.new_context(viewport=viewport or LAPTOP, locale="zh-CN", timezone_id="Asia/Shanghai")  # type: ignore[arg-type]
+def new_context(browser: Browser, viewport: dict[str, int] | None = None, *,
+                timezone_id: str = "Asia/Shanghai") -> BrowserContext:
+    """A fresh profile; ``timezone_id`` is the browser's own zone (the township's by default)."""
+    context = browser.new_context(viewport=viewport or LAPTOP, locale="zh-CN", timezone_id=timezone_id)  # type: ignore[arg-type]
     context.set_default_timeout(WAIT_MS)
     return context
 

@@ -65,6 +65,7 @@ def _device(dev_id: str, i: int, line: str, **extra: Any) -> dict[str, Any]:
 
 def write_sim_config(tmp_path: Path, *, rtu_terminals: int = 3, tcp_terminals: int = 1, fm: bool = True,
                      baudrate: int = 9600, time_scale: float = 1.0, turnaround_ms: float = 3.0,
+                     rtu_framing: str = "strict",
                      devices: dict[str, dict[str, Any]] | None = None,
                      scenarios: list[dict[str, Any]] | None = None) -> SimConfig:
     """Write a small gateway config with a simulator section into ``tmp_path``.
@@ -106,6 +107,7 @@ def write_sim_config(tmp_path: Path, *, rtu_terminals: int = 3, tcp_terminals: i
             "audio": {"host": host, "port": audio_port, "sample_rate": 16000, "record_dir": str(record_dir)},
             "time_scale": time_scale,
             "turnaround_ms": turnaround_ms,
+            "rtu_framing": rtu_framing,
             "devices": devices or {},
             "scenarios": scenarios or [],
         },

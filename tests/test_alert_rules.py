@@ -377,6 +377,11 @@ def test_colour_level_expires_and_area_placeholders(demo: Config) -> None:
                      severity_colour="Red", areas=(COUNTY,))
     got = text_for(demo, info, templates={"default": "{area}{colour}预警，{level}级，有效期至{expires}。"})
     assert got == "濉溪县红色预警，1级，有效期至11月28日 15:00。"
+    # read in the gateway's own zone (gateway.timezone; Xinjiang keeps Ürümqi time, UTC+6)
+    gw = demo.gateway.model_copy(update={"timezone": "Asia/Urumqi"})
+    urumqi = demo.model_copy(update={"gateway": gw})
+    got = text_for(urumqi, info, templates={"default": "有效期至{expires}。"})
+    assert got == "有效期至11月28日 13:00。"
 
 
 def test_long_text_is_cut_at_a_sentence_and_keeps_villages_and_guidance(demo: Config) -> None:

@@ -53,6 +53,18 @@ def test_every_error_is_reported_at_once_with_its_key_path():
     assert "devices[5](t06).name: required key is missing" in joined
 
 
+def test_gateway_time_zone_is_an_iana_name_shanghai_by_default():
+    assert load_config(DEMO).gateway.timezone == "Asia/Shanghai"
+    data = _demo()
+    data["gateway"]["timezone"] = "Asia/Urumqi"
+    assert parse_config(data, "test.yaml", DEMO.parent).gateway.tz.key == "Asia/Urumqi"
+    for bad in ("UTC+8", "Beijing", "../../etc/passwd", ""):
+        data["gateway"]["timezone"] = bad
+        errors = _errors(data)
+        assert len(errors) == 1 and errors[0].startswith("gateway.timezone: "), errors
+        assert "IANA time zone" in errors[0]
+
+
 def test_cross_references_are_checked():
     data = _demo()
     data["devices"][1]["unit_id"] = 1          # same unit id as t01 on the same line

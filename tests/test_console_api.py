@@ -279,7 +279,8 @@ def test_session_says_who_the_token_is(client: TestClient, services: ApiServices
     for role, token in tokens.items():
         r = client.get("/api/v1/session", headers=auth(token))
         assert r.status_code == 200
-        assert r.json() == {"name": f"{role}-1", "role": role, "token_id": known[f"{role}-1"]}
+        assert r.json() == {"name": f"{role}-1", "role": role, "token_id": known[f"{role}-1"],
+                            "timezone": "Asia/Shanghai"}  # the gateway's: the console shows times in it
         assert token not in r.text
     assert_error(client.get("/api/v1/session"), 401)
 
@@ -543,7 +544,7 @@ def test_gateway_health_without_uplink(client: TestClient, cfg: Config, tokens: 
     assert r.status_code == 200
     body = r.json()
     assert body["gateway"] == {"id": "gw-test", "name": "测试网关", "area_code": cfg.gateway.area_code,
-                               "location": {"lat": 33.9, "lon": 116.8}}
+                               "location": {"lat": 33.9, "lon": 116.8}, "timezone": "Asia/Shanghai"}
     assert body["mqtt"] == {"enabled": False, "connected": False, "broker": None}
     assert body["devices"]["total"] == len(cfg.devices)
     assert body["engine"] == {"current": None, "queue_depth": 0}

@@ -94,11 +94,12 @@ def township(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Township]:
 
 
 def cn_alert(*, headline: str, description: str, severity: str = "Yellow",
-             codes: tuple[str, ...] = ("340621105201", "340621105202")) -> str:
-    """A Chinese national-variant CAP document (no namespace, colour severity) for 刘桥村 and 前李村."""
+             codes: tuple[str, ...] = ("340621105201", "340621105202"), expires: str | None = None) -> str:
+    """A Chinese national-variant CAP document (no namespace, colour severity) for 刘桥村 and 前李村,
+    valid for six hours unless ``expires`` (``2099-12-31 23:00:00+08:00``) says otherwise."""
     now = datetime.now(CST)
     sent = now.strftime("%Y-%m-%d %H:%M:%S+08:00")
-    expires = (now + timedelta(hours=6)).strftime("%Y-%m-%d %H:%M:%S+08:00")
+    expires = expires or (now + timedelta(hours=6)).strftime("%Y-%m-%d %H:%M:%S+08:00")
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 <alert>
   <identifier>34062141600000_{uuid.uuid4().hex}</identifier>
@@ -311,6 +312,40 @@ def test_viewer_cannot_broadcast_or_decide(township: Township, page: Page):
     page.goto(f"{township.base_url}/#/history")
     expect(page.locator(by_testid("history-list"))).to_be_visible()
     assert page.locator('[data-testid^="cancel-"]').count() == 0
+
+
+def test_times_read_in_the_gateway_zone_on_a_laptop_set_to_utc(township: Township, browser: Browser):
+    """An alert valid to 23:00 on 31 December 2099 in the township (Asia/Shanghai, the gateway's
+    zone) is spoken as 23:00; a duty officer whose laptop is set to UTC must read the same, with the
+    year (not this year) and the zone (not the laptop's), not "12-31 15:00"."""
+    alert = post_alert(township, cn_alert(headline="暴雨黄色预警（长期有效）", description="时区测试。",
+                                          expires="2099-12-31 23:00:00+08:00"))
+    received = datetime.fromisoformat(alert["received_at"]).astimezone(CST)
+    context = new_context(browser, timezone_id="UTC")
+    try:
+        page = context.new_page()
+        problems = PageProblems()
+        problems.watch(page)
+        login(page, township, "viewer")
+        assert page.evaluate("new Date(Date.UTC(2099, 11, 31, 15)).getHours()") == 15  # the browser is on UTC
+        page.goto(f"{township.base_url}/#/alerts")
+        expires = page.locator(by_testid(f"alert-expires-{alert['id']}"))
+        expect(expires).to_have_text("2099-12-31 23:00:00 GMT+8")
+        expect(page.locator(by_testid(f"alert-received-{alert['id']}"))).to_have_text(
+            received.strftime("%m-%d %H:%M:%S GMT+8"))  # this year: no year
+        page.goto(f"{township.base_url}/#/gateway")
+        expect(page.locator(by_testid("gw-timezone"))).to_contain_text("Asia/Shanghai (GMT+8)")
+        assert not problems.errors, problems.errors
+    finally:
+        context.close()
+    context = new_context(browser)  # a browser in the township's own zone: no zone to point out
+    try:
+        page = context.new_page()
+        login(page, township, "viewer")
+        page.goto(f"{township.base_url}/#/alerts")
+        expect(page.locator(by_testid(f"alert-expires-{alert['id']}"))).to_have_text("2099-12-31 23:00:00")
+    finally:
+        context.close()
 
 
 # -- attacker-controlled text ----------------------------------------------------------------------------

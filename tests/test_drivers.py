@@ -21,7 +21,7 @@ from simkit import SimProcess, free_port
 
 from drivers.errors import AtCommandError, DeviceExceptionError, LineDownError, NoResponseError
 from drivers.fm_transmitter import FmAlarm, FmLineSettings, FmTransmitter
-from drivers.line_arbiter import LineArbiter, Priority, SerialLineSettings, TcpLineSettings
+from drivers.line_arbiter import LineArbiter, Priority, SerialLineSettings, TcpLineSettings, _ReplyEnd
 from drivers.line_poller import LinePoller, PollResult, PollSettings
 from drivers.modbus_codec import PointError, ReadBlock, WriteBlock
 from drivers.modbus_terminal import LineImpedance, ModbusTerminal, write_all_on_line
@@ -362,6 +362,66 @@ async def test_replies_are_read_whole_after_their_wire_time(rtu, module_sim, ebt
     assert snap.online and set(snap.values) == set(held.values)
     writable = [name for name, point in ebt1.points.items() if point.writable and name != "line_check"]
     assert {k: snap.values[k] for k in writable} == {k: held.values[k] for k in writable}
+
+
+# ---------------------------------------------------------------------- the silence after a reply
+
+
+async def test_every_request_keeps_the_silence_after_the_reply_before_it(rtu, module_sim, ebt1):
+    """The simulator's line is strict (a request less than 3.5 characters after a reply runs into
+    it and gets no answer) and counts every request that starts too soon: with held poll replies,
+    with replies taken as they come (commands, and holding switched off) and with broadcasts in
+    between, the arbiter sends none too soon and every request is answered at the first try."""
+    before = line_stats(module_sim, RTU_LINE)
+    assert before["framing"] == "strict"
+    poller = LinePoller(rtu.terminals, lambda result: None)
+    for _ in range(3):
+        assert all(r.snapshot.online for r in await poller.poll_cycle())
+        for term in rtu.terminals:
+            assert (await term.read_points(["volume", "amp_power"], Priority.COMMAND))["volume"] >= 0
+    assert not (await write_all_on_line(rtu.terminals, {"mute": False})).failed  # a broadcast
+    assert all(r.snapshot.online for r in await poller.poll_cycle())
+    stats = rtu.arbiter.stats
+    assert stats.retries == 0 and stats.timeouts == 0 and stats.crc_errors == 0
+    settings = SerialLineSettings(rtu.arbiter.settings.port, timeout_s=0.3, retries=2, hold_replies=False)
+    await rtu.arbiter.close()  # one client per port
+    async with LineArbiter(settings) as plain:
+        terminals = [ModbusTerminal(t.device_id, t.unit_id, ebt1, plain) for t in rtu.terminals]
+        plain_poller = LinePoller(terminals, lambda result: None)
+        for _ in range(2):
+            assert all(r.snapshot.online for r in await plain_poller.poll_cycle())
+        assert plain.stats.retries == 0
+    after = line_stats(module_sim, RTU_LINE)
+    assert after["early_frames"] == before["early_frames"]
+    assert after["unanswered"] == before["unanswered"]
+
+
+def test_reply_end_is_bounded_by_the_arrival_of_its_bytes():
+    """The silence counts from when the reply left the wire: no later than its bytes arrived
+    plus the wire time of those still to come (continuous RTU frame); not trusted when the rest
+    came in later than the silence would have ended, nor when the header does not tell the size."""
+    char = 10 / 9600
+    t35 = 3.5 * char
+    end = _ReplyEnd(char, t35)
+    end.received(100.0, 3, 43, after_hold=False)  # 40 characters still to come
+    end.received(100.0 + 40 * char + 0.002, 43, 43, after_hold=False)  # the rest came 2 ms late
+    assert end.trusted and end.end(now=100.051) == pytest.approx(100.0 + 40 * char)
+    end.new_reply()
+    end.received(100.0, 3, 43, after_hold=False)
+    end.received(100.0 + 40 * char + t35 + 0.001, 43, 43, after_hold=False)  # the device paused
+    assert not end.trusted and end.end(now=101.0) == pytest.approx(100.0 + 40 * char + t35 + 0.001)
+    end.new_reply()
+    end.received(100.0, 3, 43, after_hold=False)
+    end.received(100.2, 43, 43, after_hold=True)  # read late on purpose: all there at once
+    assert end.trusted and end.end(now=100.2) == pytest.approx(100.0 + 40 * char)
+    end.new_reply()
+    end.received(100.0, 3, 43, after_hold=False)
+    end.received(100.1, 40, 43, after_hold=True)  # not all there when released: not trusted
+    end.received(100.2, 43, 43, after_hold=True)
+    assert not end.trusted and end.end(now=100.3) == 100.2
+    end.new_reply()
+    end.received(100.0, 2, 0, after_hold=False)  # not a reply to this request, as far as it says
+    assert end.end(now=100.5) == 100.5
 
 
 # ---------------------------------------------------------------------- broadcast

@@ -24,8 +24,13 @@ from simkit import SimConfig, SimProcess, running_simulator, write_sim_config
 from simulator.modbus_pdu import crc_ok, with_crc
 
 CHAR_S = 10 / 9600  # 8N1 at 9600 baud
+T35_S = 3.5 * CHAR_S  # the silence owed between frames, after a reply too
 TURNAROUND_S = 0.003
 QUIET_S = 0.3  # how long we listen before calling it silence
+
+_last_heard: dict[str, float] = {}
+"""When the end of a reply was last received on each line (by port path: this module is the master
+of each line, whichever of its handles it sends on)."""
 
 
 def frame(unit: int, fc: int, *words: int) -> bytes:
@@ -44,13 +49,20 @@ def rtu(module_sim: SimProcess) -> Iterator[serial.Serial]:
     port.close()
 
 
-def transact(port: serial.Serial, request: bytes, reply_len: int,
-             timeout: float = 1.0) -> tuple[bytes, float]:
+def transact(port: serial.Serial, request: bytes, reply_len: int, timeout: float = 1.0,
+             after_reply_s: float = T35_S) -> tuple[bytes, float]:
+    """Send ``request`` once ``after_reply_s`` have passed since the last reply was in (a correct
+    master keeps 3.5 characters of silence) and read up to ``reply_len`` bytes of its reply."""
     port.reset_input_buffer()
     port.timeout = timeout
+    wait = _last_heard.get(port.port, -1.0) + after_reply_s - time.monotonic()
+    if wait > 0:
+        time.sleep(wait)
     start = time.monotonic()
     port.write(request)
     reply = port.read(reply_len)
+    if reply:
+        _last_heard[port.port] = time.monotonic()
     return reply, time.monotonic() - start
 
 
@@ -118,6 +130,62 @@ def test_unknown_unit_bad_crc_and_missing_frame_gap_get_silence(module_sim: SimP
     assert after["unanswered"] >= before["unanswered"] + 1
     assert after["bad_frames"] >= before["bad_frames"] + 2
     assert read_regs(rtu, 1, 3, 0, 1)  # the line still works
+
+
+def line_stats(sim: SimProcess) -> dict[str, object]:
+    return sim.call("stats", line="rs485")["stats"]
+
+
+PEER_GAP_S = 0.0011
+"""A well-known peer gateway (ThingsBoard IoT Gateway, pymodbus async serial client) sends its next
+request about this long after a reply: well inside the 3.65 ms that 3.5 characters take at 9600."""
+
+
+def soon_after_a_reply(sim: SimProcess, port: serial.Serial, gap_s: float,
+                       tries: int = 5) -> list[tuple[bool, bytes]]:
+    """Read a reply, then send the next request ``gap_s`` after it was in, as a hasty master does;
+    per try (until the line counted one as early): whether it did, and what came back."""
+    outcomes = []
+    for _ in range(tries):
+        before = line_stats(sim)["early_frames"]
+        assert read_regs(port, 1, 3, 0, 1)  # a reply on the bus
+        reply, _ = transact(port, frame(2, 3, 0, 1), 7, timeout=QUIET_S, after_reply_s=gap_s)
+        early = line_stats(sim)["early_frames"] > before  # type: ignore[operator]
+        outcomes.append((early, reply))
+        if early:
+            break
+    return outcomes
+
+
+def test_a_request_too_soon_after_a_reply_runs_into_it_and_gets_silence(module_sim: SimProcess,
+                                                                        rtu: serial.Serial):
+    # Strict framing (the default): every device heard the reply and the request as one garbled frame.
+    # (A try that a busy machine delayed past 3.5 characters is not early, and may be answered.)
+    outcomes = soon_after_a_reply(module_sim, rtu, PEER_GAP_S)
+    assert any(early for early, _ in outcomes), f"no request went out within 3.5 characters: {outcomes}"
+    assert all(reply == b"" for early, reply in outcomes if early)
+    assert line_stats(module_sim)["framing"] == "strict"
+    assert read_regs(rtu, 2, 3, 0, 1)  # the same request after the full silence is answered
+
+
+def test_requests_that_keep_the_silence_after_a_reply_are_all_answered(module_sim: SimProcess,
+                                                                       rtu: serial.Serial):
+    before = line_stats(module_sim)
+    for unit in (1, 2, 3, 1, 2, 3):
+        reply, _ = transact(rtu, frame(unit, 3, 0, 1), 7, after_reply_s=T35_S)
+        assert crc_ok(reply) and reply[0] == unit
+    after = line_stats(module_sim)
+    assert after["early_frames"] == before["early_frames"]
+
+
+def test_lenient_framing_answers_a_request_too_soon_after_a_reply(tmp_path: Path):
+    config = write_sim_config(tmp_path, rtu_terminals=2, tcp_terminals=0, fm=False, rtu_framing="lenient")
+    with running_simulator(config) as sim, serial.Serial(str(config.rtu_link), 9600, timeout=1) as port:
+        outcomes = soon_after_a_reply(sim, port, PEER_GAP_S)
+        assert any(early for early, _ in outcomes), f"no request went out within 3.5 characters: {outcomes}"
+        assert all(crc_ok(reply) and reply[0] == 2 for _, reply in outcomes)
+        stats = line_stats(sim)
+        assert stats["framing"] == "lenient" and stats["early_frames"] >= 1
 
 
 def test_broadcast_write_reaches_every_terminal_without_a_reply(module_sim: SimProcess, rtu: serial.Serial):

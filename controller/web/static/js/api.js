@@ -134,7 +134,8 @@ export function can(role) {
 export async function loadSession() {
   try {
     const who = await api("GET", "/session");
-    currentSession = { name: who.name, role: who.role, token_id: who.token_id ?? null };
+    currentSession = { name: who.name, role: who.role, token_id: who.token_id ?? null,
+      timezone: who.timezone ?? null };
     return currentSession;
   } catch (err) {
     if (!(err instanceof ApiError) || err.status !== 404) throw err;

@@ -1,6 +1,6 @@
 // The console shell: login, header, nav, hash router and language switch. Views are modules whose
 // default export is {id, navKey, minRole, render(root, params) → optional cleanup fn}.
-import { h, mount } from "./dom.js";
+import { h, mount, setTimeZone } from "./dom.js";
 import { lang, onLangChange, setLang, t } from "./i18n.js";
 import {
   ApiError, api, can, hasToken, loadSession, login, logout, onEvent, onUnauthorized, session,
@@ -224,6 +224,7 @@ async function loadGatewayInfo() {
 
 async function startShell() {
   teardown();
+  setTimeZone((session() || {}).timezone); // every time on every view in the gateway's zone
   if (!views.size) await loadViews();
   const header = renderHeader();
   const nav = renderNav(null);

@@ -89,17 +89,62 @@ export function mount(el, ...children) {
   return el;
 }
 
-const pad = (n) => String(n).padStart(2, "0");
+// Times are shown in the gateway's time zone (GET /session says which), not the browser's: an
+// alert valid to 23:00 in the township must read 23:00 on a laptop set to UTC too, as it is spoken.
+let gatewayZone; // IANA name, e.g. "Asia/Shanghai"; undefined: the browser's own zone
+const formatters = new Map();
 
-/** Epoch seconds (number or numeric string) or an ISO string → local "11-28 03:15:07"; "—" when absent. */
+function formatter(zone) {
+  const key = zone || "";
+  if (!formatters.has(key)) {
+    formatters.set(key, new Intl.DateTimeFormat("en-US", { timeZone: zone, year: "numeric", month: "2-digit",
+      day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23",
+      timeZoneName: "shortOffset" }));
+  }
+  return formatters.get(key);
+}
+
+function parts(date, zone) {
+  const out = {};
+  for (const p of formatter(zone).formatToParts(date)) out[p.type] = p.value;
+  return out;
+}
+
+/** Show every time in ``zone`` (an IANA name, the gateway's); an unknown or empty one keeps the browser's. */
+export function setTimeZone(zone) {
+  gatewayZone = undefined;
+  if (!zone) return;
+  try {
+    formatter(String(zone));
+    gatewayZone = String(zone);
+  } catch {
+    console.error(`unknown time zone ${zone}: times are shown in the browser's own`);
+  }
+}
+
+/** The gateway's zone as "Asia/Shanghai (GMT+8)" (the browser's own when the gateway's is unknown). */
+export function zoneLabel() {
+  const name = gatewayZone || Intl.DateTimeFormat().resolvedOptions().timeZone;
+  return `${name} (${parts(new Date(), gatewayZone).timeZoneName})`;
+}
+
+/**
+ * Epoch seconds (number or numeric string) or an ISO string → "11-28 03:15:07" in the gateway's
+ * zone; with the year ("2099-12-31 23:00:00") when it is not this year there, and with the zone
+ * ("… GMT+8") when the browser's own zone is a different one at that moment; "—" when absent.
+ */
 export function fmtTime(ts) {
   if (ts === null || ts === undefined || ts === "") return "—";
   let d;
   if (typeof ts === "number" || /^\d+(\.\d+)?$/.test(String(ts))) d = new Date(Number(ts) * 1000);
   else d = new Date(String(ts));
   if (Number.isNaN(d.getTime())) return String(ts);
-  return `${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:` +
-    `${pad(d.getSeconds())}`;
+  const p = parts(d, gatewayZone);
+  const date = p.year === parts(new Date(), gatewayZone).year ? `${p.month}-${p.day}`
+    : `${p.year}-${p.month}-${p.day}`;
+  const text = `${date} ${p.hour}:${p.minute}:${p.second}`;
+  const obvious = !gatewayZone || parts(d, undefined).timeZoneName === p.timeZoneName;
+  return obvious ? text : `${text} ${p.timeZoneName}`;
 }
 
 /** A duration in seconds → "12 s" / "3 min" / "2 h" / "4 d" (zh: "12 秒" / "3 分钟" / "2 小时" / "4 天"). */

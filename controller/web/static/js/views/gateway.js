@@ -1,6 +1,6 @@
 // Gateway health: the box itself (uptime, CPU, memory, disk), its queue, lines, uplink and feeds.
 // Every part is optional: a daemon without MQTT or CAP feeds simply shows fewer tiles.
-import { fmtAgo, fmtTime, h, mount } from "../dom.js";
+import { fmtAgo, fmtTime, h, mount, zoneLabel } from "../dom.js";
 import { addStrings, lang, t } from "../i18n.js";
 import { ApiError, api, onEvent } from "../api.js";
 
@@ -8,6 +8,7 @@ addStrings({
   zh: {
     "gw.heading": "网关健康",
     "gw.uptime": "运行时间",
+    "gw.timezone": "时区（页面时间均按此显示）",
     "gw.cpu": "CPU（本进程 / 整机）",
     "gw.memory": "内存（本进程 / 整机已用）",
     "gw.disk": "磁盘可用",
@@ -50,6 +51,7 @@ addStrings({
   en: {
     "gw.heading": "Gateway health",
     "gw.uptime": "Uptime",
+    "gw.timezone": "Time zone (all times shown in it)",
     "gw.cpu": "CPU (daemon / system)",
     "gw.memory": "Memory (daemon / system used)",
     "gw.disk": "Disk free",
@@ -110,6 +112,7 @@ function pendingCount(data, pending) {
 function tiles(data, pending) {
   const out = [];
   if (num(data.uptime_s)) out.push(tile("gw.uptime", fmtAgo(data.uptime_s), "gw-uptime"));
+  if (data.gateway && data.gateway.timezone) out.push(tile("gw.timezone", zoneLabel(), "gw-timezone"));
   const p = data.process || {};
   const s = data.system || {};
   if (data.process || data.system) {
