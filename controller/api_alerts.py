@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from controller.alerts import AlertActionError, AlertService, Disposition
 from controller.api import PREFIX, ApiError, ApiServices, Operator, Viewer
 from controller.auth import Actor, Role, require
-from controller.broadcasts import MAX_TEXT_CHARS
 from controller.cap import CapError
+from controller.speech_text import SpeechText
 
 CAP_PATH = f"{PREFIX}/alerts/cap"
 """Where CAP documents are posted (its body limit is the parser's, not the API's JSON limit)."""
@@ -32,8 +32,8 @@ class ApproveIn(BaseModel):
     """Approve a pending alert; give ``text`` to play an edited announcement instead of the planned one."""
 
     model_config = ConfigDict(extra="forbid")
-    text: str | None = Field(default=None, max_length=MAX_TEXT_CHARS,
-                             description="Edited announcement (default: the planned text)")
+    text: SpeechText | None = Field(default=None, description="Edited announcement (default: the planned "
+                                                              "text), cleaned and checked as in a broadcast")
 
 
 class RejectIn(BaseModel):

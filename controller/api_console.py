@@ -18,11 +18,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from controller.api import PREFIX, ApiError, ApiServices
 from controller.auth import Actor, Role, require
-from controller.broadcasts import MAX_TEXT_CHARS
+from controller.speech_text import SpeechText
 from controller.tts import SpeechError, TextTooLong, wav_seconds
 
 log = logging.getLogger(__name__)
@@ -40,15 +40,8 @@ class PreviewIn(BaseModel):
     """Text to hear before broadcasting it, spoken exactly as a broadcast would speak it."""
 
     model_config = ConfigDict(extra="forbid")
-    text: str = Field(max_length=MAX_TEXT_CHARS, description="Text to speak (as in a broadcast request)")
+    text: SpeechText = Field(description="Text to speak (cleaned and checked as in a broadcast request)")
     language: Literal["zh", "en"] = "zh"
-
-    @field_validator("text")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("text is empty")
-        return value
 
 
 def console_router(services: ApiServices) -> APIRouter:

@@ -15,7 +15,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-MAX_TEXT_CHARS = 2000
+from controller.speech_text import MAX_TEXT_CHARS as MAX_TEXT_CHARS  # re-exported for its users
+from controller.speech_text import SpeechText
+
 AREA_CODE = re.compile(r"^\d{12}$")
 
 
@@ -106,7 +108,8 @@ class BroadcastRequest(BaseModel):
     source: str = Field(default="", max_length=200, description="Sender name, e.g. 刘桥镇应急办")
     title: str = Field(default="", max_length=200)
     targets: Targets
-    text: str | None = Field(default=None, max_length=MAX_TEXT_CHARS, description="Text to speak")
+    text: SpeechText | None = Field(default=None, description="Text to speak; control and invisible "
+                                    "characters are removed, and it must hold a letter or digit")
     audio_id: str | None = Field(default=None, description="An uploaded audio clip instead of text")
     language: Literal["zh", "en"] = "zh"
     tone: Tone | None = Field(default=None, description="Attention signal; default by class and severity")
@@ -118,13 +121,6 @@ class BroadcastRequest(BaseModel):
     expires_at: datetime | None = Field(default=None, description="Never play after this time")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    @field_validator("text")
-    @classmethod
-    def _text(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("text is empty")
-        return value
 
     @field_validator("start_at", "expires_at")
     @classmethod

@@ -23,7 +23,8 @@ from pydantic import (
     model_validator,
 )
 
-from controller.broadcasts import MAX_TEXT_CHARS, BroadcastClass, BroadcastRequest, Tone
+from controller.broadcasts import BroadcastClass, BroadcastRequest, Tone
+from controller.speech_text import SpeechText
 from drivers.profile import AtFmTransmitterProfile, ModbusTerminalProfile, load_profile
 
 AREA_CODE = re.compile(r"^\d{12}$")
@@ -202,7 +203,7 @@ class BroadcastTemplate(_Strict):
                                  description="Emergency level 1 特别重大/红 … 4 一般/蓝 (emergency only)")
     tone: Tone | None = Field(default=None, description="Attention signal; default by class and severity")
     repeat: int = Field(default=1, ge=1, le=10, description="How many times the program plays")
-    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="Text to speak")
+    text: SpeechText = Field(description="Text to speak (cleaned and checked as in a broadcast request)")
     language: Literal["zh", "en"] = "zh"
 
     @model_validator(mode="after")

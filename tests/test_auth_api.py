@@ -191,6 +191,8 @@ def test_outcomes_and_coverage_are_shown(client: TestClient, services: ApiServic
     ({**DRILL, "targets": {"devices": ["rtu1", "nope"]}}, "targets", "nope"),
     ({**DRILL, "targets": {"area_codes": ["110101000000"]}}, "targets", "outside"),
     ({**DRILL, "text": "长" * 101}, "text", "100"),
+    ({**DRILL, "text": "\x00"}, "text", "nothing to speak"),
+    ({**DRILL, "text": "\u200b\u200d\ufeff \u3000\u3000"}, "text", "nothing to speak"),
     ({**DRILL, "text": None, "audio_id": "no-such-clip"}, "audio_id", "no-such-clip"),
 ])
 def test_validation_names_the_field(client: TestClient, tokens: dict[str, str], body: dict[str, Any],
@@ -200,6 +202,15 @@ def test_validation_names_the_field(client: TestClient, tokens: dict[str, str], 
     assert words in err["error"]
     if field:
         assert err["error"].startswith(field)
+
+
+def test_a_nul_no_longer_cuts_the_spoken_text(client: TestClient, services: ApiServices,
+                                              tokens: dict[str, str]):
+    body = {**DRILL, "text": "请注意\x00：河水上涨，\u200b立即撤离"}
+    r = client.post("/api/v1/broadcasts", json=body, headers=auth(tokens["operator"]))
+    assert r.status_code == 202, r.text
+    record = services.store.get_broadcast(r.json()["id"])
+    assert record is not None and record["request"]["text"] == "请注意：河水上涨，立即撤离"
 
 
 def test_not_json_is_422(client: TestClient, tokens: dict[str, str]):
