@@ -16,13 +16,14 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controller.auth import Actor, AuthError, Role, require
@@ -49,6 +50,8 @@ MAX_BODY_BYTES = 256 * 1024
 MAX_AUDIO_BYTES = 32 * 1024 * 1024
 AUDIO_PATH = f"{PREFIX}/audio"
 KEEPALIVE_S = 15.0
+MAX_OFFSET = 1_000_000_000
+"""Largest ``offset`` a list accepts: far beyond any gateway's journal, far below SQLite's 2**63."""
 
 
 class BroadcastEngineApi(Protocol):
@@ -180,9 +183,25 @@ async def _on_validation(_: Request, exc: RequestValidationError) -> JSONRespons
     return _error(422, message, first["field"], details)
 
 
-async def _on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     message = {404: "no such endpoint", 405: "method not allowed on this endpoint"}.get(exc.status_code)
-    return _error(exc.status_code, message or str(exc.detail), headers=getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        allowed = _allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        message = f"method {request.method} not allowed here; this endpoint allows {headers['Allow']}"
+    return _error(exc.status_code, message or str(exc.detail), headers=headers or None)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path: FastAPI makes one route per method, and
+    Starlette's 405 names only the first route it tried (``OPTIONS /schedules`` said ``GET``)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 async def _on_auth(_: Request, exc: AuthError) -> JSONResponse:
@@ -251,14 +270,15 @@ def _broadcast_out(record: dict[str, Any]) -> dict[str, Any]:
             "location": f"{PREFIX}/broadcasts/{record['id']}"}
 
 
-def _parse_state(value: str | None) -> BroadcastState | None:
+StateFilter = Literal["not_processed", "waiting", "playing", "succeeded", "failed", "cancelled",
+                      "0", "1", "2", "3", "4", "5"]
+"""A broadcast state by name or national code, as ``GET /broadcasts?state=`` takes it."""
+
+
+def _parse_state(value: StateFilter | None) -> BroadcastState | None:
     if value is None:
         return None
-    for state in BroadcastState:
-        if value.lower() == _state_name(state) or value == str(int(state)):
-            return state
-    names = ", ".join(_state_name(s) for s in BroadcastState)
-    raise ApiError(422, f"state: unknown state '{value}' (known: {names} or codes 0-5)", "state")
+    return BroadcastState(int(value)) if value.isdigit() else BroadcastState[value.upper()]
 
 
 def _check_targets(cfg: Config, request: BroadcastRequest, prefix: str = "") -> None:
@@ -378,8 +398,8 @@ def create_app(services: ApiServices) -> FastAPI:
 
     @app.get(f"{PREFIX}/broadcasts", tags=["broadcasts"])
     async def list_broadcasts(_: Viewer, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                              offset: Annotated[int, Query(ge=0)] = 0,
-                              state: Annotated[str | None, Query(description="name or code")] = None
+                              offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+                              state: Annotated[StateFilter | None, Query(description="name or code")] = None
                               ) -> list[dict[str, Any]]:
         """Newest first."""
         return [_broadcast_out(b) for b in store.list_broadcasts(limit, offset, _parse_state(state))]
@@ -458,7 +478,7 @@ def create_app(services: ApiServices) -> FastAPI:
 
     @app.get(f"{PREFIX}/audit", tags=["system"])
     async def list_audit(_: Admin, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                         offset: Annotated[int, Query(ge=0)] = 0) -> list[dict[str, Any]]:
+                         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> list[dict[str, Any]]:
         """Who did what, newest first."""
         return store.list_audit(limit, offset)
 

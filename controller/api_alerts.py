@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.alerts import AlertActionError, AlertService, Disposition
-from controller.api import PREFIX, ApiError, ApiServices, Operator, Viewer
+from controller.api import MAX_OFFSET, PREFIX, ApiError, ApiServices, Operator, Viewer
 from controller.auth import Actor, Role, require
 from controller.cap import CapError
 from controller.speech_text import SpeechText
@@ -74,15 +74,11 @@ def alert_routes(services: ApiServices) -> APIRouter:
                             headers={"Location": location})
 
     @router.get(f"{PREFIX}/alerts")
-    async def list_alerts(_: Viewer, disposition: Annotated[str | None, Query(
+    async def list_alerts(_: Viewer, disposition: Annotated[Disposition | None, Query(
                               description="only this disposition, e.g. pending")] = None,
                           limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                          offset: Annotated[int, Query(ge=0)] = 0) -> list[dict[str, Any]]:
+                          offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> list[dict[str, Any]]:
         """Newest first: each alert with its disposition, reason and plan (terminals, villages, text)."""
-        if disposition is not None and disposition not in set(Disposition):
-            known = ", ".join(d.value for d in Disposition)
-            raise ApiError(422, f"disposition: unknown disposition '{disposition}' (known: {known})",
-                           "disposition")
         return inbox().list(disposition, limit, offset)
 
     @router.get(f"{PREFIX}/alerts/feeds")

@@ -120,7 +120,8 @@ class BroadcastRequest(BaseModel):
     start_at: datetime | None = Field(default=None, description="Do not start before (default: now)")
     expires_at: datetime | None = Field(default=None, description="Never play after this time")
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
+    """Floats must be finite: NaN compares false with every bound, so its message would mislead."""
 
     @field_validator("start_at", "expires_at")
     @classmethod

@@ -213,6 +213,50 @@ def test_a_nul_no_longer_cuts_the_spoken_text(client: TestClient, services: ApiS
     assert record is not None and record["request"]["text"] == "请注意：河水上涨，立即撤离"
 
 
+@pytest.mark.parametrize("path", ["/api/v1/broadcasts", "/api/v1/alerts", "/api/v1/audit"])
+@pytest.mark.parametrize(("query", "field"), [
+    ("offset=9223372036854775808", "offset"),   # past SQLite's integers: was a 500 (OverflowError)
+    ("offset=1000000001", "offset"),
+    ("offset=-1", "offset"),
+    ("limit=0", "limit"),
+    ("limit=99999999999999999999", "limit"),
+    ("offset=1e3", "offset"),
+])
+def test_list_parameters_are_bounded_422_naming_them(client: TestClient, tokens: dict[str, str], path: str,
+                                                     query: str, field: str):
+    err = assert_error(client.get(f"{path}?{query}", headers=auth(tokens["admin"])), 422, field)
+    assert err["error"].startswith(f"{field}: ")
+
+
+def test_list_filters_name_what_they_accept(client: TestClient, tokens: dict[str, str]):
+    viewer = auth(tokens["viewer"])
+    err = assert_error(client.get("/api/v1/broadcasts?state=lost", headers=viewer), 422, "state")
+    assert "'waiting'" in err["error"] and "'5'" in err["error"]
+    assert client.get("/api/v1/broadcasts?state=1&offset=1000000000", headers=viewer).json() == []
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_refused_as_such(client: TestClient, tokens: dict[str, str], value: str):
+    body = json.dumps({**DRILL, "repeat": 2}).removesuffix("}") + f', "gap_s": {value}}}'
+    r = client.post("/api/v1/broadcasts", content=body.encode(), headers={
+        **auth(tokens["operator"]), "Content-Type": "application/json"})
+    assert assert_error(r, 422, "gap_s")["error"] == "gap_s: Input should be a finite number"
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("OPTIONS", "/api/v1/schedules", "GET, POST"),
+    ("PUT", "/api/v1/schedules", "GET, POST"),
+    ("PATCH", "/api/v1/broadcasts", "GET, POST"),
+    ("GET", "/api/v1/schedules/weekly-test", "DELETE"),
+    ("DELETE", "/api/v1/broadcasts/b1", "GET"),
+])
+def test_405_lists_every_method_of_the_path(client: TestClient, tokens: dict[str, str], method: str,
+                                            path: str, allowed: str):
+    r = client.request(method, path, headers=auth(tokens["admin"]))
+    assert_error(r, 405)
+    assert r.headers["allow"] == allowed
+
+
 def test_not_json_is_422(client: TestClient, tokens: dict[str, str]):
     r = client.post("/api/v1/broadcasts", content=b'{"class": ', headers={
         **auth(tokens["operator"]), "Content-Type": "application/json"})
