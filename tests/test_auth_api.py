@@ -487,3 +487,23 @@ def test_upload_refuses_what_cannot_play(client: TestClient, tokens: dict[str, s
     assert "not a WAV file" in assert_error(r, 422, "body")["error"]
     r = client.post("/api/v1/audio", content=_wav(1.0), headers=auth(tokens["viewer"]))
     assert_error(r, 403)
+
+
+def _claim_seconds(clip: bytes, seconds: float, rate: int = 16000) -> bytes:
+    """``clip`` with its data chunk's size field rewritten to announce ``seconds`` (16-bit mono)."""
+    at = clip.index(b"data") + 4
+    return clip[:at] + int(seconds * rate * 2).to_bytes(4, "little") + clip[at + 4:]
+
+
+def test_upload_refuses_a_wav_whose_header_lies_about_its_length(client: TestClient, services: ApiServices,
+                                                                 tokens: dict[str, str]):
+    operator = auth(tokens["operator"])
+    r = client.post("/api/v1/audio", content=_claim_seconds(_wav(1.0), 120.0), headers=operator)
+    err = assert_error(r, 422, "body")
+    assert "announces 120.000 s" in err["error"] and "holds 1.000 s" in err["error"]
+    r = client.post("/api/v1/audio", content=_wav(2.0)[:-16001], headers=operator)  # cut mid-upload
+    assert "truncated WAV" in assert_error(r, 422, "body")["error"]
+    assert not list(services.engine.audio_dir.glob("*.wav")), "nothing refused is stored"
+    r = client.post("/api/v1/audio", content=_wav(1.0), headers=operator)
+    assert r.status_code == 201 and r.json()["duration_s"] == 1.0
+
