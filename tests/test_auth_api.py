@@ -394,6 +394,27 @@ def test_redact_patterns():
     assert redact("nothing secret 这里") == "nothing secret 这里"
 
 
+@pytest.mark.parametrize("line", [
+    '"GET /api/v1/devices?token=ebc%5F{secret} HTTP/1.1" 401',
+    '"GET /api/v1/devices?t=%65%62%63_{secret} HTTP/1.1" 401',
+    '"GET /api/v1/devices?t=%65%62%63%5f{secret}&page=2 HTTP/1.1" 401',
+    '"GET /api/v1/devices?x=Bearer+{secret} HTTP/1.1" 401',
+    '"GET /api/v1/devices?x=Bearer%20{secret} HTTP/1.1" 401',
+    '"GET /api/v1/devices?x=%2565%2562%2563%255F{secret} HTTP/1.1" 401',   # encoded twice
+    '"GET /api/v1/devices?x=ebc_{head}%2D{tail} HTTP/1.1" 401',
+])
+def test_url_encoded_tokens_are_redacted(line: str):
+    secret = "AbCdEf0123456789_-zZ"
+    out = redact(line.format(secret=secret, head=secret[:10], tail=secret[10:]))
+    assert "[REDACTED]" in out and secret[:10] not in out and secret[-8:] not in out
+    assert out.startswith('"GET /api/v1/devices?') and out.endswith(" HTTP/1.1\" 401")
+
+
+def test_redaction_leaves_ordinary_urls_alone():
+    for text in ("GET /api/v1/broadcasts?state=waiting&limit=50", "a+b 50% off, 1+1=2", "%E5%88%98%E6%A1%A5"):
+        assert redact(text) == text
+
+
 def test_metrics_and_openapi(client: TestClient, services: ApiServices, tokens: dict[str, str]):
     client.post("/api/v1/broadcasts", json=DRILL, headers=auth(tokens["operator"]))
     text = client.get("/api/v1/metrics", headers=auth(tokens["viewer"])).text
