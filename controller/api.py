@@ -50,6 +50,7 @@ MAX_BODY_BYTES = 256 * 1024
 MAX_AUDIO_BYTES = 32 * 1024 * 1024
 AUDIO_PATH = f"{PREFIX}/audio"
 KEEPALIVE_S = 15.0
+TOKEN_CHECK_S = 2.0
 MAX_OFFSET = 1_000_000_000
 """Largest ``offset`` a list accepts: far beyond any gateway's journal, far below SQLite's 2**63."""
 
@@ -117,6 +118,8 @@ class ApiServices:
     """The MQTT reporter, for the uplink state in ``GET /api/v1/gateway``."""
     started_at: float = field(default_factory=time.time)
     keepalive_s: float = KEEPALIVE_S
+    token_check_s: float = TOKEN_CHECK_S
+    """How often an open event stream checks that its token is still valid."""
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     """Set at shutdown so open event streams end and the server can stop."""
 
@@ -147,10 +150,14 @@ Admin = Annotated[Actor, Depends(require(Role.ADMIN))]
 # -- error bodies -----------------------------------------------------------------------------------
 
 
+def error_body(message: str, field: str | None = None, details: list[Any] | None = None) -> dict[str, Any]:
+    """Every error answer's body (also those the HTTP layer sends itself, controller/http_protocol.py)."""
+    return {"error": message, "field": field, "details": details or []}
+
+
 def _error(status: int, message: str, field: str | None = None, details: list[Any] | None = None,
            headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "field": field, "details": details or []}, status_code=status,
-                        headers=headers)
+    return JSONResponse(error_body(message, field, details), status_code=status, headers=headers)
 
 
 def _field_path(loc: tuple[Any, ...]) -> str | None:
@@ -306,25 +313,42 @@ def _sse(event: Event, seq: int) -> str:
     return f"id: {seq}\nevent: {event.kind}\ndata: {data}\n\n"
 
 
-async def _event_stream(services: ApiServices) -> AsyncIterator[str]:
-    """SSE from the event bus, with a keep-alive comment so proxies and clients see the link live."""
+async def _event_stream(services: ApiServices, actor: Actor) -> AsyncIterator[str]:
+    """SSE from the event bus, with a keep-alive comment so proxies and clients see the link live.
+
+    The stream lives as long as the client wants, so the token that opened it is checked again
+    before every event and every ``token_check_s``: ``ebc token revoke`` (another process) ends an
+    open stream within seconds instead of letting it flow on.
+    """
     events = services.bus.subscribe().__aiter__()
     stopping = asyncio.ensure_future(services.stopping.wait())
     pending: asyncio.Future[Event] | None = None
+    loop = asyncio.get_running_loop()
     seq = 0
+    next_keepalive = next_check = loop.time()
     try:
         yield ": connected\n\n"
+        next_keepalive += services.keepalive_s
+        next_check += services.token_check_s
         while not services.stopping.is_set():
             if pending is None:
                 pending = asyncio.ensure_future(events.__anext__())
-            done, _ = await asyncio.wait({pending, stopping}, timeout=services.keepalive_s,
+            timeout = max(0.0, min(next_keepalive, next_check) - loop.time())
+            done, _ = await asyncio.wait({pending, stopping}, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
+            now = loop.time()
+            if pending in done or now >= next_check:
+                if not _still_valid(services, actor):
+                    yield ": token revoked\n\n"
+                    return
+                next_check = now + services.token_check_s
             if pending in done:
                 event, pending = pending.result(), None
                 seq += 1
                 yield _sse(event, seq)
-            elif not done:
+            elif now >= next_keepalive:
                 yield ": keep-alive\n\n"
+                next_keepalive = now + services.keepalive_s
     finally:
         stopping.cancel()
         if pending is not None:
@@ -332,6 +356,11 @@ async def _event_stream(services: ApiServices) -> AsyncIterator[str]:
             with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                 await pending
         await events.aclose()
+
+
+def _still_valid(services: ApiServices, actor: Actor) -> bool:
+    """The stream's token is still active (revoked or deleted ends it)."""
+    return actor.token_id is None or services.store.token_active(actor.token_id)
 
 
 def _metrics(services: ApiServices) -> str:
@@ -489,9 +518,10 @@ def create_app(services: ApiServices) -> FastAPI:
                 for t in store.list_tokens()]
 
     @app.get(f"{PREFIX}/events", tags=["system"], response_class=StreamingResponse)
-    async def events(_: Viewer) -> StreamingResponse:
-        """Server-Sent Events (``event: <kind>``, JSON data). Use fetch() with the Authorization header."""
-        return StreamingResponse(_event_stream(services), media_type="text/event-stream",
+    async def events(actor: Viewer) -> StreamingResponse:
+        """Server-Sent Events (``event: <kind>``, JSON data). Use fetch() with the Authorization header.
+        The stream ends within ``token_check_s`` of its token being revoked."""
+        return StreamingResponse(_event_stream(services, actor), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get(f"{PREFIX}/metrics", tags=["system"], response_class=PlainTextResponse)
