@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from controller.broadcasts import AUDIO_ID as AUDIO_ID_PATTERN
 from controller.broadcasts import BroadcastRequest, Tone
 from controller.tones import CHUNK_S, Signal, pcm_bytes, signal_for
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 PAUSE_S = 0.5
 """Silence between the attention tone and the words, so the first syllable is not masked."""
 READ_FRAMES = 4096
-AUDIO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+AUDIO_ID = re.compile(AUDIO_ID_PATTERN)
 
 SegmentKind = Literal["tone", "pause", "wait", "speech", "gap"]
 VoiceSource = Path | Callable[[], Awaitable[Path]] | None

@@ -261,6 +261,9 @@ def test_not_json_is_422(client: TestClient, tokens: dict[str, str]):
     r = client.post("/api/v1/broadcasts", content=b'{"class": ', headers={
         **auth(tokens["operator"]), "Content-Type": "application/json"})
     assert "not valid JSON" in assert_error(r, 422)["error"]
+    r = client.post("/api/v1/broadcasts", content=b'{"class": "\xff\xfe"}', headers={
+        **auth(tokens["operator"]), "Content-Type": "application/json"})
+    assert "not valid JSON (UnicodeDecodeError" in assert_error(r, 422)["error"]  # was a 400 from FastAPI
 
 
 def test_body_limit_is_413(client: TestClient, services: ApiServices, tokens: dict[str, str]):
@@ -425,6 +428,25 @@ def test_metrics_and_openapi(client: TestClient, services: ApiServices, tokens: 
     spec = client.get("/openapi.json").json()
     assert "/api/v1/broadcasts" in spec["paths"] and "/api/v1/events" in spec["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def test_openapi_lists_every_answer_with_the_error_shape(client: TestClient):
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+    assert set(paths["/api/v1/broadcasts/{broadcast_id}/cancel"]["post"]["responses"]) == {
+        "200", "401", "403", "404", "409"}
+    assert set(paths["/api/v1/broadcasts"]["post"]["responses"]) == {"202", "401", "403", "413", "422"}
+    assert set(paths["/api/v1/health"]["get"]["responses"]) == {"200"}
+    assert "security" not in paths["/api/v1/health"]["get"]
+    assert paths["/api/v1/devices"]["get"]["security"] == [{"bearer": []}]
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+    assert paths["/api/v1/metrics"]["get"]["responses"]["401"]["content"] == error  # JSON, not text/plain
+    assert paths["/api/v1/audit"]["get"]["responses"]["422"]["content"] == error
+    assert "HTTPValidationError" not in json.dumps(spec)
+    offset = next(p for p in paths["/api/v1/audit"]["get"]["parameters"] if p["name"] == "offset")
+    assert offset["schema"]["maximum"] == 1_000_000_000
+    request = spec["components"]["schemas"]["BroadcastRequest"]["properties"]
+    assert request["text"]["anyOf"][0]["minLength"] == 1 and request["gap_s"]["type"] == "number"
 
 
 async def test_event_stream_over_a_real_server(services: ApiServices, tokens: dict[str, str]):
