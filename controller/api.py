@@ -203,7 +203,7 @@ async def _on_validation(_: Request, exc: RequestValidationError) -> JSONRespons
 
 
 async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    message = {404: "no such endpoint", 405: "method not allowed on this endpoint"}.get(exc.status_code)
+    message = "no such endpoint" if exc.status_code == 404 else None
     headers = dict(getattr(exc, "headers", None) or {})
     if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):  # FastAPI could not decode the body
         problem = f"request body is not valid JSON ({exc.__cause__.__class__.__name__}: send UTF-8 JSON)"
