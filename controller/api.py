@@ -16,15 +16,27 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from controller.api_models import (
+    AUTH_ERRORS,
+    WAV_CONTENT,
+    AudioClipOut,
+    BroadcastAccepted,
+    HealthOut,
+    ScheduleOut,
+    TokenOut,
+    errors,
+    finish_openapi,
+)
 from controller.auth import Actor, AuthError, Role, require
 from controller.broadcasts import FINAL_STATES, BroadcastRequest, BroadcastState
 from controller.config import IDENT, Config
@@ -49,6 +61,9 @@ MAX_BODY_BYTES = 256 * 1024
 MAX_AUDIO_BYTES = 32 * 1024 * 1024
 AUDIO_PATH = f"{PREFIX}/audio"
 KEEPALIVE_S = 15.0
+TOKEN_CHECK_S = 2.0
+MAX_OFFSET = 1_000_000_000
+"""Largest ``offset`` a list accepts: far beyond any gateway's journal, far below SQLite's 2**63."""
 
 
 class BroadcastEngineApi(Protocol):
@@ -114,6 +129,8 @@ class ApiServices:
     """The MQTT reporter, for the uplink state in ``GET /api/v1/gateway``."""
     started_at: float = field(default_factory=time.time)
     keepalive_s: float = KEEPALIVE_S
+    token_check_s: float = TOKEN_CHECK_S
+    """How often an open event stream checks that its token is still valid."""
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     """Set at shutdown so open event streams end and the server can stop."""
 
@@ -131,7 +148,8 @@ class ScheduleIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     id: str = Field(pattern=IDENT, description="Lower-case id: letters, digits, - and _")
-    cron: str = Field(description="Five-field cron expression in gateway local time, e.g. '0 7 * * *'")
+    cron: str = Field(min_length=1, max_length=200,
+                      description="Five-field cron expression in gateway local time, e.g. '0 7 * * *'")
     enabled: bool = True
     request: BroadcastRequest
 
@@ -144,10 +162,14 @@ Admin = Annotated[Actor, Depends(require(Role.ADMIN))]
 # -- error bodies -----------------------------------------------------------------------------------
 
 
+def error_body(message: str, field: str | None = None, details: list[Any] | None = None) -> dict[str, Any]:
+    """Every error answer's body (also those the HTTP layer sends itself, controller/http_protocol.py)."""
+    return {"error": message, "field": field, "details": details or []}
+
+
 def _error(status: int, message: str, field: str | None = None, details: list[Any] | None = None,
            headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "field": field, "details": details or []}, status_code=status,
-                        headers=headers)
+    return JSONResponse(error_body(message, field, details), status_code=status, headers=headers)
 
 
 def _field_path(loc: tuple[Any, ...]) -> str | None:
@@ -180,9 +202,28 @@ async def _on_validation(_: Request, exc: RequestValidationError) -> JSONRespons
     return _error(422, message, first["field"], details)
 
 
-async def _on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    message = {404: "no such endpoint", 405: "method not allowed on this endpoint"}.get(exc.status_code)
-    return _error(exc.status_code, message or str(exc.detail), headers=getattr(exc, "headers", None))
+async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    message = "no such endpoint" if exc.status_code == 404 else None
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):  # FastAPI could not decode the body
+        problem = f"request body is not valid JSON ({exc.__cause__.__class__.__name__}: send UTF-8 JSON)"
+        return _error(422, problem, details=[{"field": None, "problem": problem}])
+    if exc.status_code == 405:
+        allowed = _allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        message = f"method {request.method} not allowed here; this endpoint allows {headers['Allow']}"
+    return _error(exc.status_code, message or str(exc.detail), headers=headers or None)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path: FastAPI makes one route per method, and
+    Starlette's 405 names only the first route it tried (``OPTIONS /schedules`` said ``GET``)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 async def _on_auth(_: Request, exc: AuthError) -> JSONResponse:
@@ -251,14 +292,15 @@ def _broadcast_out(record: dict[str, Any]) -> dict[str, Any]:
             "location": f"{PREFIX}/broadcasts/{record['id']}"}
 
 
-def _parse_state(value: str | None) -> BroadcastState | None:
+StateFilter = Literal["not_processed", "waiting", "playing", "succeeded", "failed", "cancelled",
+                      "0", "1", "2", "3", "4", "5"]
+"""A broadcast state by name or national code, as ``GET /broadcasts?state=`` takes it."""
+
+
+def _parse_state(value: StateFilter | None) -> BroadcastState | None:
     if value is None:
         return None
-    for state in BroadcastState:
-        if value.lower() == _state_name(state) or value == str(int(state)):
-            return state
-    names = ", ".join(_state_name(s) for s in BroadcastState)
-    raise ApiError(422, f"state: unknown state '{value}' (known: {names} or codes 0-5)", "state")
+    return BroadcastState(int(value)) if value.isdigit() else BroadcastState[value.upper()]
 
 
 def _check_targets(cfg: Config, request: BroadcastRequest, prefix: str = "") -> None:
@@ -286,25 +328,42 @@ def _sse(event: Event, seq: int) -> str:
     return f"id: {seq}\nevent: {event.kind}\ndata: {data}\n\n"
 
 
-async def _event_stream(services: ApiServices) -> AsyncIterator[str]:
-    """SSE from the event bus, with a keep-alive comment so proxies and clients see the link live."""
+async def _event_stream(services: ApiServices, actor: Actor) -> AsyncIterator[str]:
+    """SSE from the event bus, with a keep-alive comment so proxies and clients see the link live.
+
+    The stream lives as long as the client wants, so the token that opened it is checked again
+    before every event and every ``token_check_s``: ``ebc token revoke`` (another process) ends an
+    open stream within seconds instead of letting it flow on.
+    """
     events = services.bus.subscribe().__aiter__()
     stopping = asyncio.ensure_future(services.stopping.wait())
     pending: asyncio.Future[Event] | None = None
+    loop = asyncio.get_running_loop()
     seq = 0
+    next_keepalive = next_check = loop.time()
     try:
         yield ": connected\n\n"
+        next_keepalive += services.keepalive_s
+        next_check += services.token_check_s
         while not services.stopping.is_set():
             if pending is None:
                 pending = asyncio.ensure_future(events.__anext__())
-            done, _ = await asyncio.wait({pending, stopping}, timeout=services.keepalive_s,
+            timeout = max(0.0, min(next_keepalive, next_check) - loop.time())
+            done, _ = await asyncio.wait({pending, stopping}, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
+            now = loop.time()
+            if pending in done or now >= next_check:
+                if not _still_valid(services, actor):
+                    yield ": token revoked\n\n"
+                    return
+                next_check = now + services.token_check_s
             if pending in done:
                 event, pending = pending.result(), None
                 seq += 1
                 yield _sse(event, seq)
-            elif not done:
+            elif now >= next_keepalive:
                 yield ": keep-alive\n\n"
+                next_keepalive = now + services.keepalive_s
     finally:
         stopping.cancel()
         if pending is not None:
@@ -312,6 +371,11 @@ async def _event_stream(services: ApiServices) -> AsyncIterator[str]:
             with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                 await pending
         await events.aclose()
+
+
+def _still_valid(services: ApiServices, actor: Actor) -> bool:
+    """The stream's token is still active (revoked or deleted ends it)."""
+    return actor.token_id is None or services.store.token_active(actor.token_id)
 
 
 def _metrics(services: ApiServices) -> str:
@@ -341,25 +405,34 @@ def create_app(services: ApiServices) -> FastAPI:
     app.add_exception_handler(Exception, _on_crash)
 
     store, cfg = services.store, services.cfg
+    fastapi_openapi = app.openapi
 
-    @app.get(f"{PREFIX}/health", tags=["system"])
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = finish_openapi(fastapi_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get(f"{PREFIX}/health", tags=["system"], response_model=HealthOut)
     async def health() -> dict[str, str]:
         """Liveness only (open): the daemon answers. No details for anonymous callers."""
         return {"status": "ok"}
 
-    @app.get(f"{PREFIX}/devices", tags=["devices"])
+    @app.get(f"{PREFIX}/devices", tags=["devices"], responses=errors(*AUTH_ERRORS))
     async def list_devices(_: Viewer) -> list[dict[str, Any]]:
         """Every terminal and transmitter with its latest polled state."""
         return [v.as_dict() for v in services.registry.devices.values()]
 
-    @app.get(f"{PREFIX}/devices/{{device_id}}", tags=["devices"])
+    @app.get(f"{PREFIX}/devices/{{device_id}}", tags=["devices"], responses=errors(*AUTH_ERRORS, 404))
     async def get_device(device_id: str, _: Viewer) -> dict[str, Any]:
         view = services.registry.devices.get(device_id)
         if view is None:
             raise ApiError(404, f"no device '{device_id}' on this gateway")
         return view.as_dict()
 
-    @app.post(f"{PREFIX}/broadcasts", status_code=202, tags=["broadcasts"])
+    @app.post(f"{PREFIX}/broadcasts", status_code=202, tags=["broadcasts"], response_model=BroadcastAccepted,
+              responses=errors(*AUTH_ERRORS, 413, 422))
     async def create_broadcast(body: BroadcastRequest, actor: Operator) -> JSONResponse:
         """Accept a broadcast; 202 once it is journalled (it is never lost after this answer).
 
@@ -376,15 +449,17 @@ def create_app(services: ApiServices) -> FastAPI:
         return JSONResponse({"id": broadcast_id, "state": _state_name(state), "location": location},
                             status_code=202, headers={"Location": location})
 
-    @app.get(f"{PREFIX}/broadcasts", tags=["broadcasts"])
+    @app.get(f"{PREFIX}/broadcasts", tags=["broadcasts"], responses=errors(*AUTH_ERRORS, 422))
     async def list_broadcasts(_: Viewer, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                              offset: Annotated[int, Query(ge=0)] = 0,
-                              state: Annotated[str | None, Query(description="name or code")] = None
+                              offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+                              state: Annotated[StateFilter | None, Query(description="name or code")] = None
                               ) -> list[dict[str, Any]]:
         """Newest first."""
         return [_broadcast_out(b) for b in store.list_broadcasts(limit, offset, _parse_state(state))]
 
-    @app.post(AUDIO_PATH, status_code=201, tags=["broadcasts"])
+    @app.post(AUDIO_PATH, status_code=201, tags=["broadcasts"], response_model=AudioClipOut,
+              responses=errors(*AUTH_ERRORS, 413, 422),
+              openapi_extra={"requestBody": {"required": True, "content": WAV_CONTENT}})
     async def upload_audio(request: Request, actor: Operator) -> dict[str, Any]:
         """Upload a recorded announcement (body: a PCM WAV file); play it with ``audio_id``."""
         try:
@@ -401,12 +476,14 @@ def create_app(services: ApiServices) -> FastAPI:
             raise ApiError(404, f"no broadcast '{broadcast_id}'")
         return record
 
-    @app.get(f"{PREFIX}/broadcasts/{{broadcast_id}}", tags=["broadcasts"])
+    @app.get(f"{PREFIX}/broadcasts/{{broadcast_id}}", tags=["broadcasts"],
+             responses=errors(*AUTH_ERRORS, 404))
     async def get_broadcast(broadcast_id: str, _: Viewer) -> dict[str, Any]:
         """One broadcast with its per-terminal outcomes and coverage."""
         return _broadcast_out(_broadcast_or_404(broadcast_id))
 
-    @app.post(f"{PREFIX}/broadcasts/{{broadcast_id}}/cancel", tags=["broadcasts"])
+    @app.post(f"{PREFIX}/broadcasts/{{broadcast_id}}/cancel", tags=["broadcasts"],
+              responses=errors(*AUTH_ERRORS, 404, 409))
     async def cancel_broadcast(broadcast_id: str, actor: Operator) -> dict[str, Any]:
         """Stop a waiting or playing broadcast (the engine audits it); 409 if it is already final."""
         record = _broadcast_or_404(broadcast_id)
@@ -418,7 +495,7 @@ def create_app(services: ApiServices) -> FastAPI:
                                 f"(it is {_state_name(now['state'])})")
         return _broadcast_out(store.get_broadcast(broadcast_id) or record)
 
-    @app.get(f"{PREFIX}/schedules", tags=["schedules"])
+    @app.get(f"{PREFIX}/schedules", tags=["schedules"], responses=errors(*AUTH_ERRORS))
     async def list_schedules(_: Viewer) -> list[dict[str, Any]]:
         """Config-file schedules (read-only here) and those created through the API, each with its
         next run or the reason it is not active, as the running scheduler sees it."""
@@ -428,7 +505,8 @@ def create_app(services: ApiServices) -> FastAPI:
         return [{**s, "next_at": live.get(s["id"], {}).get("next_at"),
                  "problem": live.get(s["id"], {}).get("problem")} for s in listed]
 
-    @app.post(f"{PREFIX}/schedules", status_code=201, tags=["schedules"])
+    @app.post(f"{PREFIX}/schedules", status_code=201, tags=["schedules"], response_model=ScheduleOut,
+              responses=errors(*AUTH_ERRORS, 409, 413, 422))
     async def add_schedule(body: ScheduleIn, actor: Admin) -> dict[str, Any]:
         try:
             validate_cron(body.cron)
@@ -447,7 +525,8 @@ def create_app(services: ApiServices) -> FastAPI:
         return {"id": body.id, "cron": body.cron, "enabled": body.enabled, "request": request,
                 "source": "api"}
 
-    @app.delete(f"{PREFIX}/schedules/{{schedule_id}}", status_code=204, tags=["schedules"])
+    @app.delete(f"{PREFIX}/schedules/{{schedule_id}}", status_code=204, tags=["schedules"],
+                responses=errors(*AUTH_ERRORS, 404, 409))
     async def delete_schedule(schedule_id: str, actor: Admin) -> None:
         if any(s.id == schedule_id for s in cfg.schedules):
             raise ApiError(409, f"schedule '{schedule_id}' is defined in the config file; edit the file")
@@ -456,25 +535,31 @@ def create_app(services: ApiServices) -> FastAPI:
         store.audit(actor, "schedule.delete", schedule_id)
         _reload_scheduler(services)
 
-    @app.get(f"{PREFIX}/audit", tags=["system"])
+    @app.get(f"{PREFIX}/audit", tags=["system"], responses=errors(*AUTH_ERRORS, 422))
     async def list_audit(_: Admin, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                         offset: Annotated[int, Query(ge=0)] = 0) -> list[dict[str, Any]]:
+                         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> list[dict[str, Any]]:
         """Who did what, newest first."""
         return store.list_audit(limit, offset)
 
-    @app.get(f"{PREFIX}/tokens", tags=["system"])
+    @app.get(f"{PREFIX}/tokens", tags=["system"], response_model=list[TokenOut],
+             responses=errors(*AUTH_ERRORS))
     async def list_tokens(_: Admin) -> list[dict[str, Any]]:
         """Active tokens: id, name, role, created (never the secret)."""
         return [{"id": t.id, "name": t.name, "role": t.role.value, "created_at": t.created_at}
                 for t in store.list_tokens()]
 
-    @app.get(f"{PREFIX}/events", tags=["system"], response_class=StreamingResponse)
-    async def events(_: Viewer) -> StreamingResponse:
-        """Server-Sent Events (``event: <kind>``, JSON data). Use fetch() with the Authorization header."""
-        return StreamingResponse(_event_stream(services), media_type="text/event-stream",
+    @app.get(f"{PREFIX}/events", tags=["system"], response_class=StreamingResponse, responses={
+        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+              "description": "event: <kind> / data: <JSON> blocks and : keep-alive comments"},
+        **errors(*AUTH_ERRORS)})
+    async def events(actor: Viewer) -> StreamingResponse:
+        """Server-Sent Events (``event: <kind>``, JSON data). Use fetch() with the Authorization header.
+        The stream ends within ``token_check_s`` of its token being revoked."""
+        return StreamingResponse(_event_stream(services, actor), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.get(f"{PREFIX}/metrics", tags=["system"], response_class=PlainTextResponse)
+    @app.get(f"{PREFIX}/metrics", tags=["system"], response_class=PlainTextResponse,
+             responses=errors(*AUTH_ERRORS))
     @app.get("/metrics", include_in_schema=False)
     async def metrics(_: Viewer) -> PlainTextResponse:
         """Prometheus text format (also at /metrics, where scrapers look by default)."""

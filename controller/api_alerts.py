@@ -14,10 +14,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.alerts import AlertActionError, AlertService, Disposition
-from controller.api import PREFIX, ApiError, ApiServices, Operator, Viewer
+from controller.api import MAX_OFFSET, PREFIX, ApiError, ApiServices, Operator, Viewer
+from controller.api_models import AUTH_ERRORS, errors
 from controller.auth import Actor, Role, require
-from controller.broadcasts import MAX_TEXT_CHARS
 from controller.cap import CapError
+from controller.speech_text import SpeechText
 
 CAP_PATH = f"{PREFIX}/alerts/cap"
 """Where CAP documents are posted (its body limit is the parser's, not the API's JSON limit)."""
@@ -32,8 +33,8 @@ class ApproveIn(BaseModel):
     """Approve a pending alert; give ``text`` to play an edited announcement instead of the planned one."""
 
     model_config = ConfigDict(extra="forbid")
-    text: str | None = Field(default=None, max_length=MAX_TEXT_CHARS,
-                             description="Edited announcement (default: the planned text)")
+    text: SpeechText | None = Field(default=None, description="Edited announcement (default: the planned "
+                                                              "text), cleaned and checked as in a broadcast")
 
 
 class RejectIn(BaseModel):
@@ -47,14 +48,17 @@ def _location(alert_id: str) -> str:
 
 def alert_routes(services: ApiServices) -> APIRouter:
     """The alert endpoints over ``services.alerts`` (503 while the gateway runs without an inbox)."""
-    router = APIRouter(tags=["alerts"])
+    router = APIRouter(tags=["alerts"], responses=errors(*AUTH_ERRORS, 503))
 
     def inbox() -> AlertService:
         if services.alerts is None:
             raise ApiError(503, "CAP alerts are not running on this gateway")
         return services.alerts
 
-    @router.post(CAP_PATH, status_code=202, openapi_extra={"requestBody": {
+    @router.post(CAP_PATH, status_code=202, responses={
+        200: {"description": "Already received (duplicate: true); nothing new was done"},
+        **errors(413, 422, e422="Not a usable CAP alert: `field` names the CAP element")},
+        openapi_extra={"requestBody": {
         "required": True, "content": {"application/xml": {"schema": {"type": "string"}}}}})
     async def post_cap(request: Request, actor: CapPoster) -> JSONResponse:
         """Ingest one CAP document (OASIS CAP 1.2/1.1 or China's national variant) as the request body.
@@ -73,16 +77,12 @@ def alert_routes(services: ApiServices) -> APIRouter:
         return JSONResponse({**record, "location": location}, status_code=200 if record["duplicate"] else 202,
                             headers={"Location": location})
 
-    @router.get(f"{PREFIX}/alerts")
-    async def list_alerts(_: Viewer, disposition: Annotated[str | None, Query(
+    @router.get(f"{PREFIX}/alerts", responses=errors(422))
+    async def list_alerts(_: Viewer, disposition: Annotated[Disposition | None, Query(
                               description="only this disposition, e.g. pending")] = None,
                           limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                          offset: Annotated[int, Query(ge=0)] = 0) -> list[dict[str, Any]]:
+                          offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> list[dict[str, Any]]:
         """Newest first: each alert with its disposition, reason and plan (terminals, villages, text)."""
-        if disposition is not None and disposition not in set(Disposition):
-            known = ", ".join(d.value for d in Disposition)
-            raise ApiError(422, f"disposition: unknown disposition '{disposition}' (known: {known})",
-                           "disposition")
         return inbox().list(disposition, limit, offset)
 
     @router.get(f"{PREFIX}/alerts/feeds")
@@ -90,7 +90,7 @@ def alert_routes(services: ApiServices) -> APIRouter:
         """Each configured feed: last success, last error, failures in a row, next poll, documents seen."""
         return services.feeds.snapshot() if services.feeds is not None else []
 
-    @router.get(f"{PREFIX}/alerts/{{alert_id}}")
+    @router.get(f"{PREFIX}/alerts/{{alert_id}}", responses=errors(404))
     async def get_alert(alert_id: str, _: Viewer) -> dict[str, Any]:
         """One alert with its plan and the CAP ``document`` as received."""
         record = inbox().get(alert_id)
@@ -98,7 +98,7 @@ def alert_routes(services: ApiServices) -> APIRouter:
             raise ApiError(404, f"no alert '{alert_id}'")
         return record
 
-    @router.post(f"{PREFIX}/alerts/{{alert_id}}/approve")
+    @router.post(f"{PREFIX}/alerts/{{alert_id}}/approve", responses=errors(404, 409, 413, 422))
     async def approve(alert_id: str, actor: Operator, body: ApproveIn | None = None) -> dict[str, Any]:
         """Play a pending alert now (optionally with edited ``text``); 409 if it is not pending."""
         try:
@@ -106,7 +106,7 @@ def alert_routes(services: ApiServices) -> APIRouter:
         except AlertActionError as exc:
             raise ApiError(_STATUS[exc.kind], exc.message, exc.field) from None
 
-    @router.post(f"{PREFIX}/alerts/{{alert_id}}/reject")
+    @router.post(f"{PREFIX}/alerts/{{alert_id}}/reject", responses=errors(404, 409, 413, 422))
     async def reject(alert_id: str, actor: Operator, body: RejectIn | None = None) -> dict[str, Any]:
         """Decide a pending alert is not played (with an optional ``reason``); 409 if it is not pending."""
         try:

@@ -18,11 +18,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from controller.api import PREFIX, ApiError, ApiServices
+from controller.api_models import AUTH_ERRORS, WAV_CONTENT, SessionOut, errors
 from controller.auth import Actor, Role, require
-from controller.broadcasts import MAX_TEXT_CHARS
+from controller.speech_text import SpeechText
 from controller.tts import SpeechError, TextTooLong, wav_seconds
 
 log = logging.getLogger(__name__)
@@ -40,26 +41,19 @@ class PreviewIn(BaseModel):
     """Text to hear before broadcasting it, spoken exactly as a broadcast would speak it."""
 
     model_config = ConfigDict(extra="forbid")
-    text: str = Field(max_length=MAX_TEXT_CHARS, description="Text to speak (as in a broadcast request)")
+    text: SpeechText = Field(description="Text to speak (cleaned and checked as in a broadcast request)")
     language: Literal["zh", "en"] = "zh"
-
-    @field_validator("text")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("text is empty")
-        return value
 
 
 def console_router(services: ApiServices) -> APIRouter:
     """The console's routes over ``services`` (included by :func:`controller.api.create_app`)."""
-    router = APIRouter(prefix=PREFIX, tags=["console"])
+    router = APIRouter(prefix=PREFIX, tags=["console"], responses=errors(*AUTH_ERRORS))
     cfg, store = services.cfg, services.store
     previewing = asyncio.Lock()
     """At most one preview waits for the speech worker, so a broadcast's speech never queues behind
     many of them (the worker does one synthesis at a time)."""
 
-    @router.get("/session")
+    @router.get("/session", response_model=SessionOut)
     async def session(actor: Viewer) -> dict[str, Any]:
         """Who this token is, so the console shows only what the role may do, and the gateway's
         time zone, which the console shows every time in (not the browser's)."""
@@ -78,7 +72,8 @@ def console_router(services: ApiServices) -> APIRouter:
         return out
 
     @router.post("/speech/preview", response_class=FileResponse,
-                 responses={200: {"content": {"audio/wav": {}}, "description": "the speech as WAV"}})
+                 responses={200: {"content": WAV_CONTENT, "description": "the speech as WAV"},
+                            **errors(413, 422, 503)})
     async def speech_preview(body: PreviewIn, _: Operator) -> FileResponse:
         """The speech for ``text`` as a WAV file (22050 Hz mono), as a broadcast would play it.
 
@@ -104,7 +99,8 @@ def console_router(services: ApiServices) -> APIRouter:
                                      "X-Audio-Seconds": f"{wav_seconds(path):.2f}"})
 
     @router.get("/broadcasts/{broadcast_id}/audio", response_class=FileResponse,
-                responses={200: {"content": {"audio/wav": {}}, "description": "the program as played"}})
+                responses={200: {"content": WAV_CONTENT, "description": "the program as played"},
+                           **errors(404)})
     async def broadcast_audio(broadcast_id: str, _: Viewer) -> FileResponse:
         """The program as it went out on the line (evidence WAV); 404 until it has played, or after
         ``broadcast.evidence_retention_days``."""

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal, Protocol
+from urllib.parse import unquote_plus
 
 from fastapi import Request
 
@@ -135,10 +136,35 @@ _SECRET_PATTERNS = (
     re.compile(r"(?i)(bearer\s+)[^\s\"',;]+"),
     re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_\-]{8,}"),
 )
+_URL_WORD = re.compile(r"[A-Za-z0-9%+._~\-]+")
+"""A maximal run of URL characters (linear to scan); those with an escape or a '+' are decoded:
+``ebc%5F…``, ``%65%62%63_…``, ``Bearer+…``."""
+_UNQUOTE_ROUNDS = 3
+"""Escapes are undone up to this often, so a doubly encoded token (``%2565bc_…``) is still found."""
+
+
+def _has_secret(text: str) -> bool:
+    return any(p.search(text) for p in _SECRET_PATTERNS)
+
+
+def _redact_encoded(match: re.Match[str]) -> str:
+    """The whole run as ``[REDACTED]`` if, once URL-decoded, it holds a token or bearer credential."""
+    word = decoded = match.group(0)
+    if "%" not in word and "+" not in word:
+        return word
+    for _ in range(_UNQUOTE_ROUNDS):
+        decoded, before = unquote_plus(decoded), decoded
+        if _has_secret(decoded):
+            return "[REDACTED]"
+        if decoded == before:
+            break
+    return word
 
 
 def redact(text: str) -> str:
-    """``text`` with bearer credentials and ``ebc_…`` tokens replaced by ``[REDACTED]``."""
+    """``text`` with bearer credentials and ``ebc_…`` tokens replaced by ``[REDACTED]``, also when
+    they are URL-encoded (a token pasted into a query string reaches the access log that way)."""
+    text = _URL_WORD.sub(_redact_encoded, text)  # first: a partly encoded token is redacted whole
     text = _SECRET_PATTERNS[0].sub(r"\1[REDACTED]", text)
     return _SECRET_PATTERNS[1].sub(TOKEN_PREFIX + "[REDACTED]", text)
 

@@ -11,12 +11,16 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-MAX_TEXT_CHARS = 2000
+from controller.speech_text import MAX_TEXT_CHARS as MAX_TEXT_CHARS  # re-exported for its users
+from controller.speech_text import SpeechText
+
 AREA_CODE = re.compile(r"^\d{12}$")
+AUDIO_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+"""What an uploaded clip's id may look like (the upload makes ``clip-<hash>``): never a path."""
 
 
 class BroadcastClass(StrEnum):
@@ -77,10 +81,15 @@ class TerminalOutcome(StrEnum):
 class Targets(BaseModel):
     """Which terminals play. ``all`` or any union of zones, device ids and area codes."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [  # what _something() checks
+        {"properties": {"all": {"const": True}}, "required": ["all"]},
+        *({"properties": {key: {"minItems": 1}}, "required": [key]}
+          for key in ("zones", "devices", "area_codes")),
+    ]})
     all: bool = Field(default=False, description="Every terminal of this gateway")
-    zones: list[int] = Field(default_factory=list, description="Speaker zones (1-8) on every terminal")
-    devices: list[str] = Field(default_factory=list, description="Device ids")
+    zones: list[Annotated[int, Field(ge=1, le=8)]] = Field(
+        default_factory=list, description="Speaker zones (1-8) on every terminal")
+    devices: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list, description="Device ids")
     area_codes: list[str] = Field(default_factory=list,
                                   description="12-digit area codes; trailing zeros cover the whole region")
 
@@ -109,8 +118,10 @@ class BroadcastRequest(BaseModel):
     source: str = Field(default="", max_length=200, description="Sender name, e.g. 刘桥镇应急办")
     title: str = Field(default="", max_length=200)
     targets: Targets
-    text: str | None = Field(default=None, max_length=MAX_TEXT_CHARS, description="Text to speak")
-    audio_id: str | None = Field(default=None, description="An uploaded audio clip instead of text")
+    text: SpeechText | None = Field(default=None, description="Text to speak; control and invisible "
+                                    "characters are removed, and it must hold a letter or digit")
+    audio_id: str | None = Field(default=None, pattern=AUDIO_ID,
+                                 description="An uploaded audio clip (POST /audio) instead of text")
     language: Literal["zh", "en"] = "zh"
     tone: Tone | None = Field(default=None, description="Attention signal; default by class and severity")
     repeat: int = Field(default=1, ge=1, le=10, description="How many times the program plays")
@@ -120,14 +131,8 @@ class BroadcastRequest(BaseModel):
     start_at: datetime | None = Field(default=None, description="Do not start before (default: now)")
     expires_at: datetime | None = Field(default=None, description="Never play after this time")
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    @field_validator("text")
-    @classmethod
-    def _text(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("text is empty")
-        return value
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
+    """Floats must be finite: NaN compares false with every bound, so its message would mislead."""
 
     @field_validator("start_at", "expires_at")
     @classmethod

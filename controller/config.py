@@ -24,7 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from controller.broadcasts import MAX_TEXT_CHARS, BroadcastClass, BroadcastRequest, Tone
+from controller.broadcasts import BroadcastClass, BroadcastRequest, Tone
+from controller.speech_text import SpeechText
 from drivers.profile import AtFmTransmitterProfile, ModbusTerminalProfile, load_profile
 
 AREA_CODE = re.compile(r"^\d{12}$")
@@ -34,7 +35,9 @@ IDENT = r"^[a-z0-9][a-z0-9_-]{0,31}$"  # ids end up in MQTT topics and URLs
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys are errors; numbers must be finite (YAML's .nan and .inf are refused as such)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _check_area_code(value: str) -> str:
@@ -193,6 +196,13 @@ class Simulator(_Strict):
 class ApiSettings(_Strict):
     host: str = Field(default="127.0.0.1", description="Listen address; loopback unless you mean it")
     port: int = Field(default=8080, ge=1, le=65535)
+    header_timeout_s: float = Field(
+        default=20.0, gt=0, le=300,
+        description="A connection must send a complete request line and headers within this many "
+                    "seconds (of opening, or of its first byte after a keep-alive wait), else it is "
+                    "closed (a 408 if part of a request came): clients that never finish hold nothing")
+    keepalive_timeout_s: float = Field(default=5.0, gt=0, le=300,
+                                       description="An idle keep-alive connection is closed after this")
 
 
 class AudioOutput(_Strict):
@@ -228,7 +238,7 @@ class BroadcastTemplate(_Strict):
                                  description="Emergency level 1 特别重大/红 … 4 一般/蓝 (emergency only)")
     tone: Tone | None = Field(default=None, description="Attention signal; default by class and severity")
     repeat: int = Field(default=1, ge=1, le=10, description="How many times the program plays")
-    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="Text to speak")
+    text: SpeechText = Field(description="Text to speak (cleaned and checked as in a broadcast request)")
     language: Literal["zh", "en"] = "zh"
 
     @model_validator(mode="after")

@@ -33,6 +33,7 @@ from controller.engine import BroadcastEngine
 from controller.events import EventBus
 from controller.hardware import Hardware
 from controller.health import HealthMonitor
+from controller.http_protocol import http_protocol
 from controller.mqtt import MqttReporter
 from controller.outbox import Outbox, OutboxError, OutboxLimits
 from controller.release import Releaser
@@ -164,7 +165,9 @@ class Daemon:
             raise
         assert self.services is not None
         config = uvicorn.Config(create_app(self.services), log_config=None, access_log=True,
-                                timeout_graceful_shutdown=5, lifespan="off")
+                                timeout_graceful_shutdown=5, lifespan="off",
+                                http=http_protocol(cfg.api.header_timeout_s),  # JSON 400s, head timeout
+                                timeout_keep_alive=cfg.api.keepalive_timeout_s)  # type: ignore[arg-type]
         self._server = _Server(config)
         serving = asyncio.create_task(self._server.serve(sockets=[sock]), name="api")
         while not self._server.started:

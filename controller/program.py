@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import io
 import re
+import struct
 import sys
 import wave
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from controller.broadcasts import AUDIO_ID as AUDIO_ID_PATTERN
 from controller.broadcasts import BroadcastRequest, Tone
 from controller.tones import CHUNK_S, Signal, pcm_bytes, signal_for
 
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 PAUSE_S = 0.5
 """Silence between the attention tone and the words, so the first syllable is not masked."""
 READ_FRAMES = 4096
-AUDIO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+AUDIO_ID = re.compile(AUDIO_ID_PATTERN)
 
 SegmentKind = Literal["tone", "pause", "wait", "speech", "gap"]
 VoiceSource = Path | Callable[[], Awaitable[Path]] | None
@@ -338,6 +340,22 @@ class UploadedAudio:
 MAX_UPLOAD_SECONDS = 600.0
 
 
+def _check_complete(data: bytes, frames: int, held_bytes: int, frame_bytes: int, rate: int) -> None:
+    """Refuse a truncated or inconsistent file: its headers must agree with the bytes it holds.
+
+    ``wave`` takes the data chunk's header at its word, so a file claiming 120 s that holds 1 s was
+    stored as a 120 s clip (and the engine planned 119 s of silence it could not play).
+    """
+    riff_size = int.from_bytes(data[4:8], "little")
+    if riff_size > len(data) - 8:
+        raise ValueError(f"truncated WAV: its RIFF header announces {riff_size + 8} bytes, the upload "
+                         f"has {len(data)}")
+    if held_bytes != frames * frame_bytes:
+        raise ValueError(f"truncated or inconsistent WAV: its data chunk announces {frames / rate:.3f} s "
+                         f"({frames * frame_bytes} bytes) but holds {held_bytes // frame_bytes / rate:.3f} s "
+                         f"({held_bytes} bytes)")
+
+
 def store_uploaded_audio(data: bytes, audio_dir: Path) -> UploadedAudio:
     """Check an uploaded recording and keep it under a content-derived id (same clip, same id).
 
@@ -348,13 +366,15 @@ def store_uploaded_audio(data: bytes, audio_dir: Path) -> UploadedAudio:
         with wave.open(io.BytesIO(data), "rb") as wav:
             comp, channels, width = wav.getcomptype(), wav.getnchannels(), wav.getsampwidth()
             rate, frames = wav.getframerate(), wav.getnframes()
-    except (wave.Error, EOFError) as exc:
-        raise ValueError(f"not a WAV file ({exc})") from None
+            held = len(wav.readframes(frames)) if comp == "NONE" and width and channels else 0
+    except (wave.Error, EOFError, RuntimeError, struct.error) as exc:  # RuntimeError: a chunk past the end
+        raise ValueError(f"not a WAV file ({exc or 'a chunk runs past the end of the file'})") from None
     if comp != "NONE":
         raise ValueError("only uncompressed PCM WAV is accepted")
     if channels not in (1, 2) or width not in (1, 2, 3, 4) or not 8000 <= rate <= 48000:
         raise ValueError(f"unsupported WAV: {channels} channels, {8 * width}-bit, {rate} Hz "
                          "(mono or stereo, 8-32 bit, 8-48 kHz)")
+    _check_complete(data, frames, held, channels * width, rate)
     duration = frames / rate
     if not 0 < duration <= MAX_UPLOAD_SECONDS:
         raise ValueError(f"recording is {duration:.1f} s long; 0-{MAX_UPLOAD_SECONDS:.0f} s accepted")

@@ -477,6 +477,11 @@ class Store:
                 found = _token_info(row)
         return found
 
+    def token_active(self, token_id: str) -> bool:
+        """True while the token ``token_id`` exists and is not revoked (also by another process:
+        ``ebc token revoke`` writes this file, and every read sees its last commit)."""
+        return bool(self._query("SELECT 1 FROM tokens WHERE id=? AND revoked_at IS NULL", (token_id,)))
+
     def list_tokens(self) -> list[TokenInfo]:
         """Active tokens (names, roles, ids; never secrets)."""
         return [_token_info(r) for r in

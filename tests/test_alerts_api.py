@@ -182,8 +182,12 @@ def test_approve_with_edited_text_then_409(client: TestClient, services: ApiServ
                              headers=operator), 422, "text")
     assert_error(client.post(f"/api/v1/alerts/{pending['id']}/approve", json={"txt": "x"},
                              headers=operator), 422, "txt")
-    r = client.post(f"/api/v1/alerts/{pending['id']}/approve", json={"text": "刘桥村注意：暴雨黄色预警。"},
-                    headers=operator)
+    invisible = {"text": "\u200b\x00\u3000"}
+    err = assert_error(client.post(f"/api/v1/alerts/{pending['id']}/approve", json=invisible,
+                                   headers=operator), 422, "text")
+    assert "nothing to speak" in err["error"]
+    r = client.post(f"/api/v1/alerts/{pending['id']}/approve",
+                    json={"text": "刘桥村注意：\x00暴雨黄色预警。"}, headers=operator)
     assert r.status_code == 200, r.text
     approved = r.json()
     assert approved["disposition"] == "broadcast" and approved["decided_by"] == "operator-1"

@@ -191,6 +191,8 @@ def test_outcomes_and_coverage_are_shown(client: TestClient, services: ApiServic
     ({**DRILL, "targets": {"devices": ["rtu1", "nope"]}}, "targets", "nope"),
     ({**DRILL, "targets": {"area_codes": ["110101000000"]}}, "targets", "outside"),
     ({**DRILL, "text": "长" * 101}, "text", "100"),
+    ({**DRILL, "text": "\x00"}, "text", "nothing to speak"),
+    ({**DRILL, "text": "\u200b\u200d\ufeff \u3000\u3000"}, "text", "nothing to speak"),
     ({**DRILL, "text": None, "audio_id": "no-such-clip"}, "audio_id", "no-such-clip"),
 ])
 def test_validation_names_the_field(client: TestClient, tokens: dict[str, str], body: dict[str, Any],
@@ -202,10 +204,66 @@ def test_validation_names_the_field(client: TestClient, tokens: dict[str, str], 
         assert err["error"].startswith(field)
 
 
+def test_a_nul_no_longer_cuts_the_spoken_text(client: TestClient, services: ApiServices,
+                                              tokens: dict[str, str]):
+    body = {**DRILL, "text": "请注意\x00：河水上涨，\u200b立即撤离"}
+    r = client.post("/api/v1/broadcasts", json=body, headers=auth(tokens["operator"]))
+    assert r.status_code == 202, r.text
+    record = services.store.get_broadcast(r.json()["id"])
+    assert record is not None and record["request"]["text"] == "请注意：河水上涨，立即撤离"
+
+
+@pytest.mark.parametrize("path", ["/api/v1/broadcasts", "/api/v1/alerts", "/api/v1/audit"])
+@pytest.mark.parametrize(("query", "field"), [
+    ("offset=9223372036854775808", "offset"),   # past SQLite's integers: was a 500 (OverflowError)
+    ("offset=1000000001", "offset"),
+    ("offset=-1", "offset"),
+    ("limit=0", "limit"),
+    ("limit=99999999999999999999", "limit"),
+    ("offset=1e3", "offset"),
+])
+def test_list_parameters_are_bounded_422_naming_them(client: TestClient, tokens: dict[str, str], path: str,
+                                                     query: str, field: str):
+    err = assert_error(client.get(f"{path}?{query}", headers=auth(tokens["admin"])), 422, field)
+    assert err["error"].startswith(f"{field}: ")
+
+
+def test_list_filters_name_what_they_accept(client: TestClient, tokens: dict[str, str]):
+    viewer = auth(tokens["viewer"])
+    err = assert_error(client.get("/api/v1/broadcasts?state=lost", headers=viewer), 422, "state")
+    assert "'waiting'" in err["error"] and "'5'" in err["error"]
+    assert client.get("/api/v1/broadcasts?state=1&offset=1000000000", headers=viewer).json() == []
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_refused_as_such(client: TestClient, tokens: dict[str, str], value: str):
+    body = json.dumps({**DRILL, "repeat": 2}).removesuffix("}") + f', "gap_s": {value}}}'
+    r = client.post("/api/v1/broadcasts", content=body.encode(), headers={
+        **auth(tokens["operator"]), "Content-Type": "application/json"})
+    assert assert_error(r, 422, "gap_s")["error"] == "gap_s: Input should be a finite number"
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("OPTIONS", "/api/v1/schedules", "GET, POST"),
+    ("PUT", "/api/v1/schedules", "GET, POST"),
+    ("PATCH", "/api/v1/broadcasts", "GET, POST"),
+    ("GET", "/api/v1/schedules/weekly-test", "DELETE"),
+    ("DELETE", "/api/v1/broadcasts/b1", "GET"),
+])
+def test_405_lists_every_method_of_the_path(client: TestClient, tokens: dict[str, str], method: str,
+                                            path: str, allowed: str):
+    r = client.request(method, path, headers=auth(tokens["admin"]))
+    assert_error(r, 405)
+    assert r.headers["allow"] == allowed
+
+
 def test_not_json_is_422(client: TestClient, tokens: dict[str, str]):
     r = client.post("/api/v1/broadcasts", content=b'{"class": ', headers={
         **auth(tokens["operator"]), "Content-Type": "application/json"})
     assert "not valid JSON" in assert_error(r, 422)["error"]
+    r = client.post("/api/v1/broadcasts", content=b'{"class": "\xff\xfe"}', headers={
+        **auth(tokens["operator"]), "Content-Type": "application/json"})
+    assert "not valid JSON (UnicodeDecodeError" in assert_error(r, 422)["error"]  # was a 400 from FastAPI
 
 
 def test_body_limit_is_413(client: TestClient, services: ApiServices, tokens: dict[str, str]):
@@ -339,6 +397,27 @@ def test_redact_patterns():
     assert redact("nothing secret 这里") == "nothing secret 这里"
 
 
+@pytest.mark.parametrize("line", [
+    '"GET /api/v1/devices?token=ebc%5F{secret} HTTP/1.1" 401',
+    '"GET /api/v1/devices?t=%65%62%63_{secret} HTTP/1.1" 401',
+    '"GET /api/v1/devices?t=%65%62%63%5f{secret}&page=2 HTTP/1.1" 401',
+    '"GET /api/v1/devices?x=Bearer+{secret} HTTP/1.1" 401',
+    '"GET /api/v1/devices?x=Bearer%20{secret} HTTP/1.1" 401',
+    '"GET /api/v1/devices?x=%2565%2562%2563%255F{secret} HTTP/1.1" 401',   # encoded twice
+    '"GET /api/v1/devices?x=ebc_{head}%2D{tail} HTTP/1.1" 401',
+])
+def test_url_encoded_tokens_are_redacted(line: str):
+    secret = "AbCdEf0123456789_-zZ"
+    out = redact(line.format(secret=secret, head=secret[:10], tail=secret[10:]))
+    assert "[REDACTED]" in out and secret[:10] not in out and secret[-8:] not in out
+    assert out.startswith('"GET /api/v1/devices?') and out.endswith(" HTTP/1.1\" 401")
+
+
+def test_redaction_leaves_ordinary_urls_alone():
+    for text in ("GET /api/v1/broadcasts?state=waiting&limit=50", "a+b 50% off, 1+1=2", "%E5%88%98%E6%A1%A5"):
+        assert redact(text) == text
+
+
 def test_metrics_and_openapi(client: TestClient, services: ApiServices, tokens: dict[str, str]):
     client.post("/api/v1/broadcasts", json=DRILL, headers=auth(tokens["operator"]))
     text = client.get("/api/v1/metrics", headers=auth(tokens["viewer"])).text
@@ -349,6 +428,25 @@ def test_metrics_and_openapi(client: TestClient, services: ApiServices, tokens: 
     spec = client.get("/openapi.json").json()
     assert "/api/v1/broadcasts" in spec["paths"] and "/api/v1/events" in spec["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def test_openapi_lists_every_answer_with_the_error_shape(client: TestClient):
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+    assert set(paths["/api/v1/broadcasts/{broadcast_id}/cancel"]["post"]["responses"]) == {
+        "200", "401", "403", "404", "409"}
+    assert set(paths["/api/v1/broadcasts"]["post"]["responses"]) == {"202", "401", "403", "413", "422"}
+    assert set(paths["/api/v1/health"]["get"]["responses"]) == {"200"}
+    assert "security" not in paths["/api/v1/health"]["get"]
+    assert paths["/api/v1/devices"]["get"]["security"] == [{"bearer": []}]
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+    assert paths["/api/v1/metrics"]["get"]["responses"]["401"]["content"] == error  # JSON, not text/plain
+    assert paths["/api/v1/audit"]["get"]["responses"]["422"]["content"] == error
+    assert "HTTPValidationError" not in json.dumps(spec)
+    offset = next(p for p in paths["/api/v1/audit"]["get"]["parameters"] if p["name"] == "offset")
+    assert offset["schema"]["maximum"] == 1_000_000_000
+    request = spec["components"]["schemas"]["BroadcastRequest"]["properties"]
+    assert request["text"]["anyOf"][0]["minLength"] == 1 and request["gap_s"]["type"] == "number"
 
 
 async def test_event_stream_over_a_real_server(services: ApiServices, tokens: dict[str, str]):
@@ -432,3 +530,23 @@ def test_upload_refuses_what_cannot_play(client: TestClient, tokens: dict[str, s
     assert "not a WAV file" in assert_error(r, 422, "body")["error"]
     r = client.post("/api/v1/audio", content=_wav(1.0), headers=auth(tokens["viewer"]))
     assert_error(r, 403)
+
+
+def _claim_seconds(clip: bytes, seconds: float, rate: int = 16000) -> bytes:
+    """``clip`` with its data chunk's size field rewritten to announce ``seconds`` (16-bit mono)."""
+    at = clip.index(b"data") + 4
+    return clip[:at] + int(seconds * rate * 2).to_bytes(4, "little") + clip[at + 4:]
+
+
+def test_upload_refuses_a_wav_whose_header_lies_about_its_length(client: TestClient, services: ApiServices,
+                                                                 tokens: dict[str, str]):
+    operator = auth(tokens["operator"])
+    r = client.post("/api/v1/audio", content=_claim_seconds(_wav(1.0), 120.0), headers=operator)
+    err = assert_error(r, 422, "body")
+    assert "announces 120.000 s" in err["error"] and "holds 1.000 s" in err["error"]
+    r = client.post("/api/v1/audio", content=_wav(2.0)[:-16001], headers=operator)  # cut mid-upload
+    assert "truncated WAV" in assert_error(r, 422, "body")["error"]
+    assert not list(services.engine.audio_dir.glob("*.wav")), "nothing refused is stored"
+    r = client.post("/api/v1/audio", content=_wav(1.0), headers=operator)
+    assert r.status_code == 201 and r.json()["duration_s"] == 1.0
+

@@ -132,3 +132,12 @@ def test_unreadable_and_non_yaml_files(tmp_path: Path):
     broken.write_text("gateway: [unclosed", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(broken)
+
+
+def test_non_finite_numbers_are_refused_as_such():
+    data = _demo()
+    data["gateway"]["location"]["lat"] = float("nan")                 # YAML .nan
+    data["broadcast"] = {**data.get("broadcast", {}), "ready_timeout_s": float("inf")}  # YAML .inf
+    joined = "\n".join(_errors(data))
+    assert "gateway.location.lat: Input should be a finite number" in joined, joined
+    assert "broadcast.ready_timeout_s: Input should be a finite number" in joined, joined

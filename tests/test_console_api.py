@@ -313,7 +313,10 @@ def test_a_template_plus_targets_is_a_broadcast_the_api_accepts(client: TestClie
      "broadcast.templates[0](x): severity (1-4) is required for an emergency broadcast"),
     ({"id": "x", "title": "t", "class": "daily", "severity": 2, "text": "t"},
      "broadcast.templates[0](x): severity applies to emergency broadcasts only"),
-    ({"id": "x", "title": "t", "class": "drill", "text": "   "}, "broadcast.templates[0](x): text is empty"),
+    ({"id": "x", "title": "t", "class": "drill", "text": "   "},
+     "broadcast.templates[0](x).text: text has nothing"),
+    ({"id": "x", "title": "t", "class": "drill", "text": "\u200b\u3000"},
+     "broadcast.templates[0](x).text: text has nothing to speak"),
     ({"id": "x", "title": "t", "class": "drill", "text": "t", "targets": {"all": True}},
      "broadcast.templates[0](x).targets: unknown key"),
     ({"id": "x", "title": "t", "class": "drill", "text": "t", "tone": "horn"},
@@ -375,6 +378,7 @@ def test_speech_preview_without_a_speech_service_is_503(client: TestClient, toke
 @pytest.mark.parametrize(("body", "field"), [
     ({"text": ""}, "text"),
     ({"text": "  \n "}, "text"),
+    ({"text": "\x00\u200b\u3000\ufeff"}, "text"),
     ({"text": "长" * 101}, "text"),        # over speech.max_chars (100 here): the engine would refuse it
     ({"text": "长" * 2001}, "text"),       # over what any broadcast request may carry
     ({}, "text"),

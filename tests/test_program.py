@@ -10,10 +10,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_tones import goertzel_power
 
 from controller.broadcasts import BroadcastRequest, Tone
-from controller.program import Program, build_program, uploaded_audio, wav_output_samples, wav_pcm
+from controller.program import (
+    Program,
+    build_program,
+    store_uploaded_audio,
+    uploaded_audio,
+    wav_output_samples,
+    wav_pcm,
+)
 from controller.tones import chime
 from controller.tts import SpeechError, SpeechService, TextTooLong
 from drivers.audio_output import has_sound
@@ -197,3 +206,26 @@ def test_build_program_refuses_bad_input_before_playing(tmp_path: Path):
     for bad in ("../secret", "a/b", ".hidden"):
         with pytest.raises(ValueError, match="not a valid audio id"):
             uploaded_audio(bad, tmp_path)
+
+
+@settings(max_examples=300, deadline=None)
+@given(cut=st.integers(min_value=0, max_value=900), flips=st.lists(
+    st.tuples(st.integers(min_value=0, max_value=99), st.integers(min_value=0, max_value=255)), max_size=4))
+def test_an_upload_is_refused_or_holds_what_it_claims(tmp_path_factory: pytest.TempPathFactory, cut: int,
+                                                      flips: list[tuple[int, int]]):
+    """Any damage to a WAV (cut short, header bytes changed) is a clear ValueError, never a crash,
+    and a clip that is accepted plays exactly the duration it reports."""
+    data = bytearray(write_wav(tmp_path_factory.mktemp("wav") / "a.wav", rate=8000, seconds=0.1).read_bytes())
+    for at, value in flips:
+        data[at] = value
+    data = data[:len(data) - cut]
+    audio_dir = tmp_path_factory.mktemp("audio")
+    try:
+        clip = store_uploaded_audio(bytes(data), audio_dir)
+    except ValueError:
+        return
+    stored = audio_dir / f"{clip.audio_id}.wav"
+    with wave.open(str(stored), "rb") as wav:
+        held = len(wav.readframes(wav.getnframes())) // (wav.getnchannels() * wav.getsampwidth())
+    assert clip.duration_s == round(held / clip.sample_rate, 3)
+
