@@ -500,6 +500,28 @@ async def test_cap12_alert_and_its_cancel(gw: Gateway):
     assert gw.broadcast(alert["broadcast_id"])["state"] is BroadcastState.CANCELLED
 
 
+# -- markup in CAP text ------------------------------------------------------------------------------------
+
+
+async def test_markup_in_cap_text_is_not_spoken_but_kept_in_the_record(gw: Gateway):
+    headline = "<b>濉溪县气象台</b>发布暴雨红色预警"
+    description = "<p>预计未来3小时刘桥镇将出现100毫米以上强降雨&#xff01;</p><script>alert('x')</script>"
+    instruction = "<style>b {color: red}</style>请低洼地带群众立即转移<br>老人&amp;儿童优先&nbsp;"
+    record = await gw.ingest(cn_alert(headline=headline, description=description, instruction=instruction))
+    assert record["disposition"] == "broadcast", record
+    spoken = ("濉溪县气象台发布暴雨红色预警。预计未来3小时刘桥镇将出现100毫米以上强降雨！"
+              "请低洼地带群众立即转移，老人&儿童优先。")
+    assert record["plan"]["text"].startswith(spoken), record["plan"]["text"]
+    request = gw.broadcast(record["broadcast_id"])["request"]
+    assert request["text"] == record["plan"]["text"] and request["title"] == "濉溪县气象台发布暴雨红色预警"
+    # What was written stays in the record and the document, for the console (escaped there).
+    stored = gw.alerts.get(record["id"])
+    assert stored is not None
+    assert (stored["headline"], stored["description"], stored["instruction"]) == (headline, description,
+                                                                                  instruction)
+    assert "&lt;script&gt;alert('x')&lt;/script&gt;" in stored["document"]
+
+
 # -- never lost --------------------------------------------------------------------------------------------
 
 
