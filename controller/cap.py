@@ -10,6 +10,7 @@ What each dialect may write, and what is refused or only warned about: docs/cap-
 from __future__ import annotations
 
 import codecs
+import html
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -235,6 +236,9 @@ _AREA_CODE_NAMES = frozenset({"", "行政区划代码", "行政区划编码", "�
                               "adcode", "admincode", "regioncode", "cnareacode", "gbt2260", "gb2260"})
 """geocode valueNames (lower case, without spaces, ``_``, ``-``, ``/``, ``.``) whose values are Chinese
 area codes in a namespaced document; in the Chinese variant every geocode value is tried."""
+_FREE_TEXT = frozenset({"headline", "description", "instruction", "event", "senderName", "areaDesc"})
+"""Human-readable text the announcement is made of: XML elements inside are taken as markup."""
+_MARKUP_DEPTH = 40
 _CRITICAL = frozenset({"identifier", "sender", "sent", "sendTime", "status", "msgType", "severity",
                        "expires", "references"})
 """Single-valued elements that decide what plays: two different values make the alert ambiguous."""
@@ -340,6 +344,24 @@ def _text(el: Element) -> str:
     return "".join(el.itertext()).strip()
 
 
+def _markup(el: Element, depth: int = 0) -> str:
+    """An element's mixed content as the HTML its sender meant (``a<br/>b`` written unescaped).
+
+    Joining the text alone would glue lines together and keep a ``<script>``'s code as text; as
+    markup, announcements drop it like any escaped HTML (``controller/markup.py``). Below
+    ``_MARKUP_DEPTH`` levels only the text is kept, so hostile nesting cannot exhaust the stack.
+    """
+    if depth >= _MARKUP_DEPTH:
+        return html.escape("".join(el.itertext()), quote=False)
+    parts = [html.escape(el.text or "", quote=False)]
+    for child in el:
+        _, local = _split_tag(child.tag)
+        inner = _markup(child, depth + 1)
+        parts.append(f"<{local}>{inner}</{local}>" if inner else f"<{local}/>")
+        parts.append(html.escape(child.tail or "", quote=False))
+    return "".join(parts)
+
+
 class _Reader:
     """One document's parse: collects every fatal problem (reported together) and the warnings."""
 
@@ -372,7 +394,14 @@ class _Reader:
                                             "CAP allows one")
             else:
                 self.warn(f"{path}/{name}", f"<{name}> appears {len(found)} times; the first is used")
-        return _text(found[0]) or None
+        first = found[0]
+        if name in _FREE_TEXT and len(first):
+            tags = ", ".join(dict.fromkeys(_split_tag(child.tag)[1] for child in first.iter()
+                                           if child is not first))
+            self.warn(f"{path}/{name}", f"<{name}> holds XML elements ({_clip(tags)}): kept as the markup "
+                                        "they are, which announcements do not read aloud")
+            return _markup(first).strip() or None
+        return _text(first) or None
 
     def required(self, parent: Element, name: str, path: str) -> str | None:
         value = self.one(parent, name, path)

@@ -522,6 +522,19 @@ async def test_markup_in_cap_text_is_not_spoken_but_kept_in_the_record(gw: Gatew
     assert "&lt;script&gt;alert('x')&lt;/script&gt;" in stored["document"]
 
 
+async def test_markup_written_as_xml_elements_is_not_spoken_either(gw: Gateway):
+    """<br/> and <script> written unescaped inside <description> are XML elements: their text must
+    not be glued together or read out."""
+    doc = cn_alert(description="placeholder").xml.replace(
+        b"<description>placeholder</description>",
+        "<description>预计未来3小时强降雨<br/>局地有雷暴大风<script>alert('x')</script></description>".encode())
+    record = await gw.ingest(doc)
+    assert "预计未来3小时强降雨，局地有雷暴大风。" in record["plan"]["text"], record["plan"]["text"]
+    assert "alert" not in record["plan"]["text"]
+    assert record["description"] == "预计未来3小时强降雨<br/>局地有雷暴大风<script>alert('x')</script>"
+    assert any("<description> holds XML elements (br, script)" in w for w in record["warnings"])
+
+
 # -- never lost --------------------------------------------------------------------------------------------
 
 

@@ -511,6 +511,20 @@ def test_cap1x_requires_the_full_triple(fixture: str) -> None:
     assert "only in China's national variant" in error.message
 
 
+def test_xml_elements_inside_text_fields_are_kept_as_markup() -> None:
+    """A sender that writes <br/> or <b> unescaped makes them XML elements; joining their text alone
+    would glue lines and keep a script's code. Kept as markup, announcements strip them."""
+    old = "<instruction>停止集会"
+    doc = variant(RED, old, "<instruction>请<b>立即</b>转移 &amp; 避险<br/><script>x()</script>停止集会")
+    info = parse_cap(doc).infos[0]
+    assert info.instruction.startswith("请<b>立即</b>转移 &amp; 避险<br/><script>x()</script>停止集会、停课")
+    assert any(w.startswith("alert/info[0]/instruction: <instruction> holds XML elements (b, br, script)")
+               for w in parse_cap(doc).warnings)
+    deep = variant(RED, old, f"<instruction>{'<b>' * 5000}转移{'</b>' * 5000}停止集会")
+    # Nesting cannot exhaust the stack: below 40 levels only the text is kept.
+    assert ("<b>" * 40 + "转移" + "</b>" * 40 + "停止集会") in parse_cap(deep).infos[0].instruction
+
+
 def test_duplicated_elements() -> None:
     twice = variant(RED, "<status>Actual</status>", "<status>Actual</status><status>Test</status>")
     assert refused(twice).element == "alert/status"
