@@ -159,6 +159,21 @@ def test_cap_over_the_size_limit_is_413(client: TestClient, tokens: dict[str, st
     assert post_cap(client, tokens["feed"], mid).status_code == 202
 
 
+def test_markup_is_shown_as_written_and_planned_as_plain_speech(client: TestClient, tokens: dict[str, str]):
+    """What the duty officer approves is what will be heard: no tags, entities or script in plan.text."""
+    headline, description = "<b>暴雨黄色预警</b>&nbsp;", "<p>午后有强降雨&#xff01;</p><script>steal()</script>"
+    posted = post_cap(client, tokens["feed"], cn_alert(severity="Yellow", headline=headline,
+                                                       description=description).xml).json()
+    assert posted["disposition"] == "pending"
+    record = client.get(f"/api/v1/alerts/{posted['id']}", headers=auth(tokens["viewer"])).json()
+    assert (record["headline"], record["description"]) == (headline, description)
+    assert "&lt;script&gt;steal()&lt;/script&gt;" in record["document"]
+    text = record["plan"]["text"]
+    assert text.startswith("暴雨黄色预警。午后有强降雨！"), text
+    assert not any(junk in text for junk in ("<", ">", "&", "nbsp", "steal", "#x"))
+    assert record["plan"]["request"]["title"] == "暴雨黄色预警"
+
+
 # -- the inbox ------------------------------------------------------------------------------------------
 
 
