@@ -9,7 +9,7 @@ place that strips them; the alert rules call it wherever a CAP field becomes ann
 
 The standard library's ``html.parser`` reads the markup (no regular expressions over HTML): it
 decodes entities, knows that script and style content is not text, and tolerates the broken
-markup real feeds carry. Only real HTML element names (and namespaced ones such as Word's
+markup real feeds carry. Only HTML element names (and custom or namespaced ones such as Word's
 ``<o:p>``) count as tags, so plain text like ``能见度<a级 且 b>c`` is kept as written.
 """
 
@@ -19,14 +19,15 @@ import unicodedata
 from enum import IntEnum
 from html.parser import HTMLParser
 
-_SILENT = frozenset({"script", "style"})
-"""Elements whose content is code, never text: dropped with everything inside."""
+_SILENT = frozenset({"script", "style", "template", "svg", "math"})
+"""Elements whose content is code, inert or graphics, never text: dropped with everything inside."""
 
 _PARAGRAPH = frozenset({
-    "address", "article", "aside", "blockquote", "body", "caption", "center", "dd", "div", "dl", "dt",
-    "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "html",
-    "li", "main", "nav", "ol", "p", "pre", "section", "table", "tbody", "tfoot", "thead", "title", "tr",
-    "ul",
+    "address", "article", "aside", "blockquote", "body", "caption", "center", "dd", "details", "dialog",
+    "dir", "div", "dl", "dt", "fieldset", "figcaption", "figure", "footer", "form", "frameset", "h1", "h2",
+    "h3", "h4", "h5", "h6", "header", "hgroup", "hr", "html", "legend", "li", "listing", "main", "menu",
+    "nav", "ol", "p", "plaintext", "pre", "section", "summary", "table", "tbody", "tfoot", "thead",
+    "title", "tr", "ul", "xmp",
 })
 """Block elements: what they separate are sentences (a full stop's pause)."""
 
@@ -34,13 +35,25 @@ _CLAUSE = frozenset({"br", "td", "th"})
 """A line break or a table cell separates clauses (a comma's pause); two ``<br>`` in a row, a paragraph."""
 
 _INLINE = frozenset({
-    "a", "abbr", "b", "bdi", "bdo", "big", "cite", "code", "col", "colgroup", "data", "del", "dfn", "em",
-    "font", "head", "i", "img", "ins", "kbd", "label", "link", "mark", "meta", "noscript", "q", "s",
-    "samp", "small", "span", "strike", "strong", "sub", "sup", "time", "tt", "u", "var", "wbr",
+    "a", "abbr", "acronym", "applet", "area", "audio", "b", "base", "basefont", "bdi", "bdo", "bgsound",
+    "big", "blink", "button", "canvas", "cite", "code", "col", "colgroup", "data", "datalist", "del",
+    "dfn", "em", "embed", "font", "frame", "head", "i", "iframe", "img", "image", "input", "ins", "kbd",
+    "keygen", "label", "link", "map", "mark", "marquee", "meta", "meter", "nobr", "noembed", "noframes",
+    "noscript", "object", "optgroup", "option", "output", "param", "picture", "portal", "progress", "q",
+    "rb", "rp", "rt", "rtc", "ruby", "s", "samp", "search", "select", "slot", "small", "source", "spacer",
+    "span", "strike", "strong", "sub", "sup", "textarea", "time", "track", "tt", "u", "var", "video",
+    "wbr",
 })
-"""Other HTML elements: their tags vanish, their text stays."""
+"""Every other HTML element (current and obsolete): its tags vanish, its text stays."""
 
 _KNOWN = _SILENT | _PARAGRAPH | _CLAUSE | _INLINE
+
+
+def _is_markup(tag: str) -> bool:
+    """An HTML element, a custom element (``x-foo``) or a namespaced one (Word's ``o:p``); any other
+    ``<word …>`` is text that happens to hold '<' and is kept as written."""
+    return tag in _KNOWN or "-" in tag or ":" in tag
+
 
 _PASSES = 3
 """Markup escaped once or twice more than it should be is still markup; more is not text anyone wrote."""
@@ -112,7 +125,7 @@ class _Reader(HTMLParser):
             self._tag(tag, "", opening=False)
         elif tag in _PAUSES:
             self._pause_for(_PAUSES[tag])
-        elif tag not in _KNOWN and ":" not in tag:
+        elif not _is_markup(tag):
             self.handle_data(f"</{tag}>")
 
     def handle_data(self, data: str) -> None:
@@ -139,7 +152,7 @@ class _Reader(HTMLParser):
             self._pause_for(_Break.SENTENCE if self._breaks_in_a_row > 1 else _Break.CLAUSE)
         elif tag in _PAUSES:
             self._pause_for(_PAUSES[tag])
-        elif tag not in _KNOWN and ":" not in tag:
+        elif not _is_markup(tag):
             self.handle_data(written)  # not HTML: text that happens to hold '<'
 
     def _pause_for(self, kind: _Break) -> None:

@@ -29,8 +29,10 @@ from controller.markup import speech_text
     ("Rain ends tonight<br>Winds ease", "Rain ends tonight, Winds ease"),
     ("Instructions:<br>Move now", "Instructions: Move now"),
     ("<table><tr><td>刘桥村</td><td>转移</td></tr></table>", "刘桥村，转移"),
-    # Word's namespaced tags are markup too
+    # Word's namespaced tags, custom elements and every HTML element are markup too
     ("<p class=MsoNormal>请转移<o:p></o:p></p>", "请转移"),
+    ("<x-warning level=red>请转移</x-warning><iframe src=//x></iframe><input value=1>", "请转移"),
+    ("请转移<svg onload=alert(1)><text>图示</text></svg><template><p>备用</p></template>", "请转移"),
     # escaped twice (a common feed bug): still never read out
     ("&lt;b&gt;暴雨&lt;/b&gt;预警 &amp;amp; 转移", "暴雨预警 & 转移"),
     # invisible characters are removed
