@@ -10,7 +10,8 @@ expired never plays; Test and Exercise play only as a *drill*, and only when a r
 that status with ``drill: true``. Then the rules are tried in order and the first match wins; no
 match falls back to ``alerts.default_action``.
 
-:func:`compose_text` turns the alert into what is spoken, from a Chinese template per event type;
+:func:`compose_text` turns the alert into what is spoken, from a Chinese template per event type
+(CAP text passes :func:`clean`, which strips HTML so tags and entities are never read aloud);
 :func:`build_request` makes the broadcast request the engine plays.
 """
 
@@ -27,6 +28,7 @@ from controller.alert_area import AreaMatch
 from controller.broadcasts import MAX_TEXT_CHARS, BroadcastClass, BroadcastRequest, SourceLevel, Tone
 from controller.cap import EMERGENCY_LEVEL, SEVERITY_BY_COLOUR, CapAlert, Info, MsgType, Status
 from controller.config import DEFAULT_TEMPLATE, AlertMatch, AlertRule, AlertsSettings, Config
+from controller.markup import speech_text
 
 TITLE_MAX = 200
 SOURCE_MAX = 200
@@ -310,8 +312,12 @@ def _values(settings: AlertsSettings, info: Info, match: AreaMatch, tz: tzinfo) 
 
 
 def clean(text: str) -> str:
-    """CAP text as one tidy line: layout whitespace gone, line breaks turned into joins or pauses."""
-    lines = [" ".join(line.split()) for line in text.splitlines()]
+    """CAP text as one tidy line to speak: HTML markup stripped (``controller/markup.py``; the stored
+    alert keeps what was written), layout whitespace gone, line breaks turned into joins or pauses.
+
+    Every CAP field an announcement, a broadcast title or its source is made of passes here.
+    """
+    lines = [" ".join(line.split()) for line in speech_text(text).splitlines()]
     out = ""
     for line in (ln for ln in lines if ln):
         if not out:

@@ -42,7 +42,7 @@ from controller.alert_area import AreaMatch, match_area
 from controller.alert_rules import Action, Decision, build_request, compose_text, decide, emergency_level
 from controller.auth import Actor, Role
 from controller.broadcasts import FINAL_STATES, BroadcastRequest
-from controller.cap import MAX_CAP_BYTES, CapAlert, CapError, Info, MsgType, parse_cap
+from controller.cap import MAX_CAP_BYTES, CapAlert, CapError, Info, MsgType, Reference, parse_cap
 from controller.config import Config
 from controller.events import EventBus
 from controller.store import DuplicateError, Store
@@ -323,22 +323,38 @@ class AlertService:
             if ref.sender != alert.sender:
                 notes.append(f"reference to {ref.identifier} of another sender ({ref.sender}) ignored")
                 continue
-            # The key as written; failing that the same moment written another way (the two dialects
-            # write times differently), or the identifier alone when the time cannot be read.
-            found = self.store.find_alerts(ref.sender, ref.identifier, ref.sent) or [
-                r for r in self.store.find_alerts(ref.sender, ref.identifier)
-                if ref.sent_at is None or _sent_at(r) == ref.sent_at]
+            found = [r for r in self._referenced(ref) if r["id"] != alert_id]
+            if ref.identifier_only:  # "earlier alerts": a re-issue sent after this message stays
+                later = [r for r in found if (t := _sent_at(r)) is not None and t > alert.sent]
+                notes += [f"{r['id']} ({ref.identifier}, sent {r['sent']}) was sent after this "
+                          f"{alert.msg_type}, left as it is" for r in later]
+                found = [r for r in found if r not in later]
+                if later and not found:
+                    continue
             if not found:
-                notes.append(f"referenced alert {ref.identifier} ({ref.sent}) is not known here")
+                verb = "supersede" if closing is Disposition.SUPERSEDED else "cancel"
+                notes.append(f"referenced alert {_ref_words(ref)} is not known here: nothing to {verb}")
                 continue
             for target in found:
-                if target["id"] == alert_id:
-                    continue
                 if target["disposition"] in (Disposition.SUPERSEDED, Disposition.CANCELLED):
                     notes.append(f"{target['id']} was already {target['disposition']}")
                     continue
                 notes.append(await self._close(target, closing, alert_id, actor))
         return notes
+
+    def _referenced(self, ref: Reference) -> list[dict[str, Any]]:
+        """The stored alerts one reference names, oldest first.
+
+        An identifier alone (national variant) names every alert of that sender and identifier,
+        whatever its ``sent``. A triple names the key as written; failing that the same moment
+        written another way (the two dialects write times differently), or the identifier alone
+        when its time cannot be read.
+        """
+        if ref.sent is None:
+            return self.store.find_alerts(ref.sender, ref.identifier)
+        return self.store.find_alerts(ref.sender, ref.identifier, ref.sent) or [
+            r for r in self.store.find_alerts(ref.sender, ref.identifier)
+            if ref.sent_at is None or _sent_at(r) == ref.sent_at]
 
     async def _close(self, target: dict[str, Any], closing: Disposition, by_id: str, actor: Actor) -> str:
         """Stop the target's broadcast (even playing) or close its approval; mark it closed."""
@@ -553,6 +569,13 @@ def _summary(alert: CapAlert, info: Info | None) -> dict[str, Any]:
 
 _INFO_FIELDS = ("event", "event_type", "severity", "level", "colour", "headline", "expires", "language",
                 "urgency", "certainty", "sender_name", "description", "instruction")
+
+
+def _ref_words(ref: Reference) -> str:
+    """A reference as a reason names it, saying whether it was an identifier alone."""
+    if ref.sent is None:
+        return f"{ref.identifier} (identifier only: any sent time, sender {ref.sender})"
+    return f"{ref.identifier} (sent {ref.sent})"
 
 
 def _sent_at(rec: dict[str, Any]) -> datetime | None:

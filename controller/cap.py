@@ -10,6 +10,7 @@ What each dialect may write, and what is refused or only warned about: docs/cap-
 from __future__ import annotations
 
 import codecs
+import html
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -78,11 +79,19 @@ class Reference:
 
     sender: str
     identifier: str
-    sent: str
-    """As written (the dedup key uses the text; compare with :attr:`CapAlert.sent_text`)."""
+    sent: str | None
+    """As written (the dedup key uses the text; compare with :attr:`CapAlert.sent_text`). None when
+    the entry is an identifier alone (China's national variant only): it then names every alert of
+    that sender with that identifier, whatever its ``sent``, and ``sender`` is the referencing
+    alert's own."""
     sent_at: datetime | None = None
     """``sent`` parsed, when it is a valid time: lets a reference written as ``…T03:15:00+08:00``
     find an alert whose ``sent`` was written ``… 03:15:00+08:00`` (the two dialects differ)."""
+
+    @property
+    def identifier_only(self) -> bool:
+        """Written as a bare identifier (the national variant's short form), not a full triple."""
+        return self.sent is None
 
 
 @dataclass(frozen=True)
@@ -227,6 +236,9 @@ _AREA_CODE_NAMES = frozenset({"", "行政区划代码", "行政区划编码", "�
                               "adcode", "admincode", "regioncode", "cnareacode", "gbt2260", "gb2260"})
 """geocode valueNames (lower case, without spaces, ``_``, ``-``, ``/``, ``.``) whose values are Chinese
 area codes in a namespaced document; in the Chinese variant every geocode value is tried."""
+_FREE_TEXT = frozenset({"headline", "description", "instruction", "event", "senderName", "areaDesc"})
+"""Human-readable text the announcement is made of: XML elements inside are taken as markup."""
+_MARKUP_DEPTH = 40
 _CRITICAL = frozenset({"identifier", "sender", "sent", "sendTime", "status", "msgType", "severity",
                        "expires", "references"})
 """Single-valued elements that decide what plays: two different values make the alert ambiguous."""
@@ -332,6 +344,24 @@ def _text(el: Element) -> str:
     return "".join(el.itertext()).strip()
 
 
+def _markup(el: Element, depth: int = 0) -> str:
+    """An element's mixed content as the HTML its sender meant (``a<br/>b`` written unescaped).
+
+    Joining the text alone would glue lines together and keep a ``<script>``'s code as text; as
+    markup, announcements drop it like any escaped HTML (``controller/markup.py``). Below
+    ``_MARKUP_DEPTH`` levels only the text is kept, so hostile nesting cannot exhaust the stack.
+    """
+    if depth >= _MARKUP_DEPTH:
+        return html.escape("".join(el.itertext()), quote=False)
+    parts = [html.escape(el.text or "", quote=False)]
+    for child in el:
+        _, local = _split_tag(child.tag)
+        inner = _markup(child, depth + 1)
+        parts.append(f"<{local}>{inner}</{local}>" if inner else f"<{local}/>")
+        parts.append(html.escape(child.tail or "", quote=False))
+    return "".join(parts)
+
+
 class _Reader:
     """One document's parse: collects every fatal problem (reported together) and the warnings."""
 
@@ -364,7 +394,14 @@ class _Reader:
                                             "CAP allows one")
             else:
                 self.warn(f"{path}/{name}", f"<{name}> appears {len(found)} times; the first is used")
-        return _text(found[0]) or None
+        first = found[0]
+        if name in _FREE_TEXT and len(first):
+            tags = ", ".join(dict.fromkeys(_split_tag(child.tag)[1] for child in first.iter()
+                                           if child is not first))
+            self.warn(f"{path}/{name}", f"<{name}> holds XML elements ({_clip(tags)}): kept as the markup "
+                                        "they are, which announcements do not read aloud")
+            return _markup(first).strip() or None
+        return _text(first) or None
 
     def required(self, parent: Element, name: str, path: str) -> str | None:
         value = self.one(parent, name, path)
@@ -428,7 +465,7 @@ class _Reader:
             if value and re.search(r"[\s,<&]", value):
                 self.warn(f"{p}/{name}", f"'{value}' holds a space, comma, < or &, which CAP forbids "
                                          "(a later Update cannot reference it)")
-        references = self._references(root, p)
+        references = self._references(root, p, sender or "")
         if msg_type in (MsgType.UPDATE, MsgType.CANCEL) and not references:
             self.warn(f"{p}/references", f"{msg_type} without <references> acts on no earlier alert")
         infos = tuple(self._info(el, f"{p}/info[{i}]") for i, el in enumerate(self.children(root, "info")))
@@ -487,7 +524,13 @@ class _Reader:
             return ""
         return self.enum(root, "scope", p, text)
 
-    def _references(self, root: Element, p: str) -> tuple[Reference, ...]:
+    def _references(self, root: Element, p: str, sender: str) -> tuple[Reference, ...]:
+        """``sender,identifier,sent`` entries, whitespace-separated; in the national variant an entry
+        may also be an identifier alone, meaning an earlier alert of this same ``sender``.
+
+        CAP 1.2 and 1.1 require the triple, so a bare identifier is refused there: acting on a
+        guess about another dialect's short form could cancel the wrong warning.
+        """
         path = f"{p}/references"
         text = self.one(root, "references", p)
         if text is None:
@@ -495,31 +538,44 @@ class _Reader:
                 self.fail(path, "<references> is empty: list the earlier alerts as sender,identifier,sent "
                                 "(space-separated), or leave the element out")
             return ()
-        tokens = text.split()
-        entries: list[str] = []
-        i = 0
-        while i < len(tokens):
-            token = tokens[i]
-            # The Chinese variant's "2026-11-28 03:15:00+08:00" has a space: rejoin the two halves.
-            if (i + 1 < len(tokens) and _REF_DATE_HALF.fullmatch(token)
-                    and _REF_TIME_HALF.fullmatch(tokens[i + 1])):
-                token = f"{token} {tokens[i + 1]}"
-                i += 1
-            entries.append(token)
-            i += 1
         refs = []
-        for n, entry in enumerate(entries, 1):
-            parts = entry.split(",")
-            if len(parts) != 3 or not all(parts):
-                self.fail(path, f"entry {n} '{entry}' is not sender,identifier,sent")
-                continue
-            try:
-                sent_at: datetime | None = _parse_time(parts[2])
-            except ValueError:
-                sent_at = None
-                self.warn(path, f"entry {n}: sent '{parts[2]}' is not a valid time")
-            refs.append(Reference(parts[0], parts[1], parts[2], sent_at))
+        for n, entry in enumerate(_reference_entries(text), 1):
+            ref = self._reference(entry, n, path, sender)
+            if ref is not None:
+                refs.append(ref)
         return tuple(refs)
+
+    def _reference(self, entry: str, n: int, path: str, sender: str) -> Reference | None:
+        shown = _clip(entry)
+        cn = self.dialect is Dialect.CN
+        if "，" in entry:
+            alone = ", or the identifier alone" if cn else ""
+            self.fail(path, f"entry {n} '{shown}' holds a full-width comma '，': write "
+                            f"sender,identifier,sent with ASCII commas{alone}")
+            return None
+        parts = entry.split(",")
+        if len(parts) == 1 and cn:
+            if _REF_TIME_HALF.fullmatch(entry):  # the time of a triple whose date half was unreadable
+                self.fail(path, f"entry {n} '{shown}' is a time, not an identifier: the reference before "
+                                "it is not sender,identifier,sent")
+                return None
+            return Reference(sender, entry, None)
+        if len(parts) != 3 or not all(parts):
+            if cn:
+                self.fail(path, f"entry {n} '{shown}' is neither sender,identifier,sent nor an identifier "
+                                "alone (no commas)")
+            else:
+                version = self.dialect.value.removeprefix("cap")
+                self.fail(path, f"entry {n} '{shown}' is not sender,identifier,sent: CAP {version} "
+                                "requires all three (an identifier alone is accepted only in China's "
+                                "national variant, which has no namespace)")
+            return None
+        try:
+            sent_at: datetime | None = _parse_time(parts[2])
+        except ValueError:
+            sent_at = None
+            self.warn(path, f"entry {n}: sent '{parts[2]}' is not a valid time")
+        return Reference(parts[0], parts[1], parts[2], sent_at)
 
     # -- info --
 
@@ -677,6 +733,23 @@ class _Reader:
                                 "for area matching")
             else:
                 codes.append(code)
+
+
+def _reference_entries(text: str) -> list[str]:
+    """``<references>`` split at whitespace, rejoining the national variant's space inside a time
+    (``…,2026-11-28 03:15:00+08:00``), which would otherwise look like two entries."""
+    tokens = text.split()
+    entries: list[str] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if (i + 1 < len(tokens) and _REF_DATE_HALF.fullmatch(token)
+                and _REF_TIME_HALF.fullmatch(tokens[i + 1])):
+            token = f"{token} {tokens[i + 1]}"
+            i += 1
+        entries.append(token)
+        i += 1
+    return entries
 
 
 def _squash(name: str) -> str:

@@ -51,14 +51,18 @@ _counter = [0]
 
 
 def cn_alert(identifier: str | None = None, *, sender: str = SENDER, status: str = "Actual",
-             msg_type: str = "Alert", references: tuple[CapDoc, ...] = (), event: str = "暴雨",
+             msg_type: str = "Alert", references: tuple[CapDoc | str, ...] = (), event: str = "暴雨",
              event_type: str = "11B03", severity: str = "Red", headline: str | None = None,
              description: str = "预计未来3小时内刘桥镇将出现100毫米以上强降雨。",
              instruction: str = "请低洼地带群众立即转移。", area_desc: str = "濉溪县刘桥镇刘桥村",
              geocodes: tuple[str, ...] = (LIUQIAO,), polygon: str = "", circle: str = "",
              sent: datetime | None = None, expires: datetime | timedelta | None = timedelta(hours=6)
              ) -> CapDoc:
-    """One national-variant CAP document; ``expires`` relative to now (or absolute, or None)."""
+    """One national-variant CAP document; ``expires`` relative to now (or absolute, or None).
+
+    ``references`` are earlier documents (written as full triples) or text written as is (an
+    identifier alone, as China's national system may write it).
+    """
     if identifier is None:
         _counter[0] += 1
         identifier = f"34062141600000_{_counter[0]:06d}"
@@ -67,7 +71,7 @@ def cn_alert(identifier: str | None = None, *, sender: str = SENDER, status: str
     expiry = "" if expires is None else cn_time(now + expires if isinstance(expires, timedelta) else expires)
     colour = {"Red": "红色", "Orange": "橙色", "Yellow": "黄色", "Blue": "蓝色"}.get(severity, "")
     headline = headline if headline is not None else f"{sender}发布{event}{colour}预警"
-    refs = " ".join(r.ref for r in references)
+    refs = " ".join(r if isinstance(r, str) else r.ref for r in references)
     text = f"""<?xml version="1.0" encoding="UTF-8"?>
 <alert>
   <identifier>{escape(identifier)}</identifier>

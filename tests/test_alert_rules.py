@@ -372,6 +372,30 @@ def test_english_text_keeps_its_words_apart(demo: Config) -> None:
     assert got == "Flood warning。The river will crest at 5 m tonight."
 
 
+def test_markup_in_cap_text_is_never_spoken(demo: Config) -> None:
+    """Feeds paste HTML into CAP text: the announcement, the title and the source are plain."""
+    info = make_info(
+        headline="<b>濉溪县气象台</b>发布暴雨橙色预警&nbsp;",
+        description="<p>预计未来3小时我县将出现50毫米以上降水</p><p>局地可达100毫米&#xff01;</p>"
+                    "<script>alert('x')</script><style>p {color: red}</style>",
+        instruction="防御指南：<br>1.停止户外作业<br/>2.转移低洼地带群众&amp;老人",
+        sender_name="<span>濉溪县气象台</span>",
+        areas=(Area(desc="<i>刘桥村</i>", area_codes=LIUQIAO.area_codes),))
+    template = "{sender}：{headline}。{description}{instruction}{area}"
+    got = text_for(demo, info, templates={"default": template})
+    assert got == ("濉溪县气象台：濉溪县气象台发布暴雨橙色预警。预计未来3小时我县将出现50毫米以上降水。"
+                   "局地可达100毫米！防御指南：1.停止户外作业，2.转移低洼地带群众&老人。刘桥村")
+    alert = make_alert(info)
+    request = build_request(demo, alert, info, run(rules(AUTO_ALL), alert), match_area(demo, info), got)
+    assert (request.title, request.source) == ("濉溪县气象台发布暴雨橙色预警", "濉溪县气象台")
+
+    english = make_info(language="en-US", event="Flood", event_type=None, headline="<b>Flood</b> warning",
+                        description="<p>The river will crest tonight</p><p>Stay away from the banks</p>",
+                        instruction="")
+    got = text_for(demo, english, templates={"default": "{headline}。{description}"})
+    assert got == "Flood warning。The river will crest tonight. Stay away from the banks."
+
+
 def test_colour_level_expires_and_area_placeholders(demo: Config) -> None:
     info = make_info(expires=datetime(2026, 11, 28, 7, 0, tzinfo=UTC), severity=Severity.EXTREME,
                      severity_colour="Red", areas=(COUNTY,))

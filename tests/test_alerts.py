@@ -13,7 +13,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -404,6 +404,74 @@ async def test_cancel_of_an_unknown_alert_says_so(gw: Gateway):
     assert cancel["disposition"] == "recorded" and "not known here" in cancel["reason"]
 
 
+# China's national system may reference an earlier alert by its identifier alone.
+
+REISSUED = "34062141600000_20261128031500_0"
+
+
+async def test_identifier_only_cancel_stops_a_broadcast_and_withdraws_a_pending_approval(gw: Gateway):
+    red_doc, yellow_doc = cn_alert(), cn_alert(severity="Yellow", geocodes=(QIANLI,))
+    red, yellow = await gw.ingest(red_doc), await gw.ingest(yellow_doc)
+    assert (red["disposition"], yellow["disposition"]) == ("broadcast", "pending")
+    ids = (red_doc.identifier, yellow_doc.identifier)
+    cancel = await gw.ingest(cn_alert(msg_type="Cancel", references=ids))
+    assert cancel["references"] == [{"sender": red_doc.sender, "identifier": i, "sent": None} for i in ids]
+    assert cancel["disposition"] == "recorded", cancel
+    assert f"cancels {red['id']}" in cancel["reason"] and f"cancels {yellow['id']}" in cancel["reason"]
+    assert gw.broadcast(red["broadcast_id"])["state"] is BroadcastState.CANCELLED
+    assert gw.alerts.get(red["id"])["disposition"] == "cancelled"  # type: ignore[index]
+    assert gw.alerts.get(yellow["id"])["disposition"] == "cancelled"  # type: ignore[index]
+    with pytest.raises(AlertActionError):
+        await gw.alerts.approve(yellow["id"], OFFICER)
+    assert [a["details"]["broadcast_stopped"] for a in gw.audit("alert.cancelled")] == [False, True]
+
+
+async def test_identifier_only_reference_closes_every_sent_of_that_identifier(gw: Gateway):
+    """The same identifier re-issued with a new sendTime: both are the alert the Cancel lifts."""
+    base = datetime.now(UTC) - timedelta(minutes=30)
+    first = await gw.ingest(cn_alert(REISSUED, severity="Yellow", sent=base))
+    again = await gw.ingest(cn_alert(REISSUED, severity="Yellow", sent=base + timedelta(minutes=10)))
+    assert first["id"] != again["id"] and again["duplicate"] is False
+    cancel = await gw.ingest(cn_alert(msg_type="Cancel", references=(REISSUED,)))
+    assert f"cancels {first['id']}" in cancel["reason"] and f"cancels {again['id']}" in cancel["reason"]
+    assert {gw.alerts.get(a["id"])["disposition"] for a in (first, again)} == {"cancelled"}  # type: ignore[index]
+
+
+async def test_identifier_only_reference_spares_a_reissue_sent_after_the_cancel(gw: Gateway):
+    now = datetime.now(UTC)
+    older = await gw.ingest(cn_alert(REISSUED, severity="Yellow", sent=now - timedelta(minutes=20)))
+    newer = await gw.ingest(cn_alert(REISSUED, severity="Yellow", sent=now + timedelta(minutes=1)))
+    cancel = await gw.ingest(cn_alert(msg_type="Cancel", references=(REISSUED,), sent=now))
+    assert f"cancels {older['id']}" in cancel["reason"], cancel
+    assert f"{newer['id']} ({REISSUED}, sent {newer['sent']}) was sent after this Cancel" in cancel["reason"]
+    assert gw.alerts.get(newer["id"])["disposition"] == "pending"  # type: ignore[index]
+
+
+async def test_identifier_only_update_supersedes(gw: Gateway):
+    first = cn_alert(severity="Orange")
+    old = await gw.ingest(first)
+    new = await gw.ingest(cn_alert(msg_type="Update", references=(first.identifier,), severity="Red"))
+    assert new["disposition"] == "broadcast" and f"supersedes {old['id']}" in new["reason"], new
+    assert gw.alerts.get(old["id"])["disposition"] == "superseded"  # type: ignore[index]
+    assert gw.broadcast(old["broadcast_id"])["state"] is BroadcastState.CANCELLED
+
+
+async def test_identifier_only_reference_to_nothing_known_is_recorded_with_the_reason(gw: Gateway):
+    live = await gw.ingest(cn_alert())
+    cancel = await gw.ingest(cn_alert("34062141600000_self", msg_type="Cancel",
+                                      references=("34062141600000_never", "34062141600000_self")))
+    assert cancel["disposition"] == "recorded"
+    assert ("referenced alert 34062141600000_never (identifier only: any sent time, sender 濉溪县气象台) is "
+            "not known here: nothing to cancel") in cancel["reason"], cancel
+    # Naming its own identifier finds only itself: that is not an earlier alert either.
+    assert "referenced alert 34062141600000_self (identifier only" in cancel["reason"]
+    assert gw.alerts.get(live["id"])["disposition"] == "broadcast"  # type: ignore[index]
+    update = await gw.ingest(cn_alert(msg_type="Update", references=("34062141600000_never",)))
+    assert update["disposition"] == "broadcast"
+    assert "34062141600000_never (identifier only" in update["reason"]
+    assert "nothing to supersede" in update["reason"]
+
+
 async def test_national_feed_alert_update_cancel_sequence(gw: Gateway):
     """The parser's samples (tests/cap/): a red warning, its Update to orange for the whole township
     (sent only as <sendTime>, reference time with a space), then a Cancel of both."""
@@ -430,6 +498,41 @@ async def test_cap12_alert_and_its_cancel(gw: Gateway):
     cancel = await gw.ingest((samples / "cap12_zh_cancel.xml").read_bytes())
     assert f"cancels {alert['id']}" in cancel["reason"], cancel
     assert gw.broadcast(alert["broadcast_id"])["state"] is BroadcastState.CANCELLED
+
+
+# -- markup in CAP text ------------------------------------------------------------------------------------
+
+
+async def test_markup_in_cap_text_is_not_spoken_but_kept_in_the_record(gw: Gateway):
+    headline = "<b>濉溪县气象台</b>发布暴雨红色预警"
+    description = "<p>预计未来3小时刘桥镇将出现100毫米以上强降雨&#xff01;</p><script>alert('x')</script>"
+    instruction = "<style>b {color: red}</style>请低洼地带群众立即转移<br>老人&amp;儿童优先&nbsp;"
+    record = await gw.ingest(cn_alert(headline=headline, description=description, instruction=instruction))
+    assert record["disposition"] == "broadcast", record
+    spoken = ("濉溪县气象台发布暴雨红色预警。预计未来3小时刘桥镇将出现100毫米以上强降雨！"
+              "请低洼地带群众立即转移，老人&儿童优先。")
+    assert record["plan"]["text"].startswith(spoken), record["plan"]["text"]
+    request = gw.broadcast(record["broadcast_id"])["request"]
+    assert request["text"] == record["plan"]["text"] and request["title"] == "濉溪县气象台发布暴雨红色预警"
+    # What was written stays in the record and the document, for the console (escaped there).
+    stored = gw.alerts.get(record["id"])
+    assert stored is not None
+    assert (stored["headline"], stored["description"], stored["instruction"]) == (headline, description,
+                                                                                  instruction)
+    assert "&lt;script&gt;alert('x')&lt;/script&gt;" in stored["document"]
+
+
+async def test_markup_written_as_xml_elements_is_not_spoken_either(gw: Gateway):
+    """<br/> and <script> written unescaped inside <description> are XML elements: their text must
+    not be glued together or read out."""
+    doc = cn_alert(description="placeholder").xml.replace(
+        b"<description>placeholder</description>",
+        "<description>预计未来3小时强降雨<br/>局地有雷暴大风<script>alert('x')</script></description>".encode())
+    record = await gw.ingest(doc)
+    assert "预计未来3小时强降雨，局地有雷暴大风。" in record["plan"]["text"], record["plan"]["text"]
+    assert "alert" not in record["plan"]["text"]
+    assert record["description"] == "预计未来3小时强降雨<br/>局地有雷暴大风<script>alert('x')</script>"
+    assert any("<description> holds XML elements (br, script)" in w for w in record["warnings"])
 
 
 # -- never lost --------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from controller.store import Store
 from controller.tts import SpeechService
 
 CAP = "/api/v1/alerts/cap"
+CAP12_CANCEL = (Path(__file__).resolve().parent / "cap" / "cap12_zh_cancel.xml").read_bytes()
 XML = {"Content-Type": "application/xml"}
 
 
@@ -128,6 +129,13 @@ def test_post_is_202_then_duplicate_is_200(client: TestClient, services: ApiServ
      "alert/info[0]/severity", "Purple"),
     (cn_alert().xml.replace(b"<sendTime>", b"<sendTime>yesterday").replace(b"</sendTime>", b"x</sendTime>"),
      "alert/sendTime", "time"),
+    # A malformed reference names <references>, in the message too (a feed's log shows only that).
+    (cn_alert(msg_type="Cancel", references=("濉溪县气象台,34062141600000_1",)).xml, "alert/references",
+     "alert/references: entry 1 '濉溪县气象台,34062141600000_1' is neither sender,identifier,sent"),
+    (CAP12_CANCEL.replace(b"sxqxt@ahqx.gov.cn,CN-AH-HB-SX-20261128-0315-RS,2026-11-28T03:15:00+08:00",
+                          b"CN-AH-HB-SX-20261128-0315-RS"), "alert/references",
+     "alert/references: entry 1 'CN-AH-HB-SX-20261128-0315-RS' is not sender,identifier,sent: CAP 1.2 "
+     "requires all three"),
     (b"<alert><identifier>1</identifier>", None, "well-formed"),
     (b"", None, "empty"),
     (b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]><alert>&x;</alert>',
@@ -149,6 +157,21 @@ def test_cap_over_the_size_limit_is_413(client: TestClient, tokens: dict[str, st
     mid = cn_alert(description="较长的描述。" * 15_000).xml
     assert 256 * 1024 < len(mid) < 1024 * 1024
     assert post_cap(client, tokens["feed"], mid).status_code == 202
+
+
+def test_markup_is_shown_as_written_and_planned_as_plain_speech(client: TestClient, tokens: dict[str, str]):
+    """What the duty officer approves is what will be heard: no tags, entities or script in plan.text."""
+    headline, description = "<b>暴雨黄色预警</b>&nbsp;", "<p>午后有强降雨&#xff01;</p><script>steal()</script>"
+    posted = post_cap(client, tokens["feed"], cn_alert(severity="Yellow", headline=headline,
+                                                       description=description).xml).json()
+    assert posted["disposition"] == "pending"
+    record = client.get(f"/api/v1/alerts/{posted['id']}", headers=auth(tokens["viewer"])).json()
+    assert (record["headline"], record["description"]) == (headline, description)
+    assert "&lt;script&gt;steal()&lt;/script&gt;" in record["document"]
+    text = record["plan"]["text"]
+    assert text.startswith("暴雨黄色预警。午后有强降雨！"), text
+    assert not any(junk in text for junk in ("<", ">", "&", "nbsp", "steal", "#x"))
+    assert record["plan"]["request"]["title"] == "暴雨黄色预警"
 
 
 # -- the inbox ------------------------------------------------------------------------------------------

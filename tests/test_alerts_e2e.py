@@ -27,6 +27,7 @@ from simkit import Daemon, SimConfig, SimProcess, free_port, make_token, running
 HANG_GUARD_S = 90.0
 """Only a guard against a hung test, never a performance claim."""
 FINAL = ("succeeded", "failed", "cancelled")
+CAP12_CANCEL = (Path(__file__).resolve().parent / "cap" / "cap12_zh_cancel.xml").read_bytes()
 
 
 @contextlib.contextmanager
@@ -228,6 +229,42 @@ def test_cancel_and_update_stop_a_broadcast_that_is_playing(gateway: tuple[Gatew
     assert new["state"] == "succeeded"
     assert new["request"]["title"] == "濉溪县气象台将台风预警调整为暴雨橙色预警"
     assert len(gw.spans("rtu3")) >= 2  # it fell silent when the old one stopped, then played the new one
+
+
+def test_national_cancel_naming_identifiers_alone_stops_the_warning(gateway: tuple[Gateway, Daemon]):
+    """China's national system writes <references> as bare identifiers of its own earlier alerts."""
+    gw, _ = gateway
+    typhoon_doc = cn_alert(event="台风", event_type="11B01", severity="Red")  # plays ten times
+    yellow_doc = cn_alert(severity="Yellow", geocodes=(QIANLI,), area_desc="前李村")
+    typhoon, yellow = gw.post(typhoon_doc.xml), gw.post(yellow_doc.xml)
+    assert typhoon["disposition"] == "broadcast" and yellow["disposition"] == "pending", (typhoon, yellow)
+    wait_until("the red typhoon warning on air",
+               lambda: gw.broadcast(typhoon["broadcast_id"])["state"] == "playing" and gw.audible_now("rtu1"))
+
+    # CAP 1.2 requires sender,identifier,sent: the short form there is refused, naming the element,
+    # and the warning on air is untouched.
+    short = CAP12_CANCEL.replace(b"sxqxt@ahqx.gov.cn,CN-AH-HB-SX-20261128-0315-RS,2026-11-28T03:15:00+08:00",
+                                 b"CN-AH-HB-SX-20261128-0315-RS")
+    refused = gw.http["feed"].post("/alerts/cap", content=short, headers={"Content-Type": "application/xml"})
+    assert refused.status_code == 422 and refused.json()["field"] == "alert/references", refused.text
+    assert "alert/references" in refused.json()["error"]
+    assert gw.broadcast(typhoon["broadcast_id"])["state"] == "playing" and gw.audible_now("rtu1")
+
+    # The national Cancel lifts both by identifier alone, whitespace-separated.
+    written = f"{typhoon_doc.identifier}\n   {yellow_doc.identifier}"
+    cancel = gw.post(cn_alert(msg_type="Cancel", references=(written,)).xml)
+    assert cancel["disposition"] == "recorded", cancel
+    assert f"cancels {typhoon['id']}" in cancel["reason"] and f"cancels {yellow['id']}" in cancel["reason"]
+    assert gw.broadcast(typhoon["broadcast_id"])["state"] == "cancelled"
+    wait_until("rtu1 and rtu2 silent", lambda: not gw.audible_now("rtu1") and not gw.audible_now("rtu2"))
+    wait_until("amplifiers off",
+               lambda: not any(gw.sim.state(t)["coils"]["amp_power"] for t in ("rtu1", "rtu2")))
+    assert gw.alert(typhoon["id"])["disposition"] == "cancelled"
+    withdrawn = gw.alert(yellow["id"])
+    assert withdrawn["disposition"] == "cancelled" and cancel["id"] in withdrawn["reason"], withdrawn
+    late = gw.http["operator"].post(f"/alerts/{yellow['id']}/approve")
+    assert late.status_code == 409, late.text
+    assert gw.spans("rtu3") == []  # the withdrawn yellow warning never sounded in 前李村
 
 
 def test_pending_alert_survives_a_restart(township: tuple[SimConfig, int], tmp_path: Path):

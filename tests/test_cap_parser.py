@@ -450,6 +450,81 @@ def test_references() -> None:
     assert any("Update without <references>" in w for w in lonely.warnings)
 
 
+CN_CANCEL = fixture_text("cn_rainstorm_cancel.xml")
+CAP11 = fixture_text("cap11_zh_cold_wave.xml")
+RED_ID, UPDATE_ID = "34062141600000_20261128031500", "34062141600000_20261128061000"
+CN_REFS = ("濉溪县气象台,34062141600000_20261128031500,2026-11-28 03:15:00+08:00 "
+           "濉溪县气象台,34062141600000_20261128061000,2026-11-28 06:10:00+08:00")
+
+
+def cn_cancel(references: str) -> str:
+    """The national feed's Cancel (tests/cap/cn_rainstorm_cancel.xml) with other ``<references>``."""
+    return variant(CN_CANCEL, f"<references>{CN_REFS}</references>", f"<references>{references}</references>")
+
+
+def test_cn_reference_may_be_an_identifier_alone_from_the_same_sender() -> None:
+    cancel = parse_cap(cn_cancel(RED_ID))
+    (ref,) = cancel.references
+    assert (ref.sender, ref.identifier, ref.sent, ref.sent_at) == ("濉溪县气象台", RED_ID, None, None)
+    assert ref.identifier_only and cancel.warnings == ()
+
+
+def test_cn_references_mix_identifiers_and_triples() -> None:
+    later = "34062141600000_20261128080000"
+    written = f"  {RED_ID}\n 濉溪县气象台,{UPDATE_ID},2026-11-28 06:10:00+08:00\t{later} "
+    cancel = parse_cap(cn_cancel(written))
+    assert [(r.sender, r.identifier, r.sent) for r in cancel.references] == [
+        ("濉溪县气象台", RED_ID, None),
+        ("濉溪县气象台", UPDATE_ID, "2026-11-28 06:10:00+08:00"),
+        ("濉溪县气象台", later, None)]
+    assert cancel.references[1].sent_at == datetime(2026, 11, 28, 6, 10, tzinfo=CST)
+
+
+@pytest.mark.parametrize(("written", "words"), [
+    ("濉溪县气象台,34062141600000_20261128031500", "entry 1 '濉溪县气象台,34062141600000_20261128031500' is "
+                                                  "neither sender,identifier,sent nor an identifier alone"),
+    (f"{RED_ID} 濉溪县气象台,,2026-11-28T03:15:00+08:00", "entry 2"),
+    (f"{RED_ID},", "is neither sender,identifier,sent"),
+    (f"濉溪县气象台，{RED_ID}，2026-11-28T03:15:00+08:00", "full-width comma"),
+    # A date the rejoin cannot read leaves its time half behind: never taken as an identifier.
+    (f"濉溪县气象台,{RED_ID},2026/11/28 03:15:00+08:00",
+     "entry 2 '03:15:00+08:00' is a time, not an identifier"),
+])
+def test_cn_malformed_reference_is_refused_naming_the_element(written: str, words: str) -> None:
+    error = refused(cn_cancel(written))
+    assert error.element == "alert/references"
+    assert words in error.message
+    assert str(error).startswith("alert/references: ")
+
+
+@pytest.mark.parametrize("fixture", ["cap12", "cap11"])
+def test_cap1x_requires_the_full_triple(fixture: str) -> None:
+    """OASIS CAP 1.2 and 1.1 define references as sender,identifier,sent; a bare identifier there is
+    not the national short form but a broken document, and a guess could cancel the wrong warning."""
+    text = CAP12 if fixture == "cap12" else CAP11
+    doc = variant(text, "<scope>Public</scope>",
+                  "<scope>Public</scope><references>CN-AH-HB-SX-20261128-0315-RS</references>")
+    error = refused(doc)
+    assert error.element == "alert/references"
+    version = "1.2" if fixture == "cap12" else "1.1"
+    assert f"is not sender,identifier,sent: CAP {version} requires all three" in error.message
+    assert "only in China's national variant" in error.message
+
+
+def test_xml_elements_inside_text_fields_are_kept_as_markup() -> None:
+    """A sender that writes <br/> or <b> unescaped makes them XML elements; joining their text alone
+    would glue lines and keep a script's code. Kept as markup, announcements strip them."""
+    old = "<instruction>停止集会"
+    doc = variant(RED, old, "<instruction>请<b>立即</b>转移 &amp; 避险<br/><script>x()</script>停止集会")
+    info = parse_cap(doc).infos[0]
+    assert info.instruction.startswith("请<b>立即</b>转移 &amp; 避险<br/><script>x()</script>停止集会、停课")
+    assert any(w.startswith("alert/info[0]/instruction: <instruction> holds XML elements (b, br, script)")
+               for w in parse_cap(doc).warnings)
+    deep = variant(RED, old, f"<instruction>{'<b>' * 5000}转移{'</b>' * 5000}停止集会")
+    # Nesting cannot exhaust the stack: below 40 levels only the text is kept.
+    assert ("<b>" * 40 + "转移" + "</b>" * 40 + "停止集会") in parse_cap(deep).infos[0].instruction
+
+
 def test_duplicated_elements() -> None:
     twice = variant(RED, "<status>Actual</status>", "<status>Actual</status><status>Test</status>")
     assert refused(twice).element == "alert/status"
