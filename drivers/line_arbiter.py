@@ -61,6 +61,9 @@ from drivers.serial_port import PortIdentity, SerialPortSettings, port_identity
 log = logging.getLogger(__name__)
 
 BROADCAST_UNIT = 0
+GARBLE_SLACK_S = 0.03
+"""Delivery slack after a reply's wire time before it counts as garbled (a USB adapter's latency
+timer holds bytes up to 16 ms; a pty delivers in 4 ms chunks)."""
 _CLIENT_TIMEOUT_S = 60.0  # pymodbus's own timeout: never reached, the arbiter cancels first
 
 
@@ -420,6 +423,18 @@ class LineArbiter(LineDriver):
             return list(data[:job.block.count])
         return None
 
+    def _garble_deadline(self, received: int) -> None:
+        """A reply has begun: it is on the wire as one continuous stream, so it is complete within
+        its own wire time (plus the silence that ends it and some delivery slack). One that is not
+        decodable by then was damaged — a bad header hides its CRC failure — and is retried now,
+        not after the whole reply timeout (which is for silence)."""
+        assert self._deadline is not None and self._expect_block is not None
+        rest = max(0, _reply_size(self._expect_block) - received) * self._char_s
+        limit = asyncio.get_running_loop().time() + rest + self._t35_s + GARBLE_SLACK_S
+        when = self._deadline.when()
+        if when is None or limit < when:
+            self._deadline.reschedule(limit)
+
     def _abort_attempt(self, reason: str) -> None:
         """End the wait for the current reply now (``crc``: garbled; ``down``: the line dropped)."""
         if self._deadline is not None and self._abort_reason is None:
@@ -438,7 +453,10 @@ class LineArbiter(LineDriver):
         """Watch the received bytes: a complete frame with a bad CRC ends the attempt at once."""
         if sending:
             return data
+        first = self._rx_bytes == 0
         self._rx_bytes += len(data)
+        if first and self.is_serial and self._deadline is not None and self._expect_block is not None:
+            self._garble_deadline(len(data))
         if self.is_serial and self._deadline is not None \
                 and _rtu_crc_failed(self._decoder, data, self._expect_unit):
             self._abort_attempt("crc")
