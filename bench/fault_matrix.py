@@ -61,6 +61,7 @@ class Result:
             "states": [j.state for j in self.trials],
             "coverage": [j.coverage for j in self.trials],
             "contradictions": sum(len(j.contradictions) for j in self.trials),
+            "unconfirmed": sum(t.unconfirmed for j in self.trials for t in j.terminals.values()),
             "contradicted": [f"{c.device}: {c.contradiction}" for j in self.trials for c in j.contradictions],
             "outcomes": [_count(j) for j in self.trials],
             "repetition_sound_s": [j.repetition_sound_s for j in self.trials],

@@ -12,8 +12,11 @@ the program as it arrived on the simulator's audio line (its recording, judged i
 ``audible``). A reported outcome *contradicts* that evidence when
 
 * ``succeeded`` — the terminal was audible for less than 90 % of one repetition's sound;
-* ``failed`` / ``unreachable`` — it was audible for more than 0.5 s of the program;
+* ``failed`` — it was audible for more than 0.5 s of the program;
 * ``partial`` — it was never audible.
+
+``unreachable`` claims nothing about what played (no read-back answered); one that was audible
+anyway is counted as *unconfirmed*, not as a contradiction.
 
 It also gives, per terminal, the audible seconds, the delay from the program's first sound to the
 terminal's first audible moment, and the coil state after the broadcast (``released``: amplifier,
@@ -91,6 +94,8 @@ class TerminalEvidence:
     """From the program's first sound to the terminal's first audible moment in the program."""
     released: bool
     contradiction: str = ""
+    unconfirmed: bool = False
+    """Reported unreachable, yet audible: the gateway could not read it back (not a contradiction)."""
     detail: dict[str, Any] = field(default_factory=dict)
 
 
@@ -279,8 +284,10 @@ class Township:
                                   detail={k: o.get(k) for k in ("joined_late", "missed_s", "audible_s")})
             if o["outcome"] == "succeeded" and audible < 0.9 * rep_sound:
                 ev.contradiction = f"succeeded, but audible {audible:.1f} s of a {rep_sound:.1f} s repetition"
-            elif o["outcome"] in ("failed", "unreachable") and audible > 0.5:
-                ev.contradiction = f"{o['outcome']}, but audible {audible:.1f} s"
+            elif o["outcome"] == "failed" and audible > 0.5:
+                ev.contradiction = f"failed, but audible {audible:.1f} s"
+            elif o["outcome"] == "unreachable" and audible > 0.5:
+                ev.unconfirmed = True
             elif o["outcome"] == "partial" and audible == 0:
                 ev.contradiction = "partial, but never audible"
             out[dev] = ev

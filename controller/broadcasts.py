@@ -75,7 +75,7 @@ class TerminalOutcome(StrEnum):
     SUCCEEDED = "succeeded"      # audio confirmed throughout at least one complete repetition
     PARTIAL = "partial"          # audible part of the time (joined late, dropped out), no whole repetition
     FAILED = "failed"            # answered, but never confirmed audible (reason says why)
-    UNREACHABLE = "unreachable"  # did not answer during the broadcast
+    UNREACHABLE = "unreachable"  # no read-back answered: nothing known of what it played
 
 
 class Targets(BaseModel):

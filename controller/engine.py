@@ -327,7 +327,8 @@ class BroadcastEngine:
         self.releaser.unpark()  # kept on by a pre-empted broadcast but not ours: restore them
         activation = Activation(entry.id, entry.resolved, self.hardware, self.store, settings, self.releaser,
                                 inherited=inherited, offline=entry.offline_at_start,
-                                timeline=ProgramTimeline(program.repetitions),
+                                timeline=ProgramTimeline(program.repetitions,
+                                                         time_scale=getattr(self.player, "time_scale", 1.0)),
                                 report=lambda dev, verdict: self._outcome(entry.id, dev, verdict))
         for dev in entry.resolved.device_ids:
             self.store.set_outcome(entry.id, dev, TerminalOutcome.PENDING)

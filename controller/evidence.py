@@ -22,7 +22,8 @@ The rule (also in docs/api.md, "Outcome rule"):
   first sound with nothing read since that says otherwise — but no complete repetition covered:
   it joined after the start of a one-repetition program, or dropped out. Never called failed.
 * **failed**: answered, but never confirmed audible (the reason says what the readings showed).
-* **unreachable**: never answered during the broadcast.
+* **unreachable**: no read-back answered during the broadcast — nothing is known of what it
+  played (it may even have been switched on before its line went down).
 
 Every verdict carries ``joined_late`` (not confirmed able to play when the program's first sound
 went out), ``missed_s`` (seconds of program sound outside its streaks) and ``audible_s``.
@@ -105,11 +106,15 @@ class ProgramTimeline:
 
     The engine calls :meth:`begin` as the first chunk goes to the player, :meth:`add_chunk` for
     every chunk (its length and whether it carries sound) and :meth:`end` when the program stops.
-    ``repetitions`` gives each repetition's span in program seconds (from the program's layout).
+    ``repetitions`` gives each repetition's span in program seconds (from the program's layout);
+    ``time_scale`` > 1 when the player plays faster than real time (tests only): chunk lengths and
+    repetitions are program seconds, everything stored here is wall-clock seconds.
     """
 
-    def __init__(self, repetitions: Callable[[], list[tuple[float, float]]] | None = None) -> None:
+    def __init__(self, repetitions: Callable[[], list[tuple[float, float]]] | None = None, *,
+                 time_scale: float = 1.0) -> None:
         self._repetitions = repetitions or (lambda: [])
+        self.time_scale = time_scale
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self._cursor = 0.0
@@ -129,7 +134,7 @@ class ProgramTimeline:
     def add_chunk(self, seconds: float, sound: bool) -> None:
         assert self.started_at is not None, "begin() first"
         a = self.started_at + self._cursor
-        self._cursor += seconds
+        self._cursor += seconds / self.time_scale
         b = self.started_at + self._cursor
         if not sound:
             return
@@ -172,10 +177,6 @@ class ProgramTimeline:
         return total
 
     @property
-    def total_sound_s(self) -> float:
-        return sum(e - s for s, e in zip(self._starts, self._ends, strict=True))
-
-    @property
     def first_sound_at(self) -> float | None:
         return self._starts[0] if self._starts else None
 
@@ -183,13 +184,9 @@ class ProgramTimeline:
         """Repetitions that have been played to their end, in monotonic time."""
         if self.started_at is None:
             return []
-        done = self._cursor
-        return [Span(self.started_at + a, self.started_at + b)
-                for a, b in self._repetitions() if b <= done + 1e-6]
-
-    @property
-    def duration_s(self) -> float:
-        return self._cursor
+        done, k = self._cursor, self.time_scale
+        return [Span(self.started_at + a / k, self.started_at + b / k)
+                for a, b in self._repetitions() if b / k <= done + 1e-6]
 
 
 # ---------------------------------------------------------------------------------------- devices

@@ -40,6 +40,8 @@ addStrings({
     'hist.device': '终端',
     'hist.village': '村',
     'hist.outcome': '结果',
+    'hist.late': '迟 {late} 秒加入，漏播 {missed} 秒',
+    'hist.missed': '漏播 {missed} 秒',
     'hist.notes': '过程记录',
     'hist.audio': '播出录音',
     'hist.no_audio': '没有录音。',
@@ -86,6 +88,8 @@ addStrings({
     'hist.device': 'Terminal',
     'hist.village': 'Village',
     'hist.outcome': 'Outcome',
+    'hist.late': 'joined {late} s late, missed {missed} s',
+    'hist.missed': 'missed {missed} s',
     'hist.notes': 'Notes',
     'hist.audio': 'Recorded audio',
     'hist.no_audio': 'No recording.',
@@ -325,7 +329,17 @@ function renderDetail(root, id) {
     h('span', { class: 'v-cell v-strong' }, dev.name || o.device_id),
     h('span', { class: 'v-cell v-muted' }, dev.village || ''),
     h('span', { class: 'v-cell v-mono v-muted' }, o.device_id),
-    h('span', { class: 'v-cell v-reason' }, o.reason || ''));
+    h('span', { class: 'v-cell v-reason' }, lateNote(o), o.reason || ''));
+  }
+
+  // What the evidence says the terminal missed (controller/evidence.py): said before the reason.
+  function lateNote(o) {
+    const missed = Number(o.missed_s || 0);
+    if (o.outcome === 'pending' || o.outcome === 'unreachable' || (!o.joined_late && missed < 0.5)) return null;
+    const text = o.joined_late && o.joined_at_s != null
+      ? t('hist.late', { late: Number(o.joined_at_s).toFixed(1), missed: missed.toFixed(1) })
+      : t('hist.missed', { missed: missed.toFixed(1) });
+    return h('span', { class: 'v-late', 'data-testid': `late-${o.device_id}` }, text, ' ');
   }
 
   function drawAudio(code) {
@@ -376,7 +390,8 @@ function renderDetail(root, id) {
       if (!ev || ev.id !== id || !record) return;
       const outcomes = (record.outcomes || []).filter((o) => o.device_id !== ev.device);
       const old = (record.outcomes || []).findIndex((o) => o.device_id === ev.device);
-      const next = { device_id: ev.device, outcome: ev.outcome, reason: ev.reason || '' };
+      const next = { device_id: ev.device, outcome: ev.outcome, reason: ev.reason || '',
+        joined_late: ev.joined_late, missed_s: ev.missed_s, audible_s: ev.audible_s, joined_at_s: ev.joined_at_s };
       if (old >= 0) outcomes.splice(old, 0, next); else outcomes.push(next);
       record = { ...record, outcomes };
       draw();
