@@ -84,6 +84,7 @@ class SessionOut(BaseModel):
     name: str
     role: Literal["viewer", "operator", "admin", "feed"] | None
     token_id: str | None
+    timezone: str = Field(description="The gateway's IANA time zone: the console shows times in it")
 
 
 class ScheduleOut(_Out):
