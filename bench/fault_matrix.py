@@ -11,8 +11,9 @@ every terminal was restored.
 
 Faults (``--only`` picks some): none, crc10 (10 % of replies CRC-corrupted on every RS-485
 terminal, ``--trials`` drills), dead2 (two terminals dead; once health polling has them offline),
-unplug-start / unplug-middle / unplug-release (the RS-485 adapter pulled for ``--outage`` s: 0.3 s
-after the POST, 8 s into the program, or as the program ends), slow (150 ms extra turnaround on
+unplug-start / unplug-warmup / unplug-middle / unplug-release (the RS-485 adapter pulled for
+``--outage`` s: 0.3 s after the POST — before the power-on frame —, 1 s after it — the amplifiers
+warming up —, 8 s into the program, or as the program ends), slow (150 ms extra turnaround on
 every RS-485 terminal), mains (three terminals on battery), kill9 (the daemon killed with SIGKILL
 8 s into the program and started again), broker (Mosquitto down for ``--broker-outage`` s around a
 broadcast; afterwards the county must have every report: the MQTT ``seq`` complete).
@@ -51,11 +52,14 @@ class Result:
     fault: str
     trials: list[Judgement] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
+    unreachable_at_start: tuple[str, ...] = ()
+    """Terminals the fault kept from being reached when the broadcast began: the attention-tone
+    promise is for the others."""
 
     def summary(self) -> dict[str, Any]:
         audible = [t.audible_s for j in self.trials for t in j.terminals.values()]
         delays = [t.first_audible_delay_s for j in self.trials for t in j.terminals.values()
-                  if t.first_audible_delay_s is not None]
+                  if t.first_audible_delay_s is not None and t.device not in self.unreachable_at_start]
         return {
             "fault": self.fault,
             "states": [j.state for j in self.trials],
@@ -69,7 +73,8 @@ class Result:
             if audible else None,
             "tone_delay_s_max": round(max(delays), 3) if delays else None,
             "tone_delay_over_100ms": sorted({t.device for j in self.trials for t in j.terminals.values()
-                                             if (t.first_audible_delay_s or 0) > 0.1}),
+                                             if (t.first_audible_delay_s or 0) > 0.1
+                                             and t.device not in self.unreachable_at_start}),
             "released": all(t.released for j in self.trials for t in j.terminals.values()),
             "reasons": [j.reason[:300] for j in self.trials],
             **self.notes,
@@ -181,7 +186,7 @@ def f_dead2(town: Township, args: argparse.Namespace) -> Result:
         for dev in dead:
             town.fault("offline", device=dev, clear=True)
     settle(town)
-    return Result("dead2", [trial], {"dead": dead})
+    return Result("dead2", [trial], {"dead": dead}, tuple(dead))
 
 
 def f_unplug(where: str) -> Callable[[Township, argparse.Namespace], Result]:
@@ -190,7 +195,9 @@ def f_unplug(where: str) -> Callable[[Township, argparse.Namespace], Result]:
 
         def during(bid: str) -> None:
             if where == "start":
-                time.sleep(0.3)
+                time.sleep(0.3)  # before the power-on frame: they join after the replug, then warm up
+            elif where == "warmup":
+                time.sleep(1.0)  # after the power-on frame: they warm up while the line is out
             elif where == "middle":
                 program_started(town, bid)
                 time.sleep(8.0)
@@ -211,8 +218,8 @@ def f_unplug(where: str) -> Callable[[Township, argparse.Namespace], Result]:
                 notes.update(after_replug(town, replug, at_replug))
                 if record["finished_at"] and record["finished_at"] < replug:
                     notes["ended_before_replug"] = True
-        result = Result(f"unplug-{where}", [run_broadcast(town, during=during)], notes)
-        return result
+        return Result(f"unplug-{where}", [run_broadcast(town, during=during)], notes,
+                      tuple(RTU) if where == "start" else ())
     return run
 
 
@@ -290,6 +297,7 @@ def mqtt_seqs(town: Township) -> list[int]:
 
 FAULTS: dict[str, Callable[[Township, argparse.Namespace], Result]] = {
     "none": f_none, "crc10": f_crc10, "dead2": f_dead2, "unplug-start": f_unplug("start"),
+    "unplug-warmup": f_unplug("warmup"),
     "unplug-middle": f_unplug("middle"), "unplug-release": f_unplug("release"), "slow": f_slow,
     "mains": f_mains, "kill9": f_kill9, "broker": f_broker,
 }

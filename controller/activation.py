@@ -304,11 +304,6 @@ class Activation:
         await self.releaser.hand_back(back)
         return kept
 
-    @property
-    def verdicts(self) -> dict[str, Verdict]:
-        """Devices judged so far (successes during the program; everything after :meth:`finish`)."""
-        return {d: t.reported for d, t in self._tracked.items() if t.reported is not None}
-
     # ------------------------------------------------------------------ shared with the sessions
 
     def _poke(self) -> None:

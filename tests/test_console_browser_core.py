@@ -10,6 +10,7 @@ device names and CAP text are attacker-controlled).
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 from browserkit import (  # noqa: F401  (browser, console_township, context, page: fixtures)
@@ -367,3 +368,53 @@ def test_live_stream_reconnects_after_a_daemon_restart(console_township: Townshi
     finally:
         tw.sim.fault("amp_fault", device="t12", clear=True)
     expect(_card(page, "t12")).to_have_attribute("data-state", "recovered")
+
+
+PLAY_WAIT_MS = 120_000
+FINAL_STATE = ", ".join(f'{by_testid("broadcast-state")}[data-state="{code}"]' for code in (3, 4, 5))
+OUTAGE_TEXT = "，".join(["刘桥镇应急广播线路测试，请各村注意收听"] * 3) + "。"
+"""About fifteen seconds of program: long enough for the line to come back and go again."""
+
+
+def test_a_line_outage_shows_late_joins_and_horns_not_yet_restored(console_township: Township, page: Page):
+    township = console_township
+    """The RS-485 adapter is out when a broadcast comes in and again as it ends: the history says
+    which horns joined late and what they missed, the board says which are not yet switched off."""
+    sim, line = township.sim, "rs485-1"
+    sim.fault("unplug", line=line)
+    posted = time.time()
+    try:
+        with township.http("operator") as http:
+            answer = http.post("/broadcasts", json={"class": "drill", "targets": {"all": True},
+                                                    "text": OUTAGE_TEXT, "tone": "chime"})
+            assert answer.status_code == 202, answer.text
+            bid = answer.json()["id"]
+        township.wait_until("the program on the air", lambda: any(
+            r["started"] >= posted and r["ended"] is None for r in sim.call("audio")["recordings"]),
+            every=0.02)
+    finally:
+        sim.fault("unplug", line=line, clear=True)
+    township.wait_until("the horns on the line playing again",
+                        lambda: sim.state("t01")["physics"]["audible"], every=0.05)
+    time.sleep(1.5)  # the gateway reads each of them back (it reads a line's terminals in turn)
+    sim.fault("unplug", line=line)  # out again until the program has ended: they stay switched on
+    try:
+        login(page, township, "operator")
+        page.goto(f"{township.base_url}/#/history/{bid}")
+        page.locator(FINAL_STATE).wait_for(timeout=PLAY_WAIT_MS)
+        expect(page.locator(by_testid("broadcast-state"))).to_have_attribute("data-state", "4")
+        expect(page.locator(by_testid("outcome-t01"))).to_have_attribute("data-outcome", "partial")
+        expect(page.locator(by_testid("outcome-t01"))).to_contain_text("部分播出")
+        expect(page.locator(by_testid("late-t01"))).to_contain_text("秒加入")
+        expect(page.locator(by_testid("outcome-t17"))).to_have_attribute("data-outcome", "succeeded")
+        expect(page.locator(by_testid("broadcast-reason"))).to_contain_text("t01")
+        screenshot(page, "history-late-join")
+        page.goto(f"{township.base_url}/#/board")
+        expect(page.locator(by_testid("faults-t01"))).to_contain_text("未能复位", timeout=PLAY_WAIT_MS)
+        assert sim.state("t01")["coils"]["amp_power"]  # really still on: the board tells the truth
+        screenshot(page, "board-not-restored", full_page=False)
+    finally:
+        sim.fault("unplug", line=line, clear=True)
+    township.wait_until("t01 switched off once the line is back",
+                        lambda: not sim.state("t01")["coils"]["amp_power"])
+    expect(page.locator(by_testid("faults-t01"))).not_to_contain_text("未能复位", timeout=PLAY_WAIT_MS)

@@ -189,3 +189,20 @@ async def test_every_horn_hears_the_attention_tone_from_its_start(gw: Gateway) -
         heard = spans(gw.sim, dev, t0)
         # the chime lasts 1.5 s: a horn that came in during it would start well after the first sound
         assert heard and heard[0]["start"] - first < 0.3, (dev, heard[0]["start"] - first)
+
+
+async def test_the_fm_transmitter_is_keyed_when_its_line_comes_back(gw: Gateway) -> None:
+    gw.sim.fault("unplug", line="fm")
+    try:
+        twice = request(targets={"all": True}, text=LONGER, repeat=2, gap_s=0.5)
+        bid = await gw.engine.submit(twice, OPERATOR)
+        await wait_for(lambda: gw.sim.call("audio")["connections"] == 1)
+        assert not gw.sim.state("fm1")["tx"]
+    finally:
+        gw.sim.fault("unplug", line="fm", clear=True)
+    await wait_for(lambda: gw.sim.state("fm1")["tx"])  # keyed late, while the program still plays
+    assert gw.sim.call("audio")["connections"] == 1
+    record = await wait_state(gw.store, bid)
+    fm = next(o for o in record["outcomes"] if o["device_id"] == "fm1")
+    assert fm["joined_late"] is True and fm["outcome"] is TerminalOutcome.SUCCEEDED, fm
+    assert not gw.sim.state("fm1")["tx"]  # and released
