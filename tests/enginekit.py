@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import time
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simkit import SimProcess
+import pytest
+import pytest_asyncio
+from simkit import SimProcess, running_simulator, write_sim_config
 
 from controller.auth import Actor, Role
 from controller.broadcasts import FINAL_STATES, BroadcastRequest, BroadcastState, TerminalOutcome
@@ -36,6 +38,31 @@ OPERATOR = Actor(name="duty-officer", role=Role.OPERATOR, token_id="tk_test", vi
 TEXT = "请注意，这是测试。"
 HANG_GUARD_S = 60.0
 """Only a guard against a hung test, never a performance claim."""
+
+
+# -- fixtures (import them into a test module, with pytestmark = pytest.mark.asyncio(loop_scope="module"))
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
+    """3 RTU terminals on one 9600-baud pty, 1 TCP terminal, the FM module; physics ×10 (warm-up 0.2 s)."""
+    config = write_sim_config(tmp_path_factory.mktemp("sim"), rtu_terminals=3, tcp_terminals=1, time_scale=10)
+    with running_simulator(config) as proc:
+        yield proc
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def speech(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SpeechService]:
+    service = SpeechService(tmp_path_factory.mktemp("speech"))
+    await service.start()
+    yield service
+    await service.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def gw(sim: SimProcess, speech: SpeechService, tmp_path: Path) -> AsyncIterator[Gateway]:
+    async with gateway(sim, speech, tmp_path) as g:
+        yield g
 
 
 @dataclass

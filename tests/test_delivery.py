@@ -6,17 +6,30 @@ FM module; physics ×10, so an amplifier warms up in 0.2 s); faults are injected
 interface exactly as bench/fault_matrix.py does on the demo township.
 """
 
+# ruff: noqa: F811  (tests take the imported fixtures as parameters of the same name)
+
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from enginekit import OPERATOR, Gateway, gateway, outcomes, request, spans, wait_for, wait_state
-from simkit import SimProcess, running_simulator, write_sim_config
+from enginekit import (  # noqa: F401  (sim, speech: fixtures)
+    OPERATOR,
+    Gateway,
+    gateway,
+    outcomes,
+    request,
+    sim,
+    spans,
+    speech,
+    wait_for,
+    wait_state,
+)
+from simkit import SimProcess
 
 from controller.broadcasts import BroadcastState, TerminalOutcome
 from controller.release import Releaser
@@ -28,23 +41,9 @@ RTU = ("rtu1", "rtu2", "rtu3")
 LONGER = "请注意，这是一条应急广播系统测试，用来检查线路中断以后终端能否重新加入。"
 
 
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
-    config = write_sim_config(tmp_path_factory.mktemp("sim"), rtu_terminals=3, tcp_terminals=1, time_scale=10)
-    with running_simulator(config) as proc:
-        yield proc
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def speech(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SpeechService]:
-    service = SpeechService(tmp_path_factory.mktemp("speech"))
-    await service.start()
-    yield service
-    await service.close()
-
-
 @pytest_asyncio.fixture(loop_scope="module")
 async def gw(sim: SimProcess, speech: SpeechService, tmp_path: Path) -> AsyncIterator[Gateway]:
+    """The kit's gateway; every fault these tests raise is cleared afterwards."""
     async with gateway(sim, speech, tmp_path) as g:
         yield g
     sim.fault("unplug", line="rs485", clear=True)

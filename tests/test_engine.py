@@ -3,29 +3,30 @@ and the simulator's audio line. Durations are checked against what was played; l
 printed by bench/trigger_to_air.py, never asserted here.
 """
 
+# ruff: noqa: F811  (tests take the imported fixtures as parameters of the same name)
+
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
-from enginekit import (
+from enginekit import (  # noqa: F401  (sim, speech, gw: fixtures)
     OPERATOR,
     Gateway,
-    gateway,
+    gw,
     outcomes,
     play_order,
     request,
+    sim,
     sound_extent_s,
     spans,
+    speech,
     wait_for,
     wait_state,
 )
-from simkit import SimProcess, running_simulator, write_sim_config
 
 from controller.broadcasts import BroadcastState, TerminalOutcome
 from controller.engine import BroadcastEngine
@@ -39,28 +40,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 SPAN_SLACK_S = 0.6
 """The simulator judges sound in 20 ms blocks and logs spans per block; read-backs and the player's
 100 ms lead add a little either way."""
-
-
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
-    """3 RTU terminals on one 9600-baud pty, 1 TCP terminal, the FM module; physics ×10 (warm-up 0.2 s)."""
-    config = write_sim_config(tmp_path_factory.mktemp("sim"), rtu_terminals=3, tcp_terminals=1, time_scale=10)
-    with running_simulator(config) as proc:
-        yield proc
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def speech(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SpeechService]:
-    service = SpeechService(tmp_path_factory.mktemp("speech"))
-    await service.start()
-    yield service
-    await service.close()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def gw(sim: SimProcess, speech: SpeechService, tmp_path: Path) -> AsyncIterator[Gateway]:
-    async with gateway(sim, speech, tmp_path) as g:
-        yield g
 
 
 # -- playing ------------------------------------------------------------------------------------------------
