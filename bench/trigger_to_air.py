@@ -125,7 +125,11 @@ def wire_limit_s(profile: ModbusTerminalProfile, terminals: int, settings: Activ
                  zones: tuple[int, ...], turnaround_s: float, broadcast_silence_s: float,
                  warmup_s: float) -> dict[str, float]:
     """The shortest time one RS-485 line can take to switch ``terminals`` on and read every one
-    back ready, in the order controller/activation.py joins a whole line (unit-id-0 frames)."""
+    back ready, in the order controller/activation.py joins a whole line (unit-id-0 frames).
+
+    When the health polls' settings are fresh (``broadcast.prior_state_max_age_s``, the default
+    path once polling has run for a minute) the prior state is journalled from them and no read
+    goes before the power-on frame; otherwise each terminal's coils are read first."""
     char_s = CHAR_BITS / BAUD
     t35 = 3.5 * char_s
 
@@ -144,14 +148,18 @@ def wire_limit_s(profile: ModbusTerminalProfile, terminals: int, settings: Activ
                                                        "emergency_override": settings.emergency}))
     level = write_plan(profile, known_points(profile, {"volume": settings.volume, "audio_source": "line_in"}))
     zone = write_plan(profile, known_points(profile, zone_values(profile, zones)))
-    reads = terminals * sum(transaction(b) for b in coil_prior.blocks)
+    reads = 0.0 if settings.prior_state_max_age_s > 0 else terminals * sum(
+        transaction(b) for b in coil_prior.blocks)
     # the amplifiers start warming up as they receive the power frame: its quiet time is warm-up
     power_s = sum(frame(b) for b in power) - broadcast_silence_s
-    level_reads = terminals * sum(transaction(b) for b in level_prior.blocks)
+    level_reads = 0.0 if settings.prior_state_max_age_s > 0 else terminals * sum(
+        transaction(b) for b in level_prior.blocks)
     during = broadcast_silence_s + level_reads + sum(frame(b) for b in (*level, *zone))
     confirm = terminals * sum(transaction(b) for b in status.blocks)
     total = reads + power_s + max(warmup_s, during) + confirm
-    frame_count = (terminals * (len(coil_prior.blocks) + len(level_prior.blocks) + len(status.blocks))
+    polled = settings.prior_state_max_age_s > 0
+    prior_blocks = 0 if polled else len(coil_prior.blocks) + len(level_prior.blocks)
+    frame_count = (terminals * (prior_blocks + len(status.blocks))
                    + len(power) + len(level) + len(zone))
     return {"reads": reads, "power": power_s, "warmup": warmup_s, "during": during,
             "level_reads": level_reads, "confirm": confirm, "total": total, "frames": frame_count,
@@ -167,7 +175,8 @@ def township_limit(cfg: Config, sim_cfg: SimConfig, sim: SimProcess) -> dict[str
     request = BroadcastRequest.model_validate(EMERGENCY)
     settings = ActivationSettings.for_request(request, daily_volume=cfg.broadcast.daily_volume,
                                               ready_timeout_s=cfg.broadcast.ready_timeout_s,
-                                              ready_hold_s=cfg.broadcast.ready_hold_s)
+                                              ready_hold_s=cfg.broadcast.ready_hold_s,
+                                              prior_state_max_age_s=cfg.broadcast.prior_state_max_age_s)
     zones = resolve(cfg, request.targets).terminals[sim_cfg.rtu_ids[0]]
     turnaround_s = sim_cfg.data["simulator"]["turnaround_ms"] / 1000
     return wire_limit_s(profile, len(sim_cfg.rtu_ids), settings, zones, turnaround_s,

@@ -6,7 +6,10 @@ it puts one transaction at a time on its arbiter, so it decides the order itself
 
 1. **Join** every terminal that is not yet playing-ready, in this order: read the prior state of
    what the power-on write touches (power, override, mute, zone relays — one request on ebt-1) and
-   journal it (``store.save_activation``) *before* touching the terminal; power the amplifiers
+   journal it (``store.save_activation``) *before* touching the terminal — or take it from the
+   health polls when they read it at most ``broadcast.prior_state_max_age_s`` ago and nothing has
+   written the terminal since (``ModbusTerminal.known_settings``): then the first frame on the line
+   is the power-on; power the amplifiers
    (warm-up starts); read the registers activation will change (volume, source) and journal them
    too, while the amplifiers warm up; then write volume and source line-in, then the zone relays.
    Emergency forces volume 100 and override (which bypasses a local mute); otherwise the
@@ -96,16 +99,19 @@ class ActivationSettings:
     rds_ps: str
     rds_rt: str
     ready_hold_s: float = 2.0
+    prior_state_max_age_s: float = 0.0
+    """Journal the prior state from the health polls' settings when they are at most this old
+    (0: always read it from the terminal first)."""
 
     @classmethod
     def for_request(cls, request: BroadcastRequest, *, daily_volume: int, ready_timeout_s: float,
-                    ready_hold_s: float = 2.0) -> ActivationSettings:
+                    ready_hold_s: float = 2.0, prior_state_max_age_s: float = 0.0) -> ActivationSettings:
         emergency = request.broadcast_class is BroadcastClass.EMERGENCY
         volume = 100 if emergency else (request.volume if request.volume is not None else daily_volume)
         return cls(emergency=emergency, volume=volume,
                    priority=Priority.EMERGENCY if emergency else Priority.COMMAND,
                    ready_timeout_s=ready_timeout_s, rds_ps=rds_ps(request), rds_rt=rds_rt(request),
-                   ready_hold_s=ready_hold_s)
+                   ready_hold_s=ready_hold_s, prior_state_max_age_s=prior_state_max_age_s)
 
 
 def rds_ps(request: BroadcastRequest) -> str:
@@ -706,6 +712,16 @@ class _LineSession:
             t.next_try = now + RETRY_MIN_S
             return False
         names = [*(p for p in POWER_PRIOR_POINTS if p in term.profile.points), *zone_points(term.profile)]
+        polled = term.known_settings(self.act.settings.prior_state_max_age_s) \
+            if self.act.settings.prior_state_max_age_s > 0 else None
+        if polled is not None and all(n in polled for n in names):  # no transaction before power-on
+            levels = [p for p in LEVEL_PRIOR_POINTS if p in term.profile.points]
+            known = [*names, *(p for p in levels if p in polled)]
+            self.act._journal(dev, {"kind": "terminal", "points": {n: polled[n] for n in known}})
+            t.journalled = t.in_play = True
+            t.levels_known = all(p in polled for p in levels)
+            t.muted = polled.get("mute") is True
+            return True
         sent = loop.time()
         try:
             try:

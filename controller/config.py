@@ -264,6 +264,10 @@ class BroadcastSettings(_Strict):
     ready_hold_s: float = Field(default=2.0, ge=0, le=30,
                                 description="After the first terminal is ready, how long the program "
                                             "(its attention tone) waits for the others still warming up")
+    prior_state_max_age_s: float = Field(default=90.0, ge=0, le=3600,
+                                         description="Journal a terminal's prior state from the health "
+                                                     "polls' settings when they are at most this old and "
+                                                     "nothing wrote it since (0: read it first, always)")
     success_threshold: float = Field(default=1.0, gt=0, le=1,
                                      description="Share of the reachable targeted devices that must play a "
                                                  "complete repetition for the broadcast to succeed")

@@ -321,7 +321,8 @@ class BroadcastEngine:
         b = self.cfg.broadcast
         settings = ActivationSettings.for_request(entry.request, daily_volume=b.daily_volume,
                                                   ready_timeout_s=b.ready_timeout_s,
-                                                  ready_hold_s=b.ready_hold_s)
+                                                  ready_hold_s=b.ready_hold_s,
+                                                  prior_state_max_age_s=b.prior_state_max_age_s)
         entry.offline_at_start = frozenset(self._known_offline())
         inherited = self.releaser.claim(entry.resolved.device_ids)
         self.releaser.unpark()  # kept on by a pre-empted broadcast but not ours: restore them

@@ -93,6 +93,8 @@ class ModbusTerminal:
         self._settings_writes = 0
         """``arbiter.write_count(unit_id)`` just before they were read."""
         self._polls_since_settings = 0
+        self._amp_on: bool | None = None
+        """The amplifier status bit of the last good poll (a cross-check of the settings)."""
 
     def __repr__(self) -> str:
         return f"ModbusTerminal({self.device_id!r}, unit {self.unit_id} on {self.arbiter.name})"
@@ -123,6 +125,7 @@ class ModbusTerminal:
             self._polls_since_settings = 0
         self._settings = {name: values[name] for name in self._setting_names}
         self._settings_at, self._settings_writes = now, writes
+        self._amp_on = values.get("amp_on") if isinstance(values.get("amp_on"), bool) else None
         return TerminalSnapshot(self.device_id, self.unit_id, True, now, values, settings_read_at=now)
 
     async def poll_status(self, priority: Priority = Priority.POLL) -> TerminalSnapshot:
@@ -148,8 +151,27 @@ class ModbusTerminal:
         except DriverError as exc:
             return self._failed(exc)
         self._polls_since_settings += 1
+        self._amp_on = live.get("amp_on") if isinstance(live.get("amp_on"), bool) else None
         return TerminalSnapshot(self.device_id, self.unit_id, True, time.time(), {**settings, **live},
                                 settings_read_at=self._settings_at)
+
+    def known_settings(self, max_age_s: float) -> dict[str, Value] | None:
+        """The writable points as the health polls know them, when they can stand for a fresh read:
+        read from the terminal at most ``max_age_s`` ago, nothing but this object's own
+        :meth:`write_points` has written the terminal since, and the amplifier status bit of the
+        last poll agrees with the power coil. None otherwise (then read them).
+
+        Why: reading a whole RS-485 line's settings before an emergency costs one transaction per
+        terminal before the first horn can be powered; the polls already hold them.
+        """
+        settings = self._settings
+        if (settings is None or time.time() - self._settings_at > max_age_s
+                or self.arbiter.write_count(self.unit_id) != self._settings_writes):
+            return None
+        power = settings.get("amp_power")
+        if self._amp_on is True and power is False:  # switched on by other means since the read
+            return None
+        return dict(settings)
 
     def _failed(self, exc: DriverError) -> TerminalSnapshot:
         """An offline snapshot; the settings are read again with the next good answer."""
