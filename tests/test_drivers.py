@@ -314,6 +314,23 @@ async def test_written_settings_show_in_polls_and_other_writes_force_a_read(rtu,
     await term.write_points({"volume": 50, "audio_source": "line_in", "mute": False})
 
 
+async def test_known_settings_stand_for_a_read_only_while_nothing_else_wrote_the_terminal(rtu, ebt1):
+    """What activation may journal as a terminal's prior state without reading it first."""
+    first = rtu.terminals[0]
+    term = ModbusTerminal(first.device_id, first.unit_id, every(ebt1, 1000), rtu.arbiter)
+    assert term.known_settings(60) is None  # never read
+    await term.read_status()
+    await term.write_points({"volume": 33})  # through this object: known as written
+    known = term.known_settings(60)
+    assert known is not None and known["volume"] == 33 and known["amp_power"] is False
+    assert term.known_settings(0) is None  # too old for a zero age
+    await write_all_on_line(rtu.terminals, {"volume": 45})  # a unit-id-0 frame: what it did is unknown
+    assert term.known_settings(60) is None
+    await term.read_status()
+    assert term.known_settings(60)["volume"] == 45  # type: ignore[index]
+    await term.write_points({"volume": 50})
+
+
 async def test_read_points_is_fresh_while_polls_reuse_settings(module_sim, ebt1):
     """A local operator (here a second Modbus TCP client, as a panel would be) turns the volume:
     polls keep showing the last read value until the settings are due, but read_points — what
