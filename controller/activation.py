@@ -307,7 +307,11 @@ class Activation:
         back = {d: Held(p, (self.broadcast_id,)) for d, p in self._held.items() if d not in kept}
         self._held.clear()
         self.releaser.park(kept)
-        await self.releaser.hand_back(back)
+        # those that were not answering are restored in the background: their timeouts must not
+        # hold up whatever comes next (a cancel's answer, the next broadcast)
+        silent = {d: h for d, h in back.items() if not self._tracked[d].in_play}
+        self.releaser.hand_back_later(silent)
+        await self.releaser.hand_back({d: h for d, h in back.items() if d not in silent})
         return kept
 
     # ------------------------------------------------------------------ shared with the sessions

@@ -350,6 +350,7 @@ class BroadcastEngine:
         chunks = _announcing(program.chunks(), activation, program.sample_rate)
         evidence = self.evidence_dir / f"{entry.id}.wav"
         await self.player.play(chunks, program.sample_rate, evidence_path=evidence)
+        entry.concluding = True  # played to its end: nothing may interrupt (and so replay) it now
         activation.program_ended()
         await activation.finish()
 

@@ -21,9 +21,12 @@ The rule (also in docs/api.md, "Outcome rule"):
 * **partial**: audible at some point — an audio reading, or ready a moment before the program's
   first sound with nothing read since that says otherwise — but no complete repetition covered:
   it joined after the start of a one-repetition program, or dropped out. Never called failed.
-* **failed**: answered, but never confirmed audible (the reason says what the readings showed).
-* **unreachable**: no read-back answered during the broadcast — nothing is known of what it
-  played (it may even have been switched on before its line went down).
+* **failed**: it answered while the program played, and what it said was that it did not play
+  (not ready, a fault, silent while the program sounded: the reason says which) — or the program
+  never began.
+* **unreachable**: no read-back answered while the program played — nothing is known of what it
+  played (it may have been switched on before its line went down, or the program was cancelled
+  before the read-back pass reached it).
 
 Every verdict carries ``joined_late`` (not confirmed able to play when the program's first sound
 went out), ``missed_s`` (seconds of program sound outside its streaks) and ``audible_s``.
@@ -284,10 +287,10 @@ class DeviceEvidence:
                            _late_note(late, joined_at, missed) or "", late, missed, audible, joined_at)
         if not final:
             return None
-        after_start = [r for r in self.readings if t0 is not None and r.received >= t0]
-        ready_at_start = t0 is not None and not any(r.kind is ReadingKind.BAD for r in after_start) and any(
+        during = [r for r in self.readings if t0 is not None and r.received >= t0]
+        ready_at_start = t0 is not None and not any(r.kind is ReadingKind.BAD for r in during) and any(
             s.start <= t0 + START_GRACE_S and s.end >= t0 - SOUND_MARGIN_BEFORE_S for s in streaks)
-        if self.heard or ready_at_start:  # ready a moment before the first sound, nothing said otherwise
+        if self.heard or audible > 0 or ready_at_start:  # audible at some point, by the streak rule
             why = [f"audible {audible:.1f} s of {audible + missed:.1f} s of program sound"]
             if stopped:
                 why.append(f"{stopped} before a complete repetition")
@@ -296,15 +299,23 @@ class DeviceEvidence:
             else:
                 why.append("not confirmed for a complete repetition" + _last_trouble(self.readings))
             return Verdict(TerminalOutcome.PARTIAL, "; ".join(why), late, missed, audible, joined_at)
-        if self.answered:
-            bad = [r.reason for r in self.readings if r.kind is ReadingKind.BAD and r.reason]
-            reason = bad[-1] if bad else ("no program sound while it was ready" if not stopped
-                                          else f"{stopped} before it was heard")
+        bad = [r.reason for r in (during if t0 is not None else self.readings)
+               if r.kind is ReadingKind.BAD and r.reason]
+        if bad or (t0 is None and self.answered):  # it answered, and what it said was: not playing
+            reason = bad[-1] if bad else f"{stopped or 'stopped'} before the program began"
             return Verdict(TerminalOutcome.FAILED, reason, True, missed, 0.0, joined_at)
+        if any(r.kind is not ReadingKind.NONE for r in during):  # ready, but only read in the pauses
+            return Verdict(TerminalOutcome.FAILED, "never read back with audio while it was ready",
+                           True, missed, 0.0, joined_at)
         none = [r.reason for r in self.readings if r.kind is ReadingKind.NONE and r.reason]
-        reason = f"no answer during the broadcast ({len(none)} tries)"
-        if none:
-            reason += f"; last: {none[-1]}"
+        if self.answered:  # only before the program: what it played is not known
+            reason = ("not read back while the program played"
+                      + (f" ({stopped} after {timeline.sound_seconds(t0 or 0, end or 0):.1f} s of sound)"
+                         if stopped else "") + _last_trouble(self.readings))
+        else:
+            reason = f"no answer during the broadcast ({len(none)} tries)"
+            if none:
+                reason += f"; last: {none[-1]}"
         return Verdict(TerminalOutcome.UNREACHABLE, reason, True, missed, 0.0, None)
 
 

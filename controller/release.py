@@ -210,6 +210,17 @@ class Releaser:
                 self._ensure_line_task(dev)
         return done
 
+    def hand_back_later(self, held: Mapping[str, Held]) -> None:
+        """Like :meth:`hand_back`, but the first attempt runs in the background too (devices that
+        were not answering: each attempt may cost a line timeout)."""
+        self._claimed -= set(held)
+        now = asyncio.get_running_loop().time()
+        for dev, h in held.items():
+            if dev in self.hardware.terminals or dev in self.hardware.transmitters:
+                self._waiting[dev] = _Waiting(h, now)
+                self._ensure_line_task(dev)
+        self._drop_unknown(held)
+
     def unpark(self) -> None:
         """Restore the devices kept on for a pre-emption hand-over that nobody claimed."""
         parked, self._parked = self._parked, set()

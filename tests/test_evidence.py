@@ -175,3 +175,15 @@ def test_ready_just_before_the_first_sound_then_out_of_reach_is_partial_not_fail
     muted = device((-0.02, READY), (4.0, BAD, "muted locally"))  # said otherwise once the sound came
     v = muted.verdict(ONE_REP, final=True)
     assert v is not None and v.outcome is TerminalOutcome.FAILED
+
+
+def test_answers_only_before_a_program_cancelled_early_prove_nothing_either_way() -> None:
+    """Cancelled 1.5 s in, before the read-back pass reached it: it was warming up at its last answer."""
+    tl = timeline([(0.0, 10.0)], [(0.0, 1.5)], 1.5)
+    warming = device((-0.5, BAD, "amplifier not ready"))
+    v = warming.verdict(tl, final=True, stopped="cancelled")
+    assert v is not None and v.outcome is TerminalOutcome.UNREACHABLE  # not "failed": nothing is known
+    assert "not read back while the program played" in v.reason and "cancelled" in v.reason
+    never_began = ProgramTimeline(lambda: [(0.0, 10.0)])
+    v = warming.verdict(never_began, final=True, stopped="cancelled")
+    assert v is not None and v.outcome is TerminalOutcome.FAILED  # nothing played anywhere
