@@ -761,11 +761,19 @@ def report(result: dict[str, Any]) -> bool:
     """Print the invariants and figures; True when every invariant holds."""
     print("\n== invariants ==")
     ok = True
+    listed = ("contradictions", "excused", "skipped_ids")
     for name, inv in result["invariants"].items():
         ok &= bool(inv["ok"])
-        detail = {k: v for k, v in inv.items() if k != "ok" and v not in ([], {}, None)}
-        print(f"{'PASS' if inv['ok'] else 'FAIL'}  {name}: {json.dumps(detail, ensure_ascii=False)[:1500]}")
-    excused = result["invariants"]["3 outcomes agree with the evidence"]["excused"]
+        detail = {k: v for k, v in inv.items() if k not in ("ok", *listed) and v not in ([], {}, None)}
+        print(f"{'PASS' if inv['ok'] else 'FAIL'}  {name}: {json.dumps(detail, ensure_ascii=False)[:1000]}")
+    judged = result["invariants"]["3 outcomes agree with the evidence"]
+    excused = judged["excused"]
+    for what, entries in (("CONTRADICTION", judged["contradictions"]), ("excused", excused)):
+        for c in entries[:40]:
+            print(f"  {what}: {c['broadcast']} ({c['state']}) {c['device']} {c['outcome']} "
+                  f"«{c['reason'][:70]}»: {c['contradiction']}")
+    for s in judged["skipped_ids"][:20]:
+        print(f"  not judged: {s['broadcast']}, {s['foreign_sound_s']} s of another broadcast's sound")
     print("\n== figures ==")
     print(f"broadcasts: {result['broadcasts']['total']} ({result['broadcasts']['submitted_by_bench']} "
           f"accepted from the bench); by final state {result['broadcasts']['by_state']}; "
