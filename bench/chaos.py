@@ -468,7 +468,7 @@ class Chaos:
                     if self.town.api("GET", "/broadcasts", params={"state": "waiting"}).json() == []:
                         return True
             seen_on = on
-            time.sleep(0.02)
+            time.sleep(0.05)
         return False
 
     def dead_now(self) -> set[str]:
@@ -520,7 +520,7 @@ class Chaos:
                     rested[dev] = time.monotonic() - replug_mono
             taken = {d for d, started in (self.held() or {}).items() if started > replug}
             on -= taken | self.dead_now()
-            time.sleep(0.1)
+            time.sleep(0.2)  # each round reads up to 16 terminals' state from the simulator
         if not on:
             self.restore_skipped["taken by a new broadcast or dead"] += 1
         elif on - rested.keys():
@@ -803,6 +803,9 @@ def watchdog(seconds: float, town: Township) -> None:
     def fire() -> None:
         print(f"\nchaos: still running after {seconds:.0f} s; giving up", file=sys.stderr, flush=True)
         faulthandler.dump_traceback(all_threads=True)
+        hard = threading.Timer(TASK_GUARD_S, os._exit, (3,))  # should closing hang too
+        hard.daemon = True
+        hard.start()
         with contextlib.suppress(Exception):
             town.close()
         os._exit(3)
