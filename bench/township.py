@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the same harness the tests use
 from mqttkit import Broker, Subscriber  # noqa: E402
 from simkit import Daemon, free_port, make_token, terminate, wait_until  # noqa: E402
 
+from controller.store import DB_NAME  # noqa: E402
 from drivers.audio_output import has_sound  # noqa: E402
 from simulator.control import ControlClient  # noqa: E402
 
@@ -267,7 +268,7 @@ class Township:
     def journal(self) -> list[dict[str, Any]]:
         """The daemon's journal of activations in flight (devices switched on and not yet restored),
         read from its SQLite file: empty once every device is back in its prior state."""
-        path = Path(self.data["state_dir"]) / "ebc.sqlite3"
+        path = Path(self.data["state_dir"]) / DB_NAME
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as conn:
             conn.row_factory = sqlite3.Row
             rows = conn.execute("SELECT broadcast_id, device_id, saved_at FROM activations")
