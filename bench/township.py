@@ -30,9 +30,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import wave
 from dataclasses import dataclass, field
@@ -48,6 +50,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the same harness the tests use
 from mqttkit import Broker, Subscriber  # noqa: E402
 from simkit import Daemon, free_port, make_token, terminate, wait_until  # noqa: E402
 
+from controller.store import DB_NAME  # noqa: E402
 from drivers.audio_output import has_sound  # noqa: E402
 from simulator.control import ControlClient  # noqa: E402
 
@@ -124,6 +127,8 @@ class Township:
         self.config_path, self.data = demo_config(self.workdir, self.broker.url if self.broker else None)
         sim = self.data["simulator"]
         self.control = ControlClient("127.0.0.1", sim["control"]["port"], timeout=10)
+        self._control_lock = threading.Lock()
+        """One control connection, one request at a time: bench/chaos.py calls it from several threads."""
         self.record_dir = Path(sim["audio"]["record_dir"])
         self.daemon = Daemon(self.config_path, self.data["api"]["port"], self.workdir / "daemon.log",
                              verbose=verbose)
@@ -194,6 +199,10 @@ class Township:
     def url(self) -> str:
         return self.daemon.base_url + "/api/v1"
 
+    def api(self, method: str, path: str, **kw: Any) -> httpx2.Response:
+        """Any request to ``/api/v1<path>`` as the operator (5xx answers are collected)."""
+        return self._call(method, path, **kw)
+
     def _call(self, method: str, path: str, **kw: Any) -> httpx2.Response:
         response = self.http.request(method, self.url + path,
                                      headers={"Authorization": f"Bearer {self.token}"}, **kw)
@@ -238,7 +247,8 @@ class Township:
     # -- the simulator ------------------------------------------------------------------------------
 
     def sim(self, op: str, **fields: Any) -> dict[str, Any]:
-        return dict(self.control.call(op, **fields))
+        with self._control_lock:
+            return dict(self.control.call(op, **fields))
 
     def fault(self, fault: str, **fields: Any) -> None:
         self.sim("fault", fault=fault, **fields)
@@ -260,14 +270,29 @@ class Township:
         return [r for r in self.sim("audio")["recordings"]
                 if r["started"] < until and (r["ended"] or time.time()) > since]
 
+    def journal(self) -> list[dict[str, Any]]:
+        """The daemon's journal of activations in flight (devices switched on and not yet restored),
+        read from its SQLite file: empty once every device is back in its prior state."""
+        path = Path(self.data["state_dir"]) / DB_NAME
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as conn:
+            conn.row_factory = sqlite3.Row
+            rows = conn.execute("SELECT broadcast_id, device_id, saved_at FROM activations")
+            return [dict(r) for r in rows]
+
     # -- evidence -----------------------------------------------------------------------------------
 
-    def judge(self, record: dict[str, Any], *, repeat: int = 1) -> Judgement:
-        """Set a final broadcast record against the simulator's evidence (see the module doc)."""
+    def judge(self, record: dict[str, Any], *, repeat: int = 1,
+              recordings: list[dict[str, Any]] | None = None) -> Judgement:
+        """Set a final broadcast record against the simulator's evidence (see the module doc).
+
+        ``recordings``: the broadcast's own recordings of the audio line, when the caller knows them
+        (by default every recording within a second of its start and end, which may hold another
+        broadcast's sound when two follow each other closely).
+        """
         start, end = record["started_at"] or record["created_at"], record["finished_at"] or time.time()
         sound: list[tuple[float, float]] = []
-        for rec in self.recordings(start - 1, end + 1):
-            sound += _sound_intervals(Path(rec["file"]), rec["started"])
+        for rec in self.recordings(start - 1, end + 1) if recordings is None else recordings:
+            sound += sound_intervals(Path(rec["file"]), rec["started"])
         program_sound = sum(b - a for a, b in sound)
         rep_sound = program_sound / max(1, repeat)
         first_sound = sound[0][0] if sound else None
@@ -295,7 +320,7 @@ class Township:
                          round(program_sound, 2), round(rep_sound, 2), out)
 
 
-def _sound_intervals(path: Path, started: float) -> list[tuple[float, float]]:
+def sound_intervals(path: Path, started: float) -> list[tuple[float, float]]:
     """Wall-clock intervals of sound in one recording of the audio line (20 ms blocks)."""
     with contextlib.suppress(OSError, wave.Error, EOFError), wave.open(str(path), "rb") as wav:
         rate = wav.getframerate()
