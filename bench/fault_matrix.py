@@ -219,7 +219,7 @@ def f_unplug(where: str) -> Callable[[Township, argparse.Namespace], Result]:
                 if record["finished_at"] and record["finished_at"] < replug:
                     notes["ended_before_replug"] = True
         return Result(f"unplug-{where}", [run_broadcast(town, during=during)], notes,
-                      tuple(RTU) if where == "start" else ())
+                      tuple(RTU) if where in ("start", "warmup") else ())
     return run
 
 
