@@ -175,7 +175,8 @@ class _Tracked:
     heard: bool = False
     """An audio reading during the program."""
     hard_fault: bool = False
-    """Amplifier fault or over-temperature: it will not become ready by waiting."""
+    """Amplifier fault, over-temperature, or muted locally (not an emergency): it will not become
+    able to play by waiting, so the program does not wait for it."""
     muted: bool = False
     failures: int = 0
     last_read: float = -math.inf
@@ -606,7 +607,8 @@ class _LineSession:
         t.last_read = now
         t.failures = 0
         kind, reason = self._classify(t, status, sent, now)
-        t.hard_fault = bool(status.get("amp_fault") or status.get("over_temperature"))
+        t.hard_fault = bool(status.get("amp_fault") or status.get("over_temperature")
+                            or (t.muted and not self.act.settings.emergency))  # waiting will not help
         ended_at = self.act.timeline.ended_at
         if ended_at is not None and sent >= ended_at:
             t.final_read = True  # sampled after the last sound: closes its streak
@@ -629,11 +631,11 @@ class _LineSession:
             return ReadingKind.BAD, "amplifier over-temperature (shut down)"
         if not status.get("amp_ready"):
             return ReadingKind.BAD, "amplifier not ready"
+        if t.muted and not self.act.settings.emergency:  # not able to play, whatever the line carries
+            return ReadingKind.BAD, "muted locally (only emergencies override a local mute)"
         if status.get("audio_present"):
             return ReadingKind.AUDIO, ""
         if self.act.timeline.sounding(sent, received):
-            if t.muted and not self.act.settings.emergency:
-                return ReadingKind.BAD, "muted locally (only emergencies override a local mute)"
             if status.get("line_fault"):
                 return ReadingKind.BAD, "no audio at the output: speaker line fault (open or short)"
             return ReadingKind.BAD, "no audio at the output"

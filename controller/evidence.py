@@ -290,7 +290,7 @@ class DeviceEvidence:
         during = [r for r in self.readings if t0 is not None and r.received >= t0]
         ready_at_start = t0 is not None and not any(r.kind is ReadingKind.BAD for r in during) and any(
             s.start <= t0 + START_GRACE_S and s.end >= t0 - SOUND_MARGIN_BEFORE_S for s in streaks)
-        if self.heard or audible > 0 or ready_at_start:  # audible at some point, by the streak rule
+        if self.heard or ready_at_start:  # audible at some point: read so, or ready as the sound began
             why = [f"audible {audible:.1f} s of {audible + missed:.1f} s of program sound"]
             if stopped:
                 why.append(f"{stopped} before a complete repetition")

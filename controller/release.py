@@ -293,10 +293,11 @@ class Releaser:
         the registers and zones — and health polls cannot slip in between."""
 
         async def one(dev: str) -> tuple[str, str] | None:
-            if dev not in self._waiting or dev in self._inflight:
+            if dev not in self._waiting:
                 return None
-            task = asyncio.create_task(self._restore(dev), name=f"restore {dev}")
-            self._inflight[dev] = task
+            task = self._inflight.get(dev)  # the retry loop may be at it already: wait for that one
+            if task is None:
+                task = self._inflight[dev] = asyncio.create_task(self._restore(dev), name=f"restore {dev}")
             try:
                 ok = await asyncio.shield(task)
             except asyncio.CancelledError:
@@ -304,7 +305,7 @@ class Releaser:
                     return dev, "claimed"
                 raise
             finally:
-                if self._inflight.get(dev) is task:
+                if self._inflight.get(dev) is task and task.done():
                     del self._inflight[dev]
             waiting = self._waiting.get(dev)
             return dev, "restored" if ok or waiting is None else f"failed: {waiting.reason}"
@@ -397,6 +398,11 @@ class Releaser:
                 return
             driver = self._driver(devices[0])
             if driver is not None and not driver.connected:
+                for dev in devices:  # say so now: no attempt can be made until the line is back
+                    w = self._waiting[dev]
+                    if not w.announced:
+                        w.attempts += 1
+                        self._failed(dev, w, f"line {line} is down: {driver.down_reason}")
                 await driver.wait_connected(self.retry_max_s * 12)  # woken the moment it is up
                 if driver.connected:
                     for dev in devices:

@@ -119,10 +119,10 @@ async def test_terminals_left_on_by_an_outage_at_release_are_restored_when_the_l
     try:
         record = await wait_state(gw.store, bid)
         await wait_for(lambda: set(gw.engine.releaser.pending()) == set(RTU))
+        await wait_for(lambda: all("release_pending" in [f["fault"] for f in gw.registry.devices[d].faults]
+                                   for d in RTU))
         for dev in RTU:  # still powered: the gateway says so instead of claiming they are back
             assert gw.sim.state(dev)["coils"]["amp_power"]
-            faults = [f["fault"] for f in gw.registry.devices[dev].faults]
-            assert "release_pending" in faults, faults
         released = [e for e in gw.events if e.kind == "device.fault" and e.data["fault"] == "release_pending"]
         assert {e.data["device"] for e in released} == set(RTU)  # an event for the county too
         assert {a["device_id"] for a in gw.store.pending_activations()} == set(RTU)
