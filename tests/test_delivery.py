@@ -113,8 +113,9 @@ async def test_a_single_repetition_joined_late_is_partial_never_failed_and_the_b
 
 async def test_terminals_left_on_by_an_outage_at_release_are_restored_when_the_line_is_back(
         gw: Gateway) -> None:
-    bid = await gw.engine.submit(request(targets={"devices": list(RTU)}), OPERATOR)
+    bid = await gw.engine.submit(request(targets={"devices": list(RTU)}, text=LONGER), OPERATOR)
     await wait_for(lambda: all(gw.sim.state(d)["physics"]["audible"] for d in RTU))
+    await asyncio.sleep(1.0)  # time for the gateway to read back that they play
     gw.sim.fault("unplug", line="rs485")  # out until after the broadcast has ended and let them go
     try:
         record = await wait_state(gw.store, bid)
