@@ -70,7 +70,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     data["mqtt"] = {"brokers": [broker.url]}
     sim_cfg.path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
     gw = data["gateway"]["id"]
-    token = subprocess.run([sys.executable, "-m", "controller.cli", "token", "create", "bench", "--role",
+    token = subprocess.run([sys.executable, "-m", "controller.app.cli", "token", "create", "bench", "--role",
                             "viewer", "--config", str(sim_cfg.path)], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.strip()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     try:
         with running_simulator(sim_cfg) as sim, open(log, "wb") as out, \
                 Subscriber(broker, [f"ebc/{gw}/events"]) as sub:
-            daemon = subprocess.Popen([sys.executable, "-m", "controller.cli", "run", "--config",
+            daemon = subprocess.Popen([sys.executable, "-m", "controller.app.cli", "run", "--config",
                                        str(sim_cfg.path)], cwd=REPO, env=env, stdout=out,
                                       stderr=subprocess.STDOUT)
             try:

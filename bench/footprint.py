@@ -189,14 +189,15 @@ def measure(args: argparse.Namespace, workdir: Path) -> None:
     sim_cfg, api_port = township(workdir, args.lines, args.per_line, args.baud, args.poll_interval,
                                  args.line_check_interval)
     config = sim_cfg.path
-    token = subprocess.run([sys.executable, "-m", "controller.cli", "token", "create", "bench", "--role",
+    token = subprocess.run([sys.executable, "-m", "controller.app.cli", "token", "create", "bench", "--role",
                             "viewer", "--config", str(config)], cwd=REPO, capture_output=True, text=True,
                            check=True).stdout.strip()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("NOTIFY_SOCKET", None)
     log = workdir / "daemon.log"
     with running_simulator(sim_cfg) as sim, open(log, "wb") as out:
-        daemon = subprocess.Popen([sys.executable, "-m", "controller.cli", "run", "--config", str(config)],
+        daemon = subprocess.Popen([sys.executable, "-m", "controller.app.cli", "run", "--config",
+                                   str(config)],
                                   cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             with httpx2.Client(base_url=f"http://127.0.0.1:{api_port}",

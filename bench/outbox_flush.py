@@ -39,10 +39,10 @@ from mqttkit import Broker  # noqa: E402
 from simkit import write_sim_config  # noqa: E402
 
 from controller.config import Config, load_config  # noqa: E402
-from controller.device_state import DeviceRegistry  # noqa: E402
-from controller.events import EventBus  # noqa: E402
-from controller.mqtt import MqttReporter  # noqa: E402
-from controller.outbox import Outbox, OutboxLimits  # noqa: E402
+from controller.core.events import EventBus  # noqa: E402
+from controller.devices.registry import DeviceRegistry  # noqa: E402
+from controller.uplink.mqtt import MqttReporter  # noqa: E402
+from controller.uplink.outbox import Outbox, OutboxLimits  # noqa: E402
 
 SUBSCRIBER = r"""
 import json, sys, time
@@ -68,10 +68,10 @@ c.loop_forever(retry_first_connection=True)
 WRITER = r"""
 import sys
 from controller.config import load_config
-from controller.device_state import DeviceRegistry
-from controller.events import EventBus
-from controller.mqtt import MqttReporter
-from controller.outbox import Outbox
+from controller.devices.registry import DeviceRegistry
+from controller.core.events import EventBus
+from controller.uplink.mqtt import MqttReporter
+from controller.uplink.outbox import Outbox
 cfg = load_config(sys.argv[1])
 bus, outbox = EventBus(), Outbox.in_state_dir(cfg.state_dir)
 MqttReporter(cfg, bus, outbox, DeviceRegistry(cfg))  # its listener writes every event to the outbox

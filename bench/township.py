@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the same harness the tests use
 from mqttkit import Broker, Subscriber  # noqa: E402
 from simkit import Daemon, free_port, make_token, terminate, wait_until  # noqa: E402
 
-from controller.store import DB_NAME  # noqa: E402
+from controller.storage.journal import DB_NAME  # noqa: E402
 from drivers.audio_output import has_sound  # noqa: E402
 from simulator.control import ControlClient  # noqa: E402
 
@@ -157,7 +157,7 @@ class Township:
             self.subscriber = Subscriber(self.broker, [f"ebc/{self.data['gateway']['id']}/#"],
                                          persistent=True, client_id="bench-county").start()
         with open(self.workdir / "sim.log", "ab") as log:
-            self.sim_proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "sim", "--config",
+            self.sim_proc = subprocess.Popen([sys.executable, "-m", "controller.app.cli", "sim", "--config",
                                               str(self.config_path)], stdout=log, stderr=subprocess.STDOUT,
                                              cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         wait_until("the simulator", lambda: self._sim_up(), guard_s=30)

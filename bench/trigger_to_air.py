@@ -9,7 +9,7 @@ its wall clock, so the simulator's timestamps and the journal's compare with the
 script sent the POST.
 
 The program (its attention tone) starts when *every* terminal that answered has been read back
-ready (controller/activation.py ``wait_ready``), so that every horn hears the whole tone; a
+ready (controller/broadcast/activation.py ``wait_ready``), so that every horn hears the whole tone; a
 terminal's ``succeeded`` outcome comes only once a complete repetition is proven (near the end of
 the program), so it no longer marks when the township was on air. Each trial POSTs an emergency
 for the whole township with a text never spoken before (speech uncached), then the same text
@@ -76,19 +76,19 @@ sys.path.insert(0, str(REPO / "bench"))
 from line_efficiency import CHAR_BITS, reply_bytes  # noqa: E402
 from simkit import SimConfig, SimProcess, free_port, running_simulator, write_sim_config  # noqa: E402
 
-from controller.activation import (  # noqa: E402
+from controller.broadcast.activation import (  # noqa: E402
     LEVEL_PRIOR_POINTS,
     POWER_PRIOR_POINTS,
     STATUS_POINTS,
     ActivationSettings,
 )
-from controller.auth import Actor, Role  # noqa: E402
-from controller.broadcasts import BroadcastRequest  # noqa: E402
+from controller.broadcast.model import BroadcastRequest  # noqa: E402
+from controller.broadcast.release import known_points, zone_points  # noqa: E402
+from controller.broadcast.targets import resolve  # noqa: E402
 from controller.config import Config, load_config  # noqa: E402
-from controller.hardware import line_settings  # noqa: E402
-from controller.release import known_points, zone_points  # noqa: E402
-from controller.targets import resolve  # noqa: E402
-from controller.tts import CACHE_SUBDIR  # noqa: E402
+from controller.core.actors import Actor, Role  # noqa: E402
+from controller.devices.hardware import line_settings  # noqa: E402
+from controller.speech.tts import CACHE_SUBDIR  # noqa: E402
 from drivers.line_arbiter import SerialLineSettings  # noqa: E402
 from drivers.line_poller import PollResult  # noqa: E402
 from drivers.modbus_codec import ReadBlock, WriteBlock, read_plan, write_plan  # noqa: E402
@@ -125,7 +125,7 @@ def wire_limit_s(profile: ModbusTerminalProfile, terminals: int, settings: Activ
                  zones: tuple[int, ...], turnaround_s: float, broadcast_silence_s: float,
                  warmup_s: float) -> dict[str, float]:
     """The shortest time one RS-485 line can take to switch ``terminals`` on and read every one
-    back ready, in the order controller/activation.py joins a whole line (unit-id-0 frames).
+    back ready, in the order controller/broadcast/activation.py joins a whole line (unit-id-0 frames).
 
     When the health polls' settings are fresh (``broadcast.prior_state_max_age_s``, the default
     path once polling has run for a minute) the prior state is journalled from them and no read
@@ -217,7 +217,8 @@ class ApiGateway:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _ebc(self, *args: str) -> str:
-        out = subprocess.run([sys.executable, "-m", "controller.cli", *args, "--config", str(self.config)],
+        out = subprocess.run([sys.executable, "-m", "controller.app.cli", *args,
+                              "--config", str(self.config)],
                              cwd=REPO, capture_output=True, text=True, check=True)
         return out.stdout
 
@@ -230,7 +231,7 @@ class ApiGateway:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("NOTIFY_SOCKET", None)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "run", "--config",
+            self.proc = subprocess.Popen([sys.executable, "-m", "controller.app.cli", "run", "--config",
                                           str(self.config)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                          env=env)
         deadline = time.monotonic() + GUARD_S
@@ -280,18 +281,18 @@ class ApiGateway:
 
 class InProcessGateway:
     """The daemon's broadcast side (no API) on an event loop in a thread of this process, wired as
-    controller/daemon.py wires it: the engine gets the releaser that health polls wake."""
+    controller/app/daemon.py wires it: the engine gets the releaser that health polls wake."""
 
     ACTOR = Actor(name="bench", role=Role.OPERATOR, via="api")
 
     def __init__(self, cfg: Config, sim_cfg: SimConfig, work: Path, poll: bool) -> None:
-        from controller.device_state import DeviceRegistry
-        from controller.engine import BroadcastEngine
-        from controller.events import EventBus
-        from controller.hardware import Hardware
-        from controller.release import Releaser
-        from controller.store import Store
-        from controller.tts import SpeechService
+        from controller.broadcast.engine import BroadcastEngine
+        from controller.broadcast.release import Releaser
+        from controller.core.events import EventBus
+        from controller.devices.hardware import Hardware
+        from controller.devices.registry import DeviceRegistry
+        from controller.speech.tts import SpeechService
+        from controller.storage.journal import Store
         from drivers.audio_output import AudioPlayer, SimLineSink
 
         self.speech_cache = work / "speech-cache"
@@ -370,7 +371,7 @@ class InProcessGateway:
 
 @dataclass
 class Outcomes:
-    """What the journal says each device played (controller/evidence.py), for one broadcast."""
+    """What the journal says each device played (controller/broadcast/evidence.py), for one broadcast."""
 
     succeeded: int
     total: int

@@ -1,7 +1,7 @@
 """Speech: real-time factor of synthesis (cold, warm, cached) and time to first sound of a program.
 
 Real-time factor (RTF) = time the caller waits for the WAV / seconds of audio in it. Measured
-through controller.tts.SpeechService exactly as the daemon uses it (pyttsx3 over espeak-ng 1.52
+through controller.speech.tts.SpeechService exactly as the daemon uses it (pyttsx3 over espeak-ng 1.52
 in one worker process, JSON over pipes, files renamed into the cache):
   - cold:   a service that was never started, cache empty: worker start + warm-up + synthesis;
   - warm:   worker already running and warmed up, cache empty;
@@ -10,7 +10,7 @@ For warm syntheses it also splits the time: espeak's own synthesis (pyttsx3's st
 utterance), the rest of the request in the worker (pyttsx3's loop, WAV write), and the pipe/JSON
 round trip and rename in the caller.
 
-Time to first sound: from starting to iterate a Program (controller.program) to its first chunk
+Time to first sound: from starting to iterate a Program (controller.broadcast.program) to its first chunk
 with sound, with the speech NOT cached — the chime starts at once while speech is synthesised —
 and, for comparison, a program without a tone, whose first sound is the speech itself.
 
@@ -31,9 +31,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from controller.broadcasts import Tone  # noqa: E402
-from controller.program import Program  # noqa: E402
-from controller.tts import SpeechService, wav_seconds  # noqa: E402
+from controller.broadcast.model import Tone  # noqa: E402
+from controller.broadcast.program import Program  # noqa: E402
+from controller.speech.tts import SpeechService, wav_seconds  # noqa: E402
 from drivers.audio_output import has_sound  # noqa: E402
 
 TEXTS = {

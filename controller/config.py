@@ -24,8 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from controller.broadcasts import BroadcastClass, BroadcastRequest, Tone
-from controller.speech_text import SpeechText
+from controller.broadcast.model import BroadcastClass, BroadcastRequest, Tone
+from controller.speech.text import SpeechText
 from drivers.profile import AtFmTransmitterProfile, ModbusTerminalProfile, load_profile
 
 AREA_CODE = re.compile(r"^\d{12}$")
@@ -288,7 +288,7 @@ class BroadcastSettings(_Strict):
 
 
 class HealthSettings(_Strict):
-    """Device and gateway health supervision (controller/health.py)."""
+    """Device and gateway health supervision (controller/devices/health.py)."""
 
     offline_after_s: float = Field(default=20.0, gt=0, le=3600,
                                    description="A device is offline after this long without a good answer")
@@ -386,7 +386,7 @@ class CountySettings(_Strict):
 
     def key_problems(self, base: Path) -> list[str]:
         """Every key that cannot be read or is not a valid key of its type (for config check)."""
-        from controller.signing import KeyFormatError, load_public_key  # cryptography only when used
+        from controller.uplink.signing import KeyFormatError, load_public_key  # cryptography only when used
 
         problems = []
         for i, key in enumerate(self.keys):
@@ -540,7 +540,7 @@ def parse_broker_url(url: str) -> BrokerAddress:
 
 
 class MqttSettings(_Strict):
-    """Reporting to the county centre over MQTT (controller/mqtt.py; topics in docs/mqtt.md)."""
+    """Reporting to the county centre over MQTT (controller/uplink/mqtt.py; topics in docs/mqtt.md)."""
 
     brokers: list[str] = Field(min_length=1,
                                description="Broker URLs (mqtt://host:port or mqtts://host:port), tried in "

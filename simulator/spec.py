@@ -1,6 +1,6 @@
 """What to simulate, as plain dataclasses.
 
-The controller builds a :class:`SimulationSpec` from a gateway config (``controller.simulation``);
+The controller builds a :class:`SimulationSpec` from a gateway config (``controller.app.simulation``);
 the simulator only ever sees this spec, so it stays independent of the config models and of the
 device profiles — like real hardware, it knows its own register map, not the gateway's files.
 """

@@ -8,7 +8,7 @@ every test logs in through the page itself).
 * The township is config/demo.yaml (刘桥镇: 20 terminals in 19 villages, an FM transmitter, the
   broadcast templates) rewritten to free loopback ports, pty links and a state dir under the test's
   temporary directory, with fast polling, no MQTT broker and no CAP feeds. The simulator and the
-  daemon (``python -m controller.cli run``) run as child processes, as in tests/test_daemon.py.
+  daemon (``python -m controller.app.cli run``) run as child processes, as in tests/test_daemon.py.
 * Tokens for the three roles are made with the Store (``township.tokens["viewer"|"operator"|"admin"]``),
   audited as ``token.create`` like ``ebc token create`` does.
 * Playwright's **sync** API drives Chromium. pytest-asyncio runs in auto mode, but only ``async def``
@@ -50,8 +50,8 @@ from playwright.sync_api import (
 )
 from simkit import PROFILES_DIR, REPO, Daemon, SimConfig, SimProcess, free_port, wait_until
 
-from controller.auth import Actor, Role
-from controller.store import Store
+from controller.core.actors import Actor, Role
+from controller.storage.journal import Store
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

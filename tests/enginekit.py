@@ -21,17 +21,17 @@ import pytest
 import pytest_asyncio
 from simkit import SimProcess, running_simulator, write_sim_config
 
-from controller.auth import Actor, Role
-from controller.broadcasts import FINAL_STATES, BroadcastRequest, BroadcastState, TerminalOutcome
+from controller.broadcast.engine import BroadcastEngine
+from controller.broadcast.model import FINAL_STATES, BroadcastRequest, BroadcastState, TerminalOutcome
+from controller.broadcast.release import Releaser
 from controller.config import Config, load_config
-from controller.device_state import DeviceRegistry
-from controller.engine import BroadcastEngine
-from controller.events import Event, EventBus
-from controller.hardware import Hardware
-from controller.health import HealthMonitor
-from controller.release import Releaser
-from controller.store import Store
-from controller.tts import SpeechService
+from controller.core.actors import Actor, Role
+from controller.core.events import Event, EventBus
+from controller.devices.hardware import Hardware
+from controller.devices.health import HealthMonitor
+from controller.devices.registry import DeviceRegistry
+from controller.speech.tts import SpeechService
+from controller.storage.journal import Store
 from drivers.audio_output import AudioPlayer, SimLineSink, has_sound
 
 OPERATOR = Actor(name="duty-officer", role=Role.OPERATOR, token_id="tk_test", via="api")

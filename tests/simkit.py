@@ -1,6 +1,6 @@
 """Shared helpers for tests that need simulated hardware.
 
-The simulator runs as a separate process (``python -m controller.cli sim --config FILE``), as real
+The simulator runs as a separate process (``python -m controller.app.cli sim --config FILE``), as real
 hardware would, and is reached only over its ptys, sockets and control interface. Other test
 modules reuse this: ``write_sim_config`` for a small township, ``SimProcess`` to run it, and
 ``Daemon`` to run ``ebc run`` against it as a child process.
@@ -133,7 +133,7 @@ class SimProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "controller.cli", "sim", "--config", str(self.config.path)],
+                [sys.executable, "-m", "controller.app.cli", "sim", "--config", str(self.config.path)],
                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
         links = [p for p in (self.config.rtu_link, self.config.fm_link) if p is not None]
         deadline = time.monotonic() + timeout
@@ -210,7 +210,7 @@ class Daemon:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Daemon:
-        args = [sys.executable, "-m", "controller.cli", *(["-v"] if self.verbose else []),
+        args = [sys.executable, "-m", "controller.app.cli", *(["-v"] if self.verbose else []),
                 "run", "--config", str(self.config)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
@@ -236,7 +236,7 @@ class Daemon:
 
 def make_token(config: Path, name: str, role: str) -> str:
     """A bearer token made the way an administrator makes one (``ebc token create``)."""
-    out = subprocess.run([sys.executable, "-m", "controller.cli", "token", "create", name, "--role", role,
+    out = subprocess.run([sys.executable, "-m", "controller.app.cli", "token", "create", name, "--role", role,
                           "--config", str(config)], cwd=REPO, capture_output=True, text=True, check=True)
     token = out.stdout.strip()
     assert token.startswith("ebc_") and "\n" not in token

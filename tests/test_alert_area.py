@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from controller.alert_area import AreaMatch, great_circle_km, match_area
-from controller.broadcasts import Targets
-from controller.cap import Area, Circle, Info, Severity
+from controller.alerts.area import AreaMatch, great_circle_km, match_area
+from controller.alerts.cap import Area, Circle, Info, Severity
+from controller.broadcast.model import Targets
+from controller.broadcast.targets import resolve
 from controller.config import Config, load_config
-from controller.targets import resolve
 
 DEMO = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
 ALL_TERMINALS = tuple(f"t{i:02d}" for i in range(1, 21))

@@ -15,10 +15,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from controller.alert_area import AreaMatch, match_area
-from controller.alert_rules import Action, Decision, build_request, compose_text, decide, emergency_level
-from controller.broadcasts import BroadcastClass, SourceLevel, Targets, Tone
-from controller.cap import Area, CapAlert, Dialect, Info, MsgType, Severity, Status
+from controller.alerts.area import AreaMatch, match_area
+from controller.alerts.cap import Area, CapAlert, Dialect, Info, MsgType, Severity, Status
+from controller.alerts.rules import Action, Decision, build_request, compose_text, decide, emergency_level
+from controller.broadcast.model import BroadcastClass, SourceLevel, Targets, Tone
+from controller.broadcast.targets import resolve
 from controller.config import (
     DEFAULT_TEMPLATE,
     AlertRule,
@@ -28,7 +29,6 @@ from controller.config import (
     load_config,
     parse_config,
 )
-from controller.targets import resolve
 
 DEMO = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
 CST = timezone(timedelta(hours=8))

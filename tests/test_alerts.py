@@ -1,4 +1,4 @@
-"""The CAP alert inbox (controller/alerts.py) with a real Store on disk and the real BroadcastEngine.
+"""The CAP alert inbox (controller/alerts/inbox.py) with a real Store on disk and the real BroadcastEngine.
 
 The engine journals, audits and queues what the inbox submits, but its playing loop is not started
 (no hardware here): a submitted broadcast stays waiting, which is what Update/Cancel act on. What a
@@ -32,18 +32,18 @@ from alertkit import (
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from controller.alerts import AlertActionError, AlertService
-from controller.auth import Actor, Role
-from controller.broadcasts import BroadcastRequest, BroadcastState
-from controller.cap import CapError, parse_cap
+from controller.alerts.cap import CapError, parse_cap
+from controller.alerts.inbox import AlertActionError, AlertService
+from controller.broadcast.engine import BroadcastEngine
+from controller.broadcast.model import BroadcastRequest, BroadcastState
 from controller.config import Config, load_config
-from controller.county import CountyCommands
-from controller.device_state import DeviceRegistry
-from controller.engine import BroadcastEngine
-from controller.events import Event, EventBus
-from controller.hardware import Hardware
-from controller.store import Store
-from controller.tts import SpeechService
+from controller.core.actors import Actor, Role
+from controller.core.events import Event, EventBus
+from controller.devices.hardware import Hardware
+from controller.devices.registry import DeviceRegistry
+from controller.speech.tts import SpeechService
+from controller.storage.journal import Store
+from controller.uplink.commands import CountyCommands
 
 REPO = Path(__file__).resolve().parent.parent
 HANG_GUARD_S = 30.0

@@ -1,4 +1,4 @@
-"""The alert endpoints (controller/api_alerts.py): roles (feed tokens post CAP and nothing else),
+"""The alert endpoints (controller/api/alerts.py): roles (feed tokens post CAP and nothing else),
 status codes, error bodies naming the CAP element, the approval workflow over HTTP.
 
 Real Store on disk and the real engine (its playing loop not started), as in tests/test_auth_api.py.
@@ -14,16 +14,16 @@ import pytest
 from alertkit import LIUQIAO, OTHER_COUNTY, alert_township, cn_alert
 from starlette.testclient import TestClient
 
-from controller.alerts import AlertService
-from controller.api import ApiServices, create_app
-from controller.auth import Role
+from controller.alerts.inbox import AlertService
+from controller.api.app import ApiServices, create_app
+from controller.broadcast.engine import BroadcastEngine
 from controller.config import load_config
-from controller.device_state import DeviceRegistry
-from controller.engine import BroadcastEngine
-from controller.events import EventBus
-from controller.hardware import Hardware
-from controller.store import Store
-from controller.tts import SpeechService
+from controller.core.actors import Role
+from controller.core.events import EventBus
+from controller.devices.hardware import Hardware
+from controller.devices.registry import DeviceRegistry
+from controller.speech.tts import SpeechService
+from controller.storage.journal import Store
 
 CAP = "/api/v1/alerts/cap"
 CAP12_CANCEL = (Path(__file__).resolve().parent / "cap" / "cap12_zh_cancel.xml").read_bytes()

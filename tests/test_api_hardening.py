@@ -18,7 +18,7 @@ import pytest
 from apikit import Gateway, parse_response, raw_exchange, running_gateway
 from simkit import REPO, make_token
 
-from controller.web import CONSOLE_CSP, SECURITY_HEADERS
+from controller.web.console import CONSOLE_CSP, SECURITY_HEADERS
 
 HEADER_TIMEOUT_S = 1.0
 KEEPALIVE_S = 1.0
@@ -133,7 +133,7 @@ def test_revoking_a_token_ends_its_open_event_stream(gateway: Gateway):
         assert watcher.is_alive(), "the stream did not open"
         ended.wait(0.05)
     assert not ended.wait(3.0), "the stream must stay open while its token is valid"
-    subprocess.run([sys.executable, "-m", "controller.cli", "token", "revoke", "wall-screen", "--config",
+    subprocess.run([sys.executable, "-m", "controller.app.cli", "token", "revoke", "wall-screen", "--config",
                     str(gateway.sim.path)], cwd=REPO, check=True, capture_output=True)
     assert ended.wait(30), "the stream kept flowing after its token was revoked"
     assert lines[-1] == ": token revoked" or lines[-2:] == [": token revoked", ""]

@@ -15,10 +15,10 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 from simkit import SimConfig, SimProcess, running_simulator, write_sim_config
 
-from controller.broadcasts import Tone
-from controller.program import Program
-from controller.tones import chime
-from controller.tts import SpeechService
+from controller.broadcast.model import Tone
+from controller.broadcast.program import Program
+from controller.speech.tones import chime
+from controller.speech.tts import SpeechService
 from drivers.audio_output import (
     LEAD_S,
     AlsaSink,

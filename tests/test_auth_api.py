@@ -1,4 +1,4 @@
-"""The REST API (controller/api.py) with a real Store on disk: auth, roles, validation, error shape.
+"""The REST API (controller/api/app.py) with a real Store on disk: auth, roles, validation, error shape.
 
 These tests are about the API's own contract, not playback: the real BroadcastEngine journals,
 audits and queues what the API submits, but its playing loop is not started (no hardware here).
@@ -22,18 +22,19 @@ import yaml
 from simkit import free_port, write_sim_config
 from starlette.testclient import TestClient
 
-from controller.api import MAX_BODY_BYTES, ApiServices, create_app
-from controller.auth import Role, redact
-from controller.broadcasts import TerminalOutcome
+from controller.api.app import MAX_BODY_BYTES, ApiServices, create_app
+from controller.app.logs import setup_logging
+from controller.broadcast.engine import BroadcastEngine
+from controller.broadcast.model import TerminalOutcome
+from controller.broadcast.scheduler import Scheduler
 from controller.config import Config, load_config
-from controller.device_state import DeviceRegistry
-from controller.engine import BroadcastEngine
-from controller.events import EventBus
-from controller.hardware import Hardware
-from controller.logs import setup_logging
-from controller.scheduler import Scheduler
-from controller.store import Store
-from controller.tts import SpeechService
+from controller.core.actors import Role
+from controller.core.events import EventBus
+from controller.core.redaction import redact
+from controller.devices.hardware import Hardware
+from controller.devices.registry import DeviceRegistry
+from controller.speech.tts import SpeechService
+from controller.storage.journal import Store
 
 DRILL = {"class": "drill", "targets": {"all": True}, "text": "这是一次应急广播系统测试。"}
 

@@ -1,4 +1,4 @@
-"""CAP feed pollers (controller/cap_feeds.py) against a real HTTP server on loopback, a real folder
+"""CAP feed pollers (controller/alerts/feeds.py) against a real HTTP server on loopback, a real folder
 and a real Mosquitto (tests/mqttkit.py) for alerts the county pushes over MQTT.
 
 The server serves the shared CAP samples with ETag / Last-Modified and records every request, so
@@ -33,8 +33,8 @@ from mqttkit import HANG_GUARD_S, Broker, Subscriber
 from simkit import REPO, free_port
 from test_mqtt import Gateway, gateway_config, until
 
-from controller.cap import MAX_CAP_BYTES, parse_cap
-from controller.cap_feeds import Feeds, parse_index, redact
+from controller.alerts.cap import MAX_CAP_BYTES, parse_cap
+from controller.alerts.feeds import Feeds, parse_index, redact
 from controller.config import AlertFeed, AlertsSettings, load_config
 
 SAMPLES = REPO / "tests" / "cap" / "samples" / "google-cap-library"  # copy of ../shared/cap-samples
@@ -512,7 +512,7 @@ async def test_credentials_and_tokens_stay_out_of_labels_and_status(server: CapS
     server.put("/p/cap?token=s3cret&area=340621", sample("weather.cap"))
     url = server.url("/p/cap?token=s3cret&area=340621").replace("http://", "http://ebc:pa55word@")
     steps = Steps()
-    caplog.set_level(logging.INFO, "controller.cap_feeds")
+    caplog.set_level(logging.INFO, "controller.alerts.feeds")
     async with running(feed(id="prov", type="url", url=url), steps=steps) as (feeds, inbox):
         await steps.first()
         snap = feeds.snapshot()[0]

@@ -15,7 +15,7 @@ import xmlschema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller.cap import (
+from controller.alerts.cap import (
     MAX_CAP_BYTES,
     CapAlert,
     CapError,

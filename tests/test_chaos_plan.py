@@ -11,7 +11,7 @@ import random
 import sys
 from pathlib import Path
 
-from controller.broadcasts import BroadcastRequest
+from controller.broadcast.model import BroadcastRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 

@@ -115,12 +115,12 @@ def test_config_check_cli_prints_errors_and_fails(tmp_path: Path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     (tmp_path / "profiles").symlink_to(REPO / "config" / "profiles")
-    run = subprocess.run([sys.executable, "-m", "controller.cli", "config", "check", str(bad)],
+    run = subprocess.run([sys.executable, "-m", "controller.app.cli", "config", "check", str(bad)],
                          capture_output=True, text=True, check=False)
     assert run.returncode == 1
     assert "simulator.scenarios[0].device: no device with id 't99'" in run.stderr
 
-    good = subprocess.run([sys.executable, "-m", "controller.cli", "config", "check", str(DEMO)],
+    good = subprocess.run([sys.executable, "-m", "controller.app.cli", "config", "check", str(DEMO)],
                           capture_output=True, text=True, check=False)
     assert good.returncode == 0 and "21 devices" in good.stdout
 

@@ -1,4 +1,4 @@
-"""The console's side of the daemon (controller/web.py, controller/api_console.py) with real parts:
+"""The console's side of the daemon (controller/web/console.py, controller/api/console.py) with real parts:
 a real Store on disk, the real engine (journalling; its playing loop not started), the real
 HealthMonitor, MQTT reporter (against a real Mosquitto), CAP inbox and feed pollers, and one real
 SpeechService (the espeak-ng worker) for the speech previews.
@@ -30,21 +30,21 @@ from mqttkit import Broker
 from simkit import free_port, write_sim_config
 from starlette.testclient import TestClient
 
-from controller.alerts import AlertService
-from controller.api import ApiServices, create_app
-from controller.auth import Actor, Role
-from controller.cap_feeds import Feeds
+from controller.alerts.feeds import Feeds
+from controller.alerts.inbox import AlertService
+from controller.api.app import ApiServices, create_app
+from controller.broadcast.engine import BroadcastEngine
 from controller.config import Config, ConfigError, load_config, parse_config
-from controller.device_state import DeviceRegistry
-from controller.engine import BroadcastEngine
-from controller.events import EventBus
-from controller.hardware import Hardware
-from controller.health import HealthMonitor
-from controller.mqtt import MqttReporter
-from controller.outbox import Outbox
-from controller.store import Store
-from controller.tts import SpeechService
-from controller.web import CONSOLE_CSP, STATIC_DIR
+from controller.core.actors import Actor, Role
+from controller.core.events import EventBus
+from controller.devices.hardware import Hardware
+from controller.devices.health import HealthMonitor
+from controller.devices.registry import DeviceRegistry
+from controller.speech.tts import SpeechService
+from controller.storage.journal import Store
+from controller.uplink.mqtt import MqttReporter
+from controller.uplink.outbox import Outbox
+from controller.web.console import CONSOLE_CSP, STATIC_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 DRILL = {"class": "drill", "targets": {"all": True}, "text": "这是一次应急广播系统测试。"}

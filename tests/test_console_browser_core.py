@@ -29,8 +29,8 @@ from browserkit import (  # noqa: F401  (browser, console_township, context, pag
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 from simkit import REPO
 
-from controller.auth import Role
-from controller.store import Store
+from controller.core.actors import Role
+from controller.storage.journal import Store
 
 STATIC = REPO / "controller" / "web" / "static"
 TOKEN_KEY = "ebc.token"

@@ -42,8 +42,8 @@ from browserkit import (  # noqa: F401  (browser, context, page: fixtures)
 from playwright.sync_api import Browser, Page, expect
 from simkit import SimProcess
 
-from controller.auth import Role
-from controller.store import Store
+from controller.core.actors import Role
+from controller.storage.journal import Store
 
 PLAY_WAIT_MS = 120_000
 """Guard for a whole broadcast to play out (tone, speech ×3) on slow CI; never a performance claim."""

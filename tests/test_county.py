@@ -1,4 +1,5 @@
-"""Signed county commands (controller/county.py, controller/signing.py) with keys the tests generate.
+"""Signed county commands (controller/uplink/commands.py, controller/uplink/signing.py) with keys the
+tests generate.
 
 The real BroadcastEngine journals and queues what a command submits, on a real Store on disk; its
 playing loop is not started (no hardware here). Signatures are made with the libraries themselves
@@ -30,17 +31,17 @@ from gmssl import sm2
 from pydantic import ValidationError
 from simkit import write_sim_config
 
-from controller.auth import Actor
-from controller.broadcasts import BroadcastRequest, BroadcastState
+from controller.broadcast.engine import BroadcastEngine
+from controller.broadcast.model import BroadcastRequest, BroadcastState
 from controller.config import Config, ConfigError, CountySettings, load_config
-from controller.county import CountyCommands
-from controller.device_state import DeviceRegistry
-from controller.engine import BroadcastEngine
-from controller.events import EventBus
-from controller.hardware import Hardware
-from controller.signing import KeyFormatError, load_public_key, signed_bytes
-from controller.store import Store
-from controller.tts import SpeechService
+from controller.core.actors import Actor
+from controller.core.events import EventBus
+from controller.devices.hardware import Hardware
+from controller.devices.registry import DeviceRegistry
+from controller.speech.tts import SpeechService
+from controller.storage.journal import Store
+from controller.uplink.commands import CountyCommands
+from controller.uplink.signing import KeyFormatError, load_public_key, signed_bytes
 
 GW = "gw-test"
 DRILL = {"class": "drill", "targets": {"all": True}, "text": "这是一次应急广播系统测试。"}

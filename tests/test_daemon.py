@@ -34,9 +34,9 @@ from simkit import (
     write_sim_config,
 )
 
-from controller import daemon as daemon_module
-from controller.sd_notify import Notifier
-from controller.store import Store
+from controller.app import daemon as daemon_module
+from controller.app.sd_notify import Notifier
+from controller.storage.journal import Store
 
 HANG_GUARD_S = 90.0
 """Only a guard against a hung test, never a performance claim."""
@@ -167,7 +167,7 @@ class DaemonProcess:
                "WATCHDOG_USEC": "1000000"}
         self.since = self.listener.mark()
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "-v", "run", "--config",
+            self.proc = subprocess.Popen([sys.executable, "-m", "controller.app.cli", "-v", "run", "--config",
                                           str(self.config)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                          env=env)
         self.wait_for("READY=1")
@@ -348,7 +348,7 @@ def test_busy_port_is_a_clear_startup_error(township: tuple[SimConfig, Path, int
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
-        out = subprocess.run([sys.executable, "-m", "controller.cli", "run", "--config", str(config)],
+        out = subprocess.run([sys.executable, "-m", "controller.app.cli", "run", "--config", str(config)],
                              cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert out.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
@@ -359,7 +359,7 @@ def test_token_cli_create_list_revoke(township: tuple[SimConfig, Path, int]):
     _, config, _ = township
 
     def ebc(*args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "controller.cli", "token", *args, "--config", str(config)]
+        cmd = [sys.executable, "-m", "controller.app.cli", "token", *args, "--config", str(config)]
         return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_S)
 
     token = make_token(config, "night-duty", "viewer")

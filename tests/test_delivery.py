@@ -31,9 +31,9 @@ from enginekit import (  # noqa: F401  (sim, speech: fixtures)
 )
 from simkit import SimProcess
 
-from controller.broadcasts import BroadcastState, TerminalOutcome
-from controller.release import Releaser
-from controller.tts import SpeechService
+from controller.broadcast.model import BroadcastState, TerminalOutcome
+from controller.broadcast.release import Releaser
+from controller.speech.tts import SpeechService
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -45,7 +45,7 @@ def demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], psutil.Proce
     config = _demo_config(tmp_path)
     out = tmp_path / "demo.out"
     with open(out, "wb") as log:
-        cmd = [sys.executable, "-m", "controller.cli", "demo", "--config", str(config.path)]
+        cmd = [sys.executable, "-m", "controller.app.cli", "demo", "--config", str(config.path)]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
     started: list[psutil.Process] = []

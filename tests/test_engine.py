@@ -28,11 +28,11 @@ from enginekit import (  # noqa: F401  (sim, speech, gw: fixtures)
     wait_state,
 )
 
-from controller.broadcasts import BroadcastState, TerminalOutcome
-from controller.engine import BroadcastEngine
-from controller.release import Releaser
-from controller.scheduler import Scheduler, validate_cron
-from controller.tts import SpeechService
+from controller.broadcast.engine import BroadcastEngine
+from controller.broadcast.model import BroadcastState, TerminalOutcome
+from controller.broadcast.release import Releaser
+from controller.broadcast.scheduler import Scheduler, validate_cron
+from controller.speech.tts import SpeechService
 from drivers.audio_output import AudioPlayer, SimLineSink
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

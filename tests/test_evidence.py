@@ -1,11 +1,10 @@
-"""The outcome rule (controller/evidence.py) on hand-made readings: what read-backs prove."""
+"""The outcome rule (controller/broadcast/evidence.py) on hand-made readings: what read-backs prove."""
 
 from __future__ import annotations
 
 import pytest
 
-from controller.broadcasts import BroadcastState, TerminalOutcome
-from controller.evidence import (
+from controller.broadcast.evidence import (
     MAX_GAP_S,
     DeviceEvidence,
     ProgramTimeline,
@@ -14,6 +13,7 @@ from controller.evidence import (
     Verdict,
     broadcast_verdict,
 )
+from controller.broadcast.model import BroadcastState, TerminalOutcome
 
 AUDIO, READY, BAD, NONE = ReadingKind.AUDIO, ReadingKind.READY, ReadingKind.BAD, ReadingKind.NONE
 

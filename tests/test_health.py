@@ -18,11 +18,11 @@ import pytest
 from simkit import SimConfig, SimProcess, write_sim_config
 
 from controller.config import Config, HealthSettings, load_config
-from controller.device_state import DeviceRegistry
-from controller.events import Event, EventBus
-from controller.fault_rules import check_zones, fm_faults, terminal_faults
-from controller.hardware import Hardware
-from controller.health import HealthMonitor, TerminalState
+from controller.core.events import Event, EventBus
+from controller.devices.fault_rules import check_zones, fm_faults, terminal_faults
+from controller.devices.hardware import Hardware
+from controller.devices.health import HealthMonitor, TerminalState
+from controller.devices.registry import DeviceRegistry
 from drivers.errors import LineDownError
 from drivers.fm_transmitter import FmAlarm, FmStatus, vswr
 from drivers.line_poller import PollResult

@@ -1,11 +1,11 @@
-"""HTML in CAP text as a listener should hear it (controller/markup.py): what a villager would notice
+"""HTML in CAP text as a listener should hear it (controller/speech/markup.py): what a villager would notice
 is a tag, an entity or script code read aloud, or two sentences run together where a <br> was."""
 
 from __future__ import annotations
 
 import pytest
 
-from controller.markup import speech_text
+from controller.speech.markup import speech_text
 
 
 @pytest.mark.parametrize(("written", "heard"), [

@@ -1,4 +1,4 @@
-"""``/metrics`` (controller/metrics.py): valid Prometheus text with every family and its sources.
+"""``/metrics`` (controller/api/metrics.py): valid Prometheus text with every family and its sources.
 
 Real parts: the Store journal, the BroadcastEngine (loop not started), the HealthMonitor fed a
 real poll result, the SQLite Outbox and the county command handler. The exposition is checked
@@ -23,19 +23,19 @@ from prometheus_client.samples import Sample
 from simkit import write_sim_config
 from starlette.testclient import TestClient
 
-from controller.api import ApiServices, create_app
-from controller.auth import Actor, Role
-from controller.broadcasts import BroadcastState
+from controller.api.app import ApiServices, create_app
+from controller.broadcast.engine import BroadcastEngine
+from controller.broadcast.model import BroadcastState
 from controller.config import Config, load_config
-from controller.county import CountyCommands
-from controller.device_state import DeviceRegistry
-from controller.engine import BroadcastEngine
-from controller.events import EventBus
-from controller.hardware import Hardware
-from controller.health import HealthMonitor
-from controller.outbox import Outbox
-from controller.store import Store
-from controller.tts import SpeechService
+from controller.core.actors import Actor, Role
+from controller.core.events import EventBus
+from controller.devices.hardware import Hardware
+from controller.devices.health import HealthMonitor
+from controller.devices.registry import DeviceRegistry
+from controller.speech.tts import SpeechService
+from controller.storage.journal import Store
+from controller.uplink.commands import CountyCommands
+from controller.uplink.outbox import Outbox
 from drivers.line_poller import PollResult
 from drivers.modbus_terminal import TerminalSnapshot
 

@@ -34,13 +34,13 @@ from simkit import REPO, SimConfig, free_port, running_simulator, write_sim_conf
 from test_daemon import make_token, wait_until
 
 from controller.config import Config, ConfigError, load_config, parse_config
-from controller.county import CountyCommands
-from controller.device_state import DeviceRegistry
-from controller.events import EventBus
-from controller.mqtt import MqttReporter
-from controller.outbox import OVERFLOW_KIND, Outbox, OutboxLimits
-from controller.signing import signed_bytes
-from controller.store import Store
+from controller.core.events import EventBus
+from controller.devices.registry import DeviceRegistry
+from controller.storage.journal import Store
+from controller.uplink.commands import CountyCommands
+from controller.uplink.mqtt import MqttReporter
+from controller.uplink.outbox import OVERFLOW_KIND, Outbox, OutboxLimits
+from controller.uplink.signing import signed_bytes
 
 GW = "gw-test"
 ROOT = f"ebc/{GW}"
@@ -319,7 +319,7 @@ class Ebc:
     def start(self) -> Ebc:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "-v", "run", "--config",
+            self.proc = subprocess.Popen([sys.executable, "-m", "controller.app.cli", "-v", "run", "--config",
                                           str(self.config)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                          env=env)
 

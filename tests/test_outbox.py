@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from simkit import REPO
 
-from controller.outbox import OVERFLOW_KIND, Outbox, OutboxLimits, event_record
+from controller.uplink.outbox import OVERFLOW_KIND, Outbox, OutboxLimits, event_record
 
 HANG_GUARD_S = 60.0
 
@@ -114,7 +114,7 @@ def test_events_over_the_hard_cap_are_dropped_and_reported(path: Path):
 
 WRITER = """
 import sys
-from controller.outbox import Outbox
+from controller.uplink.outbox import Outbox
 box = Outbox(sys.argv[1])
 i = 0
 while True:

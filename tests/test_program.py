@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_tones import goertzel_power
 
-from controller.broadcasts import BroadcastRequest, Tone
-from controller.program import (
+from controller.broadcast.model import BroadcastRequest, Tone
+from controller.broadcast.program import (
     Program,
     build_program,
     store_uploaded_audio,
@@ -23,8 +23,8 @@ from controller.program import (
     wav_output_samples,
     wav_pcm,
 )
-from controller.tones import chime
-from controller.tts import SpeechError, SpeechService, TextTooLong
+from controller.speech.tones import chime
+from controller.speech.tts import SpeechError, SpeechService, TextTooLong
 from drivers.audio_output import has_sound
 
 RATE = 16000

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from simkit import free_port
 
+from controller.app.simulation import spec_from_config
 from controller.config import load_config
-from controller.simulation import spec_from_config
 from simulator.control import ControlServer
 from simulator.fm_transmitter import FmTransmitter
 from simulator.modbus_pdu import crc16, crc_ok, execute, with_crc

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from controller import tts
-from controller.tts import SpeechError, SpeechService, TextTooLong, wav_seconds
+from controller.speech import tts as tts
+from controller.speech.tts import SpeechError, SpeechService, TextTooLong, wav_seconds
 
 ZH = "暴雨红色预警。请各村组立即做好防范准备，人员转移到安全地带。"
 EN = "Red rainstorm warning. Move to higher ground now and stay away from rivers and streams."
@@ -232,7 +232,7 @@ def test_ebc_say_writes_a_wav(tmp_path: Path):
     out = tmp_path / "say.wav"
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
     text = "气温-5℃，阵风7级。"
-    command = [sys.executable, "-m", "controller.cli", "say", text, "--lang", "zh", "-o", str(out)]
+    command = [sys.executable, "-m", "controller.app.cli", "say", text, "--lang", "zh", "-o", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "零下五摄氏度" in done.stdout and "七级" in done.stdout
@@ -242,7 +242,7 @@ def test_ebc_say_writes_a_wav(tmp_path: Path):
 
 def test_ebc_say_refuses_too_long_text(tmp_path: Path):
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
-    done = subprocess.run([sys.executable, "-m", "controller.cli", "say", "长" * 2001, "-o",
+    done = subprocess.run([sys.executable, "-m", "controller.app.cli", "say", "长" * 2001, "-o",
                            str(tmp_path / "x.wav")], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 1
     assert "2001 characters" in done.stderr and "2000" in done.stderr

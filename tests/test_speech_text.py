@@ -1,4 +1,4 @@
-"""The rule for text that becomes speech (controller/speech_text.py), as properties over any text.
+"""The rule for text that becomes speech (controller/speech/text.py), as properties over any text.
 
 A NUL used to cut the spoken text where it stood, and texts of only invisible characters played a
 chime and then silence. Whatever a client sends, the rule must keep every character a listener
@@ -14,10 +14,10 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from controller.api_alerts import ApproveIn
-from controller.api_console import PreviewIn
-from controller.broadcasts import BroadcastRequest
-from controller.speech_text import KEPT_CONTROLS, clean_speech_text
+from controller.api.alerts import ApproveIn
+from controller.api.console import PreviewIn
+from controller.broadcast.model import BroadcastRequest
+from controller.speech.text import KEPT_CONTROLS, clean_speech_text
 
 INVISIBLE = "\x00\x01\x07\x1b\x7f\x9f\u200b\u200c\u200d\u2060\ufeff\u00ad\u200e\u202e\u2066"
 """Controls and format characters (NUL, BEL, ESC, DEL, C1, zero-width space/joiners, BOM, …)."""

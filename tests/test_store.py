@@ -1,4 +1,5 @@
-"""The journal (controller/store.py) against real SQLite files: durability, schema, tokens, audit."""
+"""The journal (controller/storage/journal.py) against real SQLite files: durability, schema, tokens,
+audit."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.auth import Actor, Role
-from controller.broadcasts import BroadcastState, TerminalOutcome
-from controller.store import SCHEMA_VERSION, DuplicateError, Store, StoreError
+from controller.broadcast.model import BroadcastState, TerminalOutcome
+from controller.core.actors import Actor, Role
+from controller.storage.journal import SCHEMA_VERSION, DuplicateError, Store, StoreError
 
 REPO = Path(__file__).resolve().parent.parent
 OFFICER = Actor(name="duty-officer", role=Role.OPERATOR, token_id="tk_1", remote="127.0.0.1:5000")
@@ -87,9 +88,9 @@ def test_everything_survives_reopening(tmp_path: Path):
 
 WRITER = textwrap.dedent("""
     import sys, time
-    from controller.auth import Actor, Role
-    from controller.broadcasts import BroadcastState
-    from controller.store import Store
+    from controller.core.actors import Actor, Role
+    from controller.broadcast.model import BroadcastState
+    from controller.storage.journal import Store
     store = Store(sys.argv[1])
     actor = Actor(name="writer", role=Role.OPERATOR)
     i = 0

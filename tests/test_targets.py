@@ -8,9 +8,9 @@ import pytest
 import yaml
 from simkit import write_sim_config
 
-from controller.broadcasts import Targets
+from controller.broadcast.model import Targets
+from controller.broadcast.targets import TargetError, area_covers, resolve
 from controller.config import Config, load_config
-from controller.targets import TargetError, area_covers, resolve
 
 VILLAGE_A = "340621105201"
 VILLAGE_B = "340621105202"

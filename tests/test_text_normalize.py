@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from controller.text_normalize import normalize, read_digits, read_integer, read_number
+from controller.speech.normalize import normalize, read_digits, read_integer, read_number
 
 INTEGERS = [
     (0, "零"), (1, "一"), (2, "二"), (10, "十"), (11, "十一"), (15, "十五"), (20, "二十"), (24, "二十四"),

@@ -9,8 +9,8 @@ import types
 
 import pytest
 
-from controller.broadcasts import Tone
-from controller.tones import (
+from controller.broadcast.model import Tone
+from controller.speech.tones import (
     Signal,
     air_defence_warning,
     air_raid,

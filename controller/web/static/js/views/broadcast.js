@@ -201,7 +201,7 @@ export function classNode(cls, severity) {
     cls === 'emergency' && severity ? levelBadge(severity) : null);
 }
 
-/** The tone the engine plays when the request names none (controller/broadcasts.py effective_tone). */
+/** The tone the engine plays when the request names none (controller/broadcast/model.py effective_tone). */
 export function defaultTone(cls, severity) {
   return cls === 'emergency' && (severity || 4) <= 2 ? 'siren' : 'chime';
 }
@@ -530,7 +530,7 @@ function render(root) {
     return form.devices.size ? { devices: [...form.devices] } : null;
   }
 
-  // What the targets reach, resolved the way controller/targets.py does (all → every terminal and
+  // What the targets reach, resolved the way controller/broadcast/targets.py does (all → every terminal and
   // the FM transmitter; zones → terminals wired with one of them).
   function reached() {
     const tg = targets();

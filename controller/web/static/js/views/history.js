@@ -332,7 +332,7 @@ function renderDetail(root, id) {
     h('span', { class: 'v-cell v-reason' }, lateNote(o), o.reason || ''));
   }
 
-  // What the evidence says the terminal missed (controller/evidence.py): said before the reason.
+  // What the evidence says the terminal missed (controller/broadcast/evidence.py): said before the reason.
   function lateNote(o) {
     const missed = Number(o.missed_s || 0);
     if (o.outcome === 'pending' || o.outcome === 'unreachable' || (!o.joined_late && missed < 0.5)) return null;

@@ -1,0 +1,128 @@
+"""What the API answers, as the OpenAPI description shows it: response models and error answers.
+
+``/openapi.json`` is a contract clients and the test suite hold the API to (tests/test_api_contract.py
+runs schemathesis against the real daemon): every status an endpoint can give is listed with its
+body, and error bodies are the API's own ``{"error", "field", "details"}``, not FastAPI's default
+validation shape. Models here describe; the routes build the answers (controller/api/app.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx/5xx body: a message a person can act on and the field it concerns."""
+
+    error: str = Field(description="What is wrong, starting with the field when there is one")
+    field: str | None = Field(description="Dotted path of the offending field (targets.area_codes.0) or null")
+    details: list[Any] = Field(description="Every problem found: [{field, problem}, ...]")
+
+
+ERROR_MEANINGS: dict[int, str] = {
+    400: "Malformed request",
+    401: "Missing, unknown or revoked token (with WWW-Authenticate: Bearer)",
+    403: "The token's role may not do this",
+    404: "No such resource (the message names the id), or no such endpoint",
+    409: "Conflicts with the resource's state (the message says which)",
+    413: "Request body over the limit",
+    422: "Invalid request: `field` names the offending field",
+    503: "The part of the gateway this needs is not available",
+}
+
+
+def errors(*codes: int, **meanings: str) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: each code with the error body, described by ``ERROR_MEANINGS``
+    or by ``meanings`` (``e404="no broadcast with this id"``)."""
+    return {code: {"model": ErrorOut, "description": meanings.get(f"e{code}", ERROR_MEANINGS[code])}
+            for code in codes}
+
+
+WAV_CONTENT = {"audio/wav": {"schema": {"type": "string", "format": "binary"}}}
+"""A PCM WAV file as a request or response body."""
+
+AUTH_ERRORS = (401, 403)
+"""Every endpoint behind a token can answer these."""
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="allow")  # a description, never a filter of what the route returns
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class BroadcastAccepted(BaseModel):
+    """A broadcast journalled (it is never lost after this answer)."""
+
+    id: str
+    state: str = Field(description="waiting, playing, … (GET the location for progress)")
+    location: str = Field(description="Where to follow it: /api/v1/broadcasts/{id}")
+
+
+class AudioClipOut(_Out):
+    """An uploaded recording, kept under an id derived from its content."""
+
+    audio_id: str
+    duration_s: float = Field(description="What the file really holds, in seconds")
+    sample_rate: int
+    channels: int
+    bytes: int
+
+
+class TokenOut(BaseModel):
+    id: str
+    name: str
+    role: Literal["viewer", "operator", "admin", "feed"]
+    created_at: float
+
+
+class SessionOut(BaseModel):
+    name: str
+    role: Literal["viewer", "operator", "admin", "feed"] | None
+    token_id: str | None
+    timezone: str = Field(description="The gateway's IANA time zone: the console shows times in it")
+
+
+class ScheduleOut(_Out):
+    id: str
+    cron: str
+    enabled: bool
+    request: dict[str, Any]
+    source: Literal["config", "api"]
+
+
+ERROR_REF = "#/components/schemas/ErrorOut"
+
+
+def finish_openapi(schema: dict[str, Any]) -> dict[str, Any]:
+    """FastAPI's description made true to this API.
+
+    * FastAPI adds a 422 with its own HTTPValidationError shape to every route with parameters;
+      this API never sends that shape, and routes that can answer 422 list it with :class:`ErrorOut`.
+    * Error answers are JSON whatever the route's own media type.
+    * The token check is a plain dependency (it must read only the Authorization header), so
+      FastAPI does not know it: every operation that can answer 401 gets the bearer scheme.
+    """
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            content = responses.get("422", {}).get("content", {})
+            ref = content.get("application/json", {}).get("schema", {}).get("$ref", "")
+            if ref.endswith("/HTTPValidationError"):
+                del responses["422"]
+            for status, response in responses.items():
+                if int(status) >= 400:  # FastAPI files them under the route type (text/plain, audio/wav)
+                    response["content"] = {"application/json": {"schema": {"$ref": ERROR_REF}}}
+            if "401" in responses:
+                operation["security"] = [{"bearer": []}]
+    components = schema.setdefault("components", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.get("schemas", {}).pop(name, None)
+    components["securitySchemes"] = {"bearer": {
+        "type": "http", "scheme": "bearer",
+        "description": "A token from `ebc token create NAME --role ROLE` (never in the URL)"}}
+    return schema
