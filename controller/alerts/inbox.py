@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, tzinfo
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -42,6 +42,7 @@ from controller.alerts.area import AreaMatch, match_area
 from controller.alerts.cap import MAX_CAP_BYTES, CapAlert, CapError, Info, MsgType, Reference, parse_cap
 from controller.alerts.rules import Action, Decision, build_request, compose_text, decide, emergency_level
 from controller.broadcast.model import FINAL_STATES, BroadcastRequest
+from controller.broadcast.ports import BroadcastPort
 from controller.config import Config
 from controller.core.actors import Actor, Role
 from controller.core.events import EventBus
@@ -68,14 +69,6 @@ class Disposition(StrEnum):
     CANCELLED = "cancelled"            # a later Cancel stopped it
     SUPERSEDED = "superseded"          # a later Update replaced it
     FAILED = "failed"                  # could not be submitted (reason)
-
-
-class AlertEngine(Protocol):
-    """What the inbox needs from the broadcast engine (controller/broadcast/engine.py)."""
-
-    async def submit(self, request: BroadcastRequest, actor: Actor) -> str: ...
-
-    async def cancel(self, broadcast_id: str, actor: Actor) -> bool: ...
 
 
 class AlertActionError(Exception):
@@ -115,7 +108,7 @@ def document_text(raw: bytes) -> str:
 class AlertService:
     """Ingests CAP alerts, decides by the rules, runs the approval workflow (see module doc)."""
 
-    def __init__(self, cfg: Config, store: Store, engine: AlertEngine, bus: EventBus, *,
+    def __init__(self, cfg: Config, store: Store, engine: BroadcastPort, bus: EventBus, *,
                  clock: Clock | None = None) -> None:
         self.cfg = cfg
         self.store = store

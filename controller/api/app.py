@@ -40,6 +40,7 @@ from controller.api.models import (
     finish_openapi,
 )
 from controller.broadcast.model import FINAL_STATES, BroadcastRequest, BroadcastState
+from controller.broadcast.ports import BroadcastPort
 from controller.broadcast.program import store_uploaded_audio
 from controller.broadcast.scheduler import Scheduler, validate_cron
 from controller.broadcast.targets import TargetError, resolve
@@ -67,12 +68,8 @@ MAX_OFFSET = 1_000_000_000
 """Largest ``offset`` a list accepts: far beyond any gateway's journal, far below SQLite's 2**63."""
 
 
-class BroadcastEngineApi(Protocol):
-    """What the API needs from the broadcast engine (controller/broadcast/engine.py)."""
-
-    async def submit(self, request: BroadcastRequest, actor: Actor) -> str: ...
-
-    async def cancel(self, broadcast_id: str, actor: Actor) -> bool: ...
+class BroadcastEngineApi(BroadcastPort, Protocol):
+    """The engine's port plus where uploaded recordings go (controller/broadcast/engine.py)."""
 
     audio_dir: Path
     """Where uploaded recordings are kept (``audio_id`` in a request names one)."""

@@ -22,13 +22,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
-from typing import Any, Protocol
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from cronsim import CronSim, CronSimError
 from pydantic import ValidationError
 
 from controller.broadcast.model import BroadcastRequest
+from controller.broadcast.ports import BroadcastPort
 from controller.config import Config
 from controller.core.actors import Actor
 from controller.storage.journal import Store
@@ -38,10 +39,6 @@ log = logging.getLogger(__name__)
 MAX_SLEEP_S = 60.0
 """Re-read the clock at least this often, so a clock step (NTP, RTC fix) is noticed."""
 FIELDS = ("minute", "hour", "day of month", "month", "day of week")
-
-
-class EngineSubmit(Protocol):
-    async def submit(self, request: BroadcastRequest, actor: Actor) -> str: ...
 
 
 def validate_cron(expr: str, now: datetime | None = None) -> CronSim:
@@ -80,7 +77,7 @@ class _Entry:
 class Scheduler:
     """Fires due schedules into the engine; see the module doc for the rules."""
 
-    def __init__(self, cfg: Config, store: Store, engine: EngineSubmit, *,
+    def __init__(self, cfg: Config, store: Store, engine: BroadcastPort, *,
                  timezone: str | tzinfo | None = None,
                  clock: Callable[[], datetime] | None = None) -> None:
         """``timezone``: the one the cron fields are read in (default: ``gateway.timezone``)."""

@@ -51,8 +51,9 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Protocol
+from typing import Any
 
+from controller.broadcast.ports import BroadcastView
 from controller.config import Config, Device
 from controller.core.events import EventBus
 from controller.devices.fault_rules import (
@@ -100,14 +101,6 @@ STATE_NAMES_ZH = {TerminalState.NORMAL: "正常", TerminalState.OFF: "关机/离
                   TerminalState.FAULT_RECOVERED: "故障恢复", TerminalState.BROADCASTING: "播出中"}
 
 
-class EngineView(Protocol):
-    """What health needs from the broadcast engine (controller.broadcast.engine.BroadcastEngine has it)."""
-
-    def current(self) -> str | None: ...
-
-    def queue_snapshot(self) -> list[dict[str, Any]]: ...
-
-
 @dataclass
 class _Active:
     fault: Fault
@@ -148,7 +141,7 @@ class HealthMonitor:
     """
 
     def __init__(self, cfg: Config, bus: EventBus, hardware: Hardware, registry: DeviceRegistry, *,
-                 engine: EngineView | None = None, outbox_depth: Callable[[], int] | None = None,
+                 engine: BroadcastView | None = None, outbox_depth: Callable[[], int] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
         self.settings = cfg.health
@@ -175,7 +168,7 @@ class HealthMonitor:
         """When the state clock next re-judges (the earliest moment time alone changes a state)."""
         self._clock_moved: asyncio.Event | None = None
 
-    def set_engine(self, engine: EngineView | None) -> None:
+    def set_engine(self, engine: BroadcastView | None) -> None:
         """The engine is built after hardware and health; hand it over when it exists."""
         self.engine = engine
 

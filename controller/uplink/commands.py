@@ -33,11 +33,12 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller.broadcast.model import FINAL_STATES, BroadcastRequest, SourceLevel
+from controller.broadcast.ports import BroadcastPort
 from controller.config import Config, CountyCommand, CountyKey
 from controller.core.actors import Actor, Role
 from controller.storage.journal import Store
@@ -61,14 +62,6 @@ ValueError (CapError, with ``element``) for a document that is not a usable CAP 
 LineCheck = Callable[[list[str] | None], Awaitable[dict[str, Any]]]
 Clock = Callable[[], float]
 _M = TypeVar("_M", bound=BaseModel)
-
-
-class CommandEngine(Protocol):
-    """What county commands need from the broadcast engine (controller/broadcast/engine.py)."""
-
-    async def submit(self, request: BroadcastRequest, actor: Actor) -> str: ...
-
-    async def cancel(self, broadcast_id: str, actor: Actor) -> bool: ...
 
 
 class Refused(Exception):
@@ -127,7 +120,7 @@ class _LineCheckArgs(BaseModel):
 class CountyCommands:
     """Verifies and executes county commands; give every MQTT ``cmd/<name>`` message to :meth:`handle`."""
 
-    def __init__(self, cfg: Config, store: Store, engine: CommandEngine, *, rebirth: Rebirth,
+    def __init__(self, cfg: Config, store: Store, engine: BroadcastPort, *, rebirth: Rebirth,
                  line_check: LineCheck | None, clock: Clock = time.time,
                  line_check_timeout_s: float = LINE_CHECK_TIMEOUT_S,
                  alerts: AlertIngest | None = None) -> None:
