@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from controller.alerts.cap import Severity, Status
 from controller.config.common import IDENT, Strict
 
 TEMPLATE_FIELDS = ("headline", "description", "instruction", "event", "villages", "guidance", "sender",
@@ -16,6 +17,17 @@ TEMPLATE_FIELDS = ("headline", "description", "instruction", "event", "villages"
 DEFAULT_TEMPLATE = ("{sender}发布{event}预警。{headline}。{description}{instruction}"
                     "影响范围：{villages}。{guidance}")
 
+SourceLevelName = Literal["village", "township", "county", "city", "province", "national"]
+"""``SourceLevel`` (controller/broadcast/model.py) by name, as YAML writes it: the enum's values are its
+ranks, so the enum itself would ask for numbers (tests/test_config.py keeps the two in step)."""
+
+RuleAction = Literal["broadcast", "approve", "record"]
+"""``Action`` of controller/alerts/rules.py, which imports this package (hence not the enum itself)."""
+
+AlertTone = Literal["none", "chime", "siren"]
+"""The ``Tone``s an alert may start with (not the air-raid signals). pydantic words an error for a
+``Literal`` of enum members as ``<Tone.NONE: 'none'>``, so the values are spelt out."""
+
 
 class AlertMatch(Strict):
     """When a rule applies: every list given must contain the alert's value (an empty list matches all)."""
@@ -23,13 +35,14 @@ class AlertMatch(Strict):
     event_types: list[str] = Field(default_factory=list,
                                    description="GB/T 35561 codes (11B03) or event texts (暴雨); "
                                                "a code prefix ending in '*' matches a family, e.g. 11B*")
-    severity: list[Literal["Extreme", "Severe", "Moderate", "Minor", "Unknown"]] = Field(
+    severity: list[Severity] = Field(
         default_factory=list, description="CAP severity; colours map Red→Extreme … Blue→Minor")
+    # cap.py keeps urgency and certainty as the alert's text (no enum): the CAP values are spelt out here
     urgency: list[Literal["Immediate", "Expected", "Future", "Past", "Unknown"]] = Field(default_factory=list)
     certainty: list[Literal["Observed", "Likely", "Possible", "Unlikely", "Unknown"]] = Field(
         default_factory=list)
-    status: list[Literal["Actual", "Exercise", "System", "Test", "Draft"]] = Field(
-        default_factory=lambda: ["Actual"], description="Default: real alerts only")
+    status: list[Status] = Field(default_factory=lambda: [Status.ACTUAL],
+                                 description="Default: real alerts only")
     senders: list[str] = Field(default_factory=list,
                                description="CAP sender, senderName or senderCode; any one equal matches")
 
@@ -39,7 +52,7 @@ class AlertRule(Strict):
 
     id: str = Field(pattern=IDENT)
     match: AlertMatch = AlertMatch()
-    action: Literal["broadcast", "approve", "record"] = Field(
+    action: RuleAction = Field(
         description="broadcast at once; queue for duty-officer approval; or record only")
     on_timeout: Literal["play", "expire"] = Field(
         default="expire", description="approve: what happens when nobody decides in time")
@@ -47,10 +60,10 @@ class AlertRule(Strict):
                                       description="approve: how long a pending alert waits for a decision")
     drill: bool = Field(default=False,
                         description="Play Test/Exercise alerts as a drill (never as emergency)")
-    tone: Literal["none", "chime", "siren"] | None = Field(
+    tone: AlertTone | None = Field(
         default=None, description="Attention signal; default siren for level 1–2, chime otherwise")
     repeat: int = Field(default=2, ge=1, le=10, description="How many times the announcement plays")
-    source_level: Literal["village", "township", "county", "city", "province", "national"] | None = Field(
+    source_level: SourceLevelName | None = Field(
         default=None, description="Who the alert counts as (priority); default: the feed's, else county")
 
 
@@ -67,7 +80,7 @@ class AlertFeed(Strict):
     timeout_s: float = Field(default=10, gt=0, le=300, description="Per HTTP request")
     max_backoff_s: float = Field(default=900, ge=1, le=86400,
                                  description="Longest wait after repeated failures (doubles up to it)")
-    source_level: Literal["village", "township", "county", "city", "province", "national"] = Field(
+    source_level: SourceLevelName = Field(
         default="county", description="Who this feed's alerts count as, for priority")
 
     @model_validator(mode="after")
