@@ -5,11 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
 
+from controller.alerts.rules import Action
+from controller.broadcast.model import SourceLevel, Tone
 from controller.config import ConfigError, load_config, parse_config
+from controller.config.alerts import AlertTone, RuleAction, SourceLevelName
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "config" / "demo.yaml"
@@ -141,3 +145,10 @@ def test_non_finite_numbers_are_refused_as_such():
     joined = "\n".join(_errors(data))
     assert "gateway.location.lat: Input should be a finite number" in joined, joined
     assert "broadcast.ready_timeout_s: Input should be a finite number" in joined, joined
+
+
+def test_spelt_out_vocabularies_follow_their_enums():
+    """Where config keeps a Literal instead of the enum (see controller/config/alerts.py), they agree."""
+    assert list(get_args(SourceLevelName)) == [level.name.lower() for level in SourceLevel]
+    assert list(get_args(RuleAction)) == [action.value for action in Action]
+    assert set(get_args(AlertTone)) <= {tone.value for tone in Tone}

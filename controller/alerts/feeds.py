@@ -1,6 +1,6 @@
 """CAP feed pollers: fetch warnings from the places the config names and hand each new one to the inbox.
 
-One asyncio task per ``alerts.feeds`` entry (controller/config.py: AlertFeed):
+One asyncio task per ``alerts.feeds`` entry (controller/config/alerts.py: AlertFeed):
 
 ``url``        one CAP document at an http(s) address, polled with a conditional GET (ETag /
                If-None-Match, Last-Modified / If-Modified-Since; 304 means nothing new).
