@@ -389,8 +389,8 @@ class BroadcastEngine:
     # ------------------------------------------------------------------ journal + events
 
     def _outcome(self, bid: str, dev: str, verdict: Verdict) -> None:
-        self.store.set_outcome(bid, dev, verdict.outcome, verdict.reason, verdict.detail())
         v = verdict.rounded()
+        self.store.set_outcome(bid, dev, v.outcome, v.reason, v.detail())
         self.bus.publish(BroadcastOutcome(broadcast_id=bid, device_id=dev, outcome=v.outcome.value,
                                           reason=v.reason, joined_late=v.joined_late, missed_s=v.missed_s,
                                           audible_s=v.audible_s, joined_at_s=v.joined_at_s))

@@ -263,20 +263,20 @@ class HealthMonitor:
         for key, active in list(dev.faults.items()):
             if active.source == source and key not in new:
                 del dev.faults[key]
-                self._publish_fault(True, dev, active)
+                self._publish_fault(dev, active, cleared=True)
         wall = time.time()
         for key, fault in new.items():
             active = dev.faults.get(key)
             if active is None:
                 dev.faults[key] = active = _Active(fault, source, wall)
                 log.warning("%s fault: %s", dev.cfg.id, fault.reason)
-                self._publish_fault(False, dev, active)
+                self._publish_fault(dev, active, cleared=False)
             else:
                 active.fault = fault  # same fault, fresh values (battery volts, temperature)
         if had_faults and not dev.faults:
             dev.recovered_at = now
 
-    def _publish_fault(self, cleared: bool, dev: _Device, active: _Active) -> None:
+    def _publish_fault(self, dev: _Device, active: _Active, *, cleared: bool) -> None:
         f = active.fault
         who = {"device_id": dev.cfg.id, "device_kind": dev.kind, "name": dev.cfg.name,
                "village": dev.cfg.village, "fault": f.code, "zone": f.zone, "values": dict(f.values),
