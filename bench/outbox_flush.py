@@ -39,7 +39,7 @@ from mqttkit import Broker  # noqa: E402
 from simkit import write_sim_config  # noqa: E402
 
 from controller.config import Config, load_config  # noqa: E402
-from controller.core.events import EventBus  # noqa: E402
+from controller.core.events import DeviceFault, EventBus  # noqa: E402
 from controller.devices.registry import DeviceRegistry  # noqa: E402
 from controller.uplink.mqtt import MqttReporter  # noqa: E402
 from controller.uplink.outbox import Outbox, OutboxLimits  # noqa: E402
@@ -69,7 +69,7 @@ WRITER = r"""
 import sys
 from controller.config import load_config
 from controller.devices.registry import DeviceRegistry
-from controller.core.events import EventBus
+from controller.core.events import DeviceFault, EventBus
 from controller.uplink.mqtt import MqttReporter
 from controller.uplink.outbox import Outbox
 cfg = load_config(sys.argv[1])
@@ -77,11 +77,19 @@ bus, outbox = EventBus(), Outbox.in_state_dir(cfg.state_dir)
 MqttReporter(cfg, bus, outbox, DeviceRegistry(cfg))  # its listener writes every event to the outbox
 i = 0
 while True:
-    bus.publish("device.fault", device="rtu1", fault="line_open", zone=1, n=i, reason="speaker line open")
+    bus.publish(DeviceFault(device_id="rtu1", device_kind="terminal", name="rtu1", village="",
+                            fault="line_open", zone=1, reason="speaker line open", reason_zh="",
+                            values={"n": i}, since=0.0))
     sys.stdout.write(f"{outbox.last_seq()}\n")
     sys.stdout.flush()
     i += 1
 """
+
+
+def line_open(n: int) -> DeviceFault:
+    """The event the flush sends N of, numbered in its ``values``."""
+    return DeviceFault(device_id="rtu1", device_kind="terminal", name="rtu1", village="", fault="line_open",
+                       zone=1, reason="speaker line open", reason_zh="", values={"n": n}, since=0.0)
 
 
 class DurableAcks(Outbox):
@@ -134,7 +142,7 @@ async def flush_run(folder: Path, events: int, inflight: int, durable_acks: bool
     await reporter.start()
     t0 = time.perf_counter()
     for i in range(events):
-        bus.publish("device.fault", device="rtu1", fault="line_open", zone=1, n=i, reason="speaker line open")
+        bus.publish(line_open(i))
     append_s = time.perf_counter() - t0
     depth = outbox.depth
     broker.start()

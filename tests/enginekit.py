@@ -26,7 +26,7 @@ from controller.broadcast.model import FINAL_STATES, BroadcastRequest, Broadcast
 from controller.broadcast.release import Releaser
 from controller.config import Config, load_config
 from controller.core.actors import Actor, Role
-from controller.core.events import Event, EventBus
+from controller.core.events import BroadcastStateChanged, Event, EventBus
 from controller.devices.hardware import Hardware
 from controller.devices.health import HealthMonitor
 from controller.devices.registry import DeviceRegistry
@@ -158,7 +158,7 @@ def sound_extent_s(path: Path) -> float:
 
 
 def play_order(events: list[Event]) -> list[str]:
-    return [e.data["id"] for e in events
-            if e.kind == "broadcast.state" and e.data["state"] == BroadcastState.PLAYING]
+    return [e.broadcast_id for e in events
+            if isinstance(e, BroadcastStateChanged) and e.state == BroadcastState.PLAYING]
 
 

@@ -81,7 +81,7 @@ class Gateway:
         return [a for a in self.store.list_audit(1000) if a["action"] == action]
 
     def kinds(self, kind: str) -> list[dict[str, Any]]:
-        return [e.data for e in self.events if e.kind == kind]
+        return [e.wire() for e in self.events if e.kind == kind]  # as published
 
 
 def config(tmp_path: Path, **overrides: Any) -> Config:

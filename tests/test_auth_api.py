@@ -29,7 +29,7 @@ from controller.broadcast.model import TerminalOutcome
 from controller.broadcast.scheduler import Scheduler
 from controller.config import Config, load_config
 from controller.core.actors import Role
-from controller.core.events import EventBus
+from controller.core.events import BroadcastStateChanged, EventBus
 from controller.core.redaction import redact
 from controller.devices.hardware import Hardware
 from controller.devices.registry import DeviceRegistry
@@ -467,7 +467,8 @@ async def test_event_stream_over_a_real_server(services: ApiServices, tokens: di
                 assert stream.headers["content-type"].startswith("text/event-stream")
                 lines = stream.aiter_lines()
                 assert await anext(lines) == ": connected"
-                services.bus.publish("broadcast.state", id="b1", state="playing")
+                sent = services.bus.publish(BroadcastStateChanged(broadcast_id="b1", state=2, name="playing",
+                                                                   reason=None))
                 seen: list[str] = []
                 while not any(s.startswith("data:") for s in seen):
                     line = await anext(lines)
@@ -475,7 +476,8 @@ async def test_event_stream_over_a_real_server(services: ApiServices, tokens: di
                         seen.append(line)
                 assert "event: broadcast.state" in seen
                 data = json.loads(next(s for s in seen if s.startswith("data:")).removeprefix("data: "))
-                assert data["id"] == "b1" and data["state"] == "playing"
+                assert data == {"id": "b1", "state": 2, "name": "playing", "reason": None, "coverage": None,
+                                "ts": sent.ts}
                 keepalive = ""
                 while not keepalive.startswith(": keep-alive"):
                     keepalive = await anext(lines)

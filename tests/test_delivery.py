@@ -33,6 +33,7 @@ from simkit import SimProcess
 
 from controller.broadcast.model import BroadcastState, TerminalOutcome
 from controller.broadcast.release import Releaser
+from controller.core.events import BroadcastOutcome, DeviceFault
 from controller.speech.tts import SpeechService
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -86,9 +87,9 @@ async def test_a_line_back_after_an_outage_joins_late_and_the_record_says_how_la
     assert detail["tcp1"]["joined_late"] is False and detail["tcp1"]["missed_s"] == 0.0
     assert record["state"] is BroadcastState.SUCCEEDED, record["reason"]
     assert gw.hardware.arbiters["rs485"].stats.broadcasts >= frames  # whole line: unit-id-0 frames
-    late = [e.data for e in gw.events if e.kind == "broadcast.outcome" and e.data["id"] == bid
-            and e.data["device"] == "rtu1"]
-    assert late and late[-1]["joined_late"] is True  # the county sees the same (MQTT carries these events)
+    late = [e for e in gw.events if isinstance(e, BroadcastOutcome) and e.broadcast_id == bid
+            and e.device_id == "rtu1"]
+    assert late and late[-1].joined_late is True  # the county sees the same (MQTT carries these events)
 
 
 async def test_a_single_repetition_joined_late_is_partial_never_failed_and_the_broadcast_fails(
@@ -124,8 +125,8 @@ async def test_terminals_left_on_by_an_outage_at_release_are_restored_when_the_l
                                    for d in RTU))
         for dev in RTU:  # still powered: the gateway says so instead of claiming they are back
             assert gw.sim.state(dev)["coils"]["amp_power"]
-        released = [e for e in gw.events if e.kind == "device.fault" and e.data["fault"] == "release_pending"]
-        assert {e.data["device"] for e in released} == set(RTU)  # an event for the county too
+        released = [e for e in gw.events if isinstance(e, DeviceFault) and e.fault == "release_pending"]
+        assert {e.device_id for e in released} == set(RTU)  # an event for the county too
         assert {a["device_id"] for a in gw.store.pending_activations()} == set(RTU)
     finally:
         gw.sim.fault("unplug", line="rs485", clear=True)

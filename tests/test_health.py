@@ -18,7 +18,15 @@ import pytest
 from simkit import SimConfig, SimProcess, write_sim_config
 
 from controller.config import Config, HealthSettings, load_config
-from controller.core.events import Event, EventBus
+from controller.core.events import (
+    DeviceEvent,
+    DeviceFault,
+    DeviceRecovered,
+    DeviceState,
+    Event,
+    EventBus,
+    GatewayHealth,
+)
 from controller.devices.fault_rules import check_zones, fm_faults, terminal_faults
 from controller.devices.hardware import Hardware
 from controller.devices.health import HealthMonitor, TerminalState
@@ -125,11 +133,12 @@ class Unit:
         self.monitor.on_poll(result)
 
     def kinds(self, device: str | None = None) -> list[str]:
-        return [e.kind for e in self.events if device is None or e.data.get("device") == device]
+        return [e.kind for e in self.events
+                if device is None or (isinstance(e, DeviceEvent) and e.device_id == device)]
 
     def states(self, device: str) -> list[tuple[int | None, bool | None]]:
-        return [(e.data["state"], e.data["online"]) for e in self.events
-                if e.kind == "device.state" and e.data["device"] == device]
+        return [(e.state, e.online) for e in self.events
+                if isinstance(e, DeviceState) and e.device_id == device]
 
 
 @pytest.fixture
@@ -151,8 +160,8 @@ async def test_state_codes_fault_recovered_then_normal(unit: Unit):
     assert unit.registry.devices["rtu1"].state == 1
     unit.poll("rtu1", {"amp_fault": True})
     assert unit.kinds("rtu1")[-2:] == ["device.fault", "device.state"]
-    fault = next(e for e in unit.events if e.kind == "device.fault")
-    assert fault.data["fault"] == "amp_fault" and fault.data["reason_zh"] == "功放故障"
+    fault = next(e for e in unit.events if isinstance(e, DeviceFault))
+    assert fault.fault == "amp_fault" and fault.reason_zh == "功放故障"
     assert unit.states("rtu1")[-1] == (3, True)
     unit.poll("rtu1", {"amp_fault": True})  # still faulty: nothing new
     assert len(unit.events) == 3
@@ -160,8 +169,8 @@ async def test_state_codes_fault_recovered_then_normal(unit: Unit):
     unit.poll("rtu1", {})
     assert unit.kinds("rtu1")[-2:] == ["device.recovered", "device.state"]
     assert unit.states("rtu1")[-1] == (4, True)
-    recovered = next(e for e in unit.events if e.kind == "device.recovered")
-    assert recovered.data["fault"] == "amp_fault" and recovered.data["reason"].startswith("recovered")
+    recovered = next(e for e in unit.events if isinstance(e, DeviceRecovered))
+    assert recovered.fault == "amp_fault" and recovered.reason.startswith("recovered")
     unit.clock.t += 9
     unit.monitor.refresh()
     assert unit.states("rtu1")[-1] == (4, True)  # still inside the hold
@@ -244,8 +253,8 @@ async def test_state_clock_wakes_when_time_changes_a_state_not_on_a_tick(tmp_pat
 async def test_line_down_is_a_fault_at_once(unit: Unit):
     unit.poll("rtu1", {})
     unit.poll("rtu1", None, failure=FailureKind.LINE_DOWN)
-    fault = [e for e in unit.events if e.kind == "device.fault"][-1]
-    assert fault.data["fault"] == "line_down" and fault.data["values"]["line"] == "rs485"
+    fault = [e for e in unit.events if isinstance(e, DeviceFault)][-1]
+    assert fault.fault == "line_down" and fault.values["line"] == "rs485"
     unit.poll("rtu1", {})
     assert unit.kinds("rtu1")[-2:] == ["device.recovered", "device.state"]
 
@@ -253,8 +262,8 @@ async def test_line_down_is_a_fault_at_once(unit: Unit):
 async def test_fm_status_faults_and_registry_view(unit: Unit):
     alarm = FmAlarm(1, ("high_vswr",), unsolicited=False)
     unit.monitor.on_fm_status("fm1", FmStatus(20.0, 5.0, vswr(20.0, 5.0), 31.0, alarm))
-    fault = next(e for e in unit.events if e.kind == "device.fault")
-    assert fault.data["device"] == "fm1" and fault.data["values"]["vswr"] == 3.0
+    fault = next(e for e in unit.events if isinstance(e, DeviceFault))
+    assert fault.device_id == "fm1" and fault.values["vswr"] == 3.0
     view = unit.registry.devices["fm1"]
     assert view.online and view.values is not None and view.values["vswr"] == 3.0 and view.state == 3
     unit.monitor.on_fm_status("fm1", None, LineDownError("serial port fm vanished"))
@@ -265,10 +274,9 @@ async def test_fm_status_faults_and_registry_view(unit: Unit):
 async def test_gateway_faults_disk_low(unit: Unit):
     unit.monitor.settings = HealthSettings(disk_min_free_mb=1_000_000)  # no test disk has a terabyte free
     unit.monitor.check_gateway()
-    fault = next(e for e in unit.events if e.kind == "device.fault")
-    data = fault.data
-    assert (data["device"], data["kind"], data["fault"]) == ("gw-test", "gateway", "disk_low")
-    assert fault.data["values"]["free_mb"] < 1_000_000 and "MB" in fault.data["reason"]
+    fault = next(e for e in unit.events if isinstance(e, DeviceFault))
+    assert (fault.device_id, fault.device_kind, fault.fault) == ("gw-test", "gateway", "disk_low")
+    assert fault.values["free_mb"] < 1_000_000 and "MB" in fault.reason
     assert [f["fault"] for f in unit.monitor.snapshot()["faults"]] == ["disk_low"]
     unit.monitor.settings = HealthSettings(disk_min_free_mb=0)
     unit.monitor.check_gateway()
@@ -307,7 +315,8 @@ class Live:
                 if match(event):
                     return event, cycle if cycle is not None else -1
             await asyncio.sleep(0.05)
-        raise AssertionError(f"no {what}; events: {[(e.kind, e.data.get('device')) for e, _ in self.events]}")
+        seen = [(e.kind, getattr(e, "device_id", None)) for e, _ in self.events]
+        raise AssertionError(f"no {what}; events: {seen}")
 
     async def fault(self, fault: str, **fields: Any) -> int:
         """Inject (or clear) a fault; returns the event index to look from."""
@@ -316,9 +325,9 @@ class Live:
         return mark
 
 
-def is_(kind: str, device: str, **data: Any) -> Callable[[Event], bool]:
-    return lambda e: e.kind == kind and e.data.get("device") == device and all(
-        e.data.get(k) == v for k, v in data.items())
+def is_(cls: type[DeviceEvent], device: str, **fields: Any) -> Callable[[Event], bool]:
+    return lambda e: isinstance(e, cls) and e.device_id == device and all(
+        getattr(e, k) == v for k, v in fields.items())
 
 
 @contextlib.asynccontextmanager
@@ -330,7 +339,8 @@ async def live(sim: SimProcess, sim_config: SimConfig, **health: Any) -> AsyncIt
     bus, registry = EventBus(), DeviceRegistry(cfg)
     cycles: dict[str, int] = {}
     events: list[tuple[Event, int | None]] = []
-    bus.add_listener(lambda e: events.append((e, cycles.get(e.data.get("device", "")))))
+    bus.add_listener(lambda e: events.append(
+        (e, cycles.get(e.device_id) if isinstance(e, DeviceEvent) else None)))
     holder: list[HealthMonitor] = []
 
     def on_poll(result: PollResult) -> None:
@@ -347,7 +357,7 @@ async def live(sim: SimProcess, sim_config: SimConfig, **health: Any) -> AsyncIt
     env = Live(sim, monitor, hardware, events, cycles)
     try:
         for dev in sim_config.rtu_ids:
-            await env.wait_event(f"{dev} normal", is_("device.state", dev, state=1))
+            await env.wait_event(f"{dev} normal", is_(DeviceState, dev, state=1))
         yield env
     finally:
         await monitor.stop()
@@ -362,19 +372,19 @@ async def test_open_line_found_by_line_check_then_recovered(sim: SimProcess, sim
         zones = {z["zone"]: z for z in result["zones"]}
         assert zones[2]["verdict"] == "open" and zones[1]["verdict"] == "ok"
         assert zones[1]["measured_ohm"] == pytest.approx(101, abs=2)  # commissioned 101 Ω ±1 %
-        fault, _ = await env.wait_event("open", is_("device.fault", "rtu2", fault="line_open"), mark)
-        assert fault.data["zone"] == 2 and "zone 2" in fault.data["reason"]
-        assert "第2路" in fault.data["reason_zh"]
-        await env.wait_event("state 3", is_("device.state", "rtu2", state=3), mark)
+        fault, _ = await env.wait_event("open", is_(DeviceFault, "rtu2", fault="line_open"), mark)
+        assert fault.zone == 2 and "zone 2" in fault.reason
+        assert "第2路" in fault.reason_zh
+        await env.wait_event("state 3", is_(DeviceState, "rtu2", state=3), mark)
         assert env.monitor.device_health("rtu2")["state"] == TerminalState.FAULT
 
         mark = await env.fault("line_open", device="rtu2", zone=2, clear=True)
         assert (await env.monitor.run_line_check(["rtu2"]))["rtu2"]["ok"]
-        recovered, _ = await env.wait_event("closed", is_("device.recovered", "rtu2", fault="line_open"),
+        recovered, _ = await env.wait_event("closed", is_(DeviceRecovered, "rtu2", fault="line_open"),
                                             mark)
-        assert recovered.data["zone"] == 2
-        await env.wait_event("state 4", is_("device.state", "rtu2", state=4), mark)
-        await env.wait_event("state 1", is_("device.state", "rtu2", state=1), mark)
+        assert recovered.zone == 2
+        await env.wait_event("state 4", is_(DeviceState, "rtu2", state=4), mark)
+        await env.wait_event("state 1", is_(DeviceState, "rtu2", state=1), mark)
 
 
 async def test_periodic_checks_find_short_and_deviation(sim: SimProcess, sim_config: SimConfig):
@@ -383,16 +393,16 @@ async def test_periodic_checks_find_short_and_deviation(sim: SimProcess, sim_con
         dev3 = next(d for d in env.monitor.cfg.devices if d.id == "rtu3")
         dev3.commissioned_impedance_ohm[1] = 130.0
         mark = await env.fault("line_short", device="rtu1", zone=1)
-        short, _ = await env.wait_event("short", is_("device.fault", "rtu1", fault="line_short", zone=1),
+        short, _ = await env.wait_event("short", is_(DeviceFault, "rtu1", fault="line_short", zone=1),
                                         mark)
-        assert "短路" in short.data["reason_zh"]
+        assert "短路" in short.reason_zh
         deviation, _ = await env.wait_event("deviation",
-                                            is_("device.fault", "rtu3", fault="impedance_deviation"))
-        values = deviation.data["values"]
+                                            is_(DeviceFault, "rtu3", fault="impedance_deviation"))
+        values = deviation.values
         assert values["commissioned_ohm"] == 130.0 and values["deviation_pct"] < -15
         assert values["deviation_pct"] == pytest.approx((values["measured_ohm"] - 130) / 130 * 100, abs=0.1)
         mark = await env.fault("line_short", device="rtu1", zone=1, clear=True)
-        await env.wait_event("short cleared", is_("device.recovered", "rtu1", fault="line_short"), mark)
+        await env.wait_event("short cleared", is_(DeviceRecovered, "rtu1", fault="line_short"), mark)
 
 
 async def test_terminal_line_fault_bit_triggers_a_check(sim: SimProcess, sim_config: SimConfig):
@@ -401,7 +411,7 @@ async def test_terminal_line_fault_bit_triggers_a_check(sim: SimProcess, sim_con
     async with live(sim, sim_config) as env:
         mark = await env.fault("line_open", device="rtu3", zone=1)
         await env.hardware.terminals["rtu3"].start_line_check()
-        await env.wait_event("open", is_("device.fault", "rtu3", fault="line_open", zone=1), mark)
+        await env.wait_event("open", is_(DeviceFault, "rtu3", fault="line_open", zone=1), mark)
         assert env.monitor.device_health("rtu3")["last_line_check"]["zones"][0]["verdict"] == "open"
         await env.fault("line_open", device="rtu3", zone=1, clear=True)
 
@@ -414,44 +424,45 @@ async def test_status_faults_visible_within_two_poll_cycles(sim: SimProcess, sim
     async with live(sim, sim_config) as env:
         mark = await env.fault(fault, device="rtu1")
         before = env.cycles["rtu1"]  # the last poll cycle of rtu1 finished before the fault
-        event, cycle = await env.wait_event(code, is_("device.fault", "rtu1", fault=code), mark)
+        event, cycle = await env.wait_event(code, is_(DeviceFault, "rtu1", fault=code), mark)
         assert cycle - before <= 2, f"{code} raised in cycle {cycle}, fault happened after cycle {before}"
         print(f"{code}: raised {cycle - before} poll cycle(s) after the fault")
-        await env.wait_event("state 3", is_("device.state", "rtu1", state=3), mark)
+        await env.wait_event("state 3", is_(DeviceState, "rtu1", state=3), mark)
         if code == "mains_lost":
-            assert 10.5 < event.data["values"]["battery_v"] <= 13.6
-            assert "V" in event.data["reason"] and "电池供电" in event.data["reason_zh"]
+            assert 10.5 < event.values["battery_v"] <= 13.6
+            assert "V" in event.reason and "电池供电" in event.reason_zh
         if code == "over_temperature":
-            assert event.data["values"]["temperature_c"] >= 80
+            assert event.values["temperature_c"] >= 80
         mark = await env.fault(fault, device="rtu1", clear=True)
-        await env.wait_event("recovered", is_("device.recovered", "rtu1", fault=code), mark)
+        await env.wait_event("recovered", is_(DeviceRecovered, "rtu1", fault=code), mark)
 
 
 async def test_silent_terminal_goes_offline_after_the_configured_time(sim: SimProcess, sim_config: SimConfig):
     async with live(sim, sim_config, offline_after_s=2.0) as env:
         mark = await env.fault("offline", device="rtu3")
-        event, _ = await env.wait_event("offline", is_("device.state", "rtu3", online=False), mark)
-        assert event.data["state"] == 2
+        event, _ = await env.wait_event("offline", is_(DeviceState, "rtu3", online=False), mark)
+        assert event.state == 2
         assert env.monitor.device_health("rtu3")["silent_s"] >= 2.0  # not before the configured time
-        assert all(e.data.get("device") != "rtu1" for e, _ in env.events[mark:])  # others unaffected
+        others = [e for e, _ in env.events[mark:] if isinstance(e, DeviceEvent) and e.device_id == "rtu1"]
+        assert not others  # others unaffected
         mark = await env.fault("offline", device="rtu3", clear=True)
-        await env.wait_event("back", is_("device.state", "rtu3", online=True, state=1), mark)
+        await env.wait_event("back", is_(DeviceState, "rtu3", online=True, state=1), mark)
 
 
 async def test_fm_high_vswr_and_supply_fault(sim: SimProcess, sim_config: SimConfig):
     async with live(sim, sim_config, fm_poll_interval_s=1.0) as env:
         fm = env.hardware.transmitters["fm1"]
-        await env.wait_event("fm normal", is_("device.state", "fm1", state=1))
+        await env.wait_event("fm normal", is_(DeviceState, "fm1", state=1))
         await fm.set_tx(True)
-        await env.wait_event("fm on air", is_("device.state", "fm1", state=5))
+        await env.wait_event("fm on air", is_(DeviceState, "fm1", state=5))
         mark = await env.fault("high_vswr", device="fm1")
-        event, _ = await env.wait_event("vswr", is_("device.fault", "fm1", fault="high_vswr"), mark)
-        assert event.data["values"]["vswr"] == pytest.approx(3.0, abs=0.1)
-        assert "VSWR" in event.data["reason"] and "驻波比" in event.data["reason_zh"]
+        event, _ = await env.wait_event("vswr", is_(DeviceFault, "fm1", fault="high_vswr"), mark)
+        assert event.values["vswr"] == pytest.approx(3.0, abs=0.1)
+        assert "VSWR" in event.reason and "驻波比" in event.reason_zh
         mark = await env.fault("high_vswr", device="fm1", clear=True)
-        await env.wait_event("vswr cleared", is_("device.recovered", "fm1", fault="high_vswr"), mark)
+        await env.wait_event("vswr cleared", is_(DeviceRecovered, "fm1", fault="high_vswr"), mark)
         mark = await env.fault("mains_failure", device="fm1")
-        await env.wait_event("supply", is_("device.fault", "fm1", fault="supply_fault"), mark)
+        await env.wait_event("supply", is_(DeviceFault, "fm1", fault="supply_fault"), mark)
         await env.fault("mains_failure", device="fm1", clear=True)
         await fm.set_tx(False)
 
@@ -460,17 +471,18 @@ async def test_unplugged_line_is_line_down_for_its_terminals(sim: SimProcess, si
     async with live(sim, sim_config) as env:
         mark = await env.fault("unplug", line="rs485")
         for dev in sim_config.rtu_ids:
-            await env.wait_event(f"{dev} line down", is_("device.fault", dev, fault="line_down"), mark)
-        assert not any(e.kind == "device.fault" and e.data["device"] == "tcp1" for e, _ in env.events[mark:])
+            await env.wait_event(f"{dev} line down", is_(DeviceFault, dev, fault="line_down"), mark)
+        assert not any(isinstance(e, DeviceFault) and e.device_id == "tcp1" for e, _ in env.events[mark:])
         mark = await env.fault("unplug", line="rs485", clear=True)
         for dev in sim_config.rtu_ids:
-            await env.wait_event(f"{dev} line back", is_("device.recovered", dev, fault="line_down"), mark)
+            await env.wait_event(f"{dev} line back", is_(DeviceRecovered, dev, fault="line_down"), mark)
 
 
 async def test_gateway_snapshot_and_periodic_report(sim: SimProcess, sim_config: SimConfig):
     async with live(sim, sim_config, report_interval_s=0.5) as env:
-        report, _ = await env.wait_event("report", lambda e: e.kind == "gateway.health")
-        snap = report.data
+        report, _ = await env.wait_event("report", lambda e: isinstance(e, GatewayHealth))
+        assert isinstance(report, GatewayHealth)
+        snap = report.snapshot
         assert snap["gateway"] == "gw-test" and snap["process"]["rss_mb"] > 0
         assert snap["disk"]["free_mb"] > 0 and snap["system"]["memory_total_mb"] > 0
         rs485 = snap["lines"]["rs485"]

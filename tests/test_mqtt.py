@@ -34,7 +34,7 @@ from simkit import REPO, SimConfig, free_port, running_simulator, write_sim_conf
 from test_daemon import make_token, wait_until
 
 from controller.config import Config, ConfigError, load_config, parse_config
-from controller.core.events import EventBus
+from controller.core.events import BroadcastStateChanged, DeviceFault, DeviceRecovered, EventBus
 from controller.devices.registry import DeviceRegistry
 from controller.storage.journal import Store
 from controller.uplink.commands import CountyCommands
@@ -60,6 +60,19 @@ def gateway_config(tmp_path: Path, mqtt: dict[str, Any], **sections: Any) -> tup
 def events(messages: list[Received], kind: str | None = None) -> list[dict[str, Any]]:
     docs = [m.json() for m in messages if m.topic == EVENTS]
     return [d for d in docs if kind is None or d["kind"] == kind]
+
+
+def fault(device: str, code: str = "amp_fault", n: int | None = None, *, cleared: bool = False,
+          reason: str = "test") -> DeviceFault:
+    """A fault event as health raises it (or clears it); ``n`` in its values numbers a series."""
+    fields: dict[str, Any] = {"device_id": device, "device_kind": "terminal", "name": device, "village": "",
+                              "fault": code, "zone": None, "reason": reason, "reason_zh": reason,
+                              "values": {} if n is None else {"n": n}, "since": time.time()}
+    return DeviceRecovered(**fields, duration_s=1.0) if cleared else DeviceFault(**fields)
+
+
+def n_of(event: dict[str, Any]) -> int | None:
+    return event["data"]["values"].get("n")
 
 
 def online(messages: list[Received]) -> bool:
@@ -156,25 +169,26 @@ async def test_outage_replays_in_order_marked_historical(tmp_path: Path, broker:
     with Subscriber(broker, [f"{ROOT}/#"], client_id="county", persistent=True) as sub:
         async with gateway(path) as gw:
             await asyncio.to_thread(sub.wait_for, "online", online)
-            gw.bus.publish("device.fault", device="rtu1", fault="mains_lost", reason="before")
+            gw.bus.publish(fault("rtu1", "mains_lost", reason="before"))
             await asyncio.to_thread(sub.wait_for, "the live event", lambda ms: events(ms, "device.fault"))
 
             broker.stop()
             await until("the reporter to notice", lambda: not gw.reporter.connected)
             for i in range(50):
-                gw.bus.publish("device.fault", device="rtu2", fault="amp_fault", n=i)
-            gw.bus.publish("broadcast.state", id="b-1", state=3, name="succeeded", reason=None, coverage=1.0)
+                gw.bus.publish(fault("rtu2", n=i))
+            gw.bus.publish(BroadcastStateChanged(broadcast_id="b-1", state=3, name="succeeded", reason=None,
+                                                 coverage=1.0))
             assert gw.outbox.depth >= 52  # written before sending: all of it waits on disk
             broker.start()
 
             await asyncio.to_thread(sub.wait_for, "the backlog", lambda ms: gw.outbox.depth == 0 and len(
-                [e for e in events(ms, "device.fault") if "n" in e["data"]]) >= 50)
-            gw.bus.publish("device.recovered", device="rtu2", fault="amp_fault")
+                [e for e in events(ms, "device.fault") if n_of(e) is not None]) >= 50)
+            gw.bus.publish(fault("rtu2", cleared=True))
             got = await asyncio.to_thread(sub.wait_for, "the live event after", lambda ms: events(
                 ms, "device.recovered"))
     messages = sub.snapshot()
-    backlog = [e for e in events(messages, "device.fault") if "n" in e["data"]]
-    assert [e["data"]["n"] for e in backlog][:50] == list(range(50))
+    backlog = [e for e in events(messages, "device.fault") if n_of(e) is not None]
+    assert [n_of(e) for e in backlog][:50] == list(range(50))
     assert all(e["historical"] for e in backlog)
     assert not events(messages, "device.fault")[0]["historical"]  # sent while connected
     assert not got[0]["historical"]
@@ -193,16 +207,17 @@ async def test_overflow_is_reported_and_everything_else_arrives(tmp_path: Path, 
     with Subscriber(broker, [EVENTS], client_id="county", persistent=True) as sub:
         broker.stop()
         async with gateway(path, OutboxLimits(max_rows=100, max_droppable_rows=10)) as gw:
-            sent = [gw.bus.publish("device.fault", device="rtu1", n=i) for i in range(300)]
+            sent = [gw.bus.publish(fault("rtu1", n=i)) for i in range(300)]
             assert gw.outbox.depth <= 100
             broker.start()
             await asyncio.to_thread(sub.wait_for, "the overflow report and the rest",
-                                    lambda ms: any(e["data"].get("n") == 299 for e in events(ms)))
+                                    lambda ms: any(e["kind"] == "device.fault" and n_of(e) == 299
+                                                   for e in events(ms)))
             stats = gw.outbox.stats()
     received = events(sub.snapshot())
     reports = [e["data"] for e in received if e["kind"] == OVERFLOW_KIND]
     assert reports and sum(r["dropped"] for r in reports) == stats.dropped_kept > 0
-    arrived = {e["data"]["n"] for e in received if e["kind"] == "device.fault"}
+    arrived = {n_of(e) for e in received if e["kind"] == "device.fault"}
     dropped_faults = sum(r["kinds"].get("device.fault", 0) for r in reports)
     assert len(arrived) + dropped_faults == len(sent)  # each one either arrived or was reported
     assert max(arrived) == 299  # the oldest are the ones dropped
@@ -252,7 +267,7 @@ async def test_tls_with_client_certificate(tmp_path: Path, tls_files: TlsFiles):
         with Subscriber(b, [f"{ROOT}/#"]) as sub:
             async with gateway(path) as gw:
                 await asyncio.to_thread(sub.wait_for, "online over TLS", online)
-                gw.bus.publish("device.fault", device="rtu1", fault="tamper")
+                gw.bus.publish(fault("rtu1", "tamper"))
                 await asyncio.to_thread(sub.wait_for, "an event over TLS",
                                         lambda ms: events(ms, "device.fault"))
 

@@ -45,7 +45,7 @@ from controller.broadcast.model import FINAL_STATES, BroadcastRequest
 from controller.broadcast.ports import BroadcastPort
 from controller.config import Config
 from controller.core.actors import Actor, Role
-from controller.core.events import EventBus
+from controller.core.events import AlertDecided, AlertReceived, EventBus
 from controller.speech.tts import TextTooLong
 from controller.storage.journal import DuplicateError, Store
 
@@ -300,10 +300,11 @@ class AlertService:
                           "terminals": plan["terminals"] if plan else None})
         rec = self.store.get_alert(alert_id)
         summary = rec["summary"] if rec else {}
-        self.bus.publish("alert.received", id=alert_id, disposition=disposition.value,
-                         event=summary.get("event"), severity=summary.get("severity"),
-                         headline=summary.get("headline"), level=summary.get("level"),
-                         villages=plan["villages"] if plan else [], broadcast_id=broadcast_id, reason=reason)
+        self.bus.publish(AlertReceived(alert_id=alert_id, disposition=disposition.value,
+                                       cap_event=summary.get("event"), severity=summary.get("severity"),
+                                       headline=summary.get("headline"), level=summary.get("level"),
+                                       villages=tuple(plan["villages"]) if plan else (),
+                                       broadcast_id=broadcast_id, reason=reason))
         log.info("alert %s: %s (%s)", alert_id, disposition.value, reason)
 
     # ------------------------------------------------------------------ Update / Cancel
@@ -368,8 +369,8 @@ class AlertService:
         self.store.audit(actor, f"alert.{closing.value}", target["id"],
                          {"by": by_id, "was": target["disposition"], "broadcast_id": broadcast_id,
                           "broadcast_stopped": stopped})
-        self.bus.publish("alert.decided", id=target["id"], disposition=closing.value, by=actor.name,
-                         broadcast_id=broadcast_id, reason=reason)
+        self.bus.publish(AlertDecided(alert_id=target["id"], disposition=closing.value, by=actor.name,
+                                      broadcast_id=broadcast_id, reason=reason))
         action = "supersedes" if closing is Disposition.SUPERSEDED else "cancels"
         return f"{action} {target['id']}{detail}"
 
@@ -453,8 +454,8 @@ class AlertService:
                                        reason=why, decided_by=actor.name, decided_at=self._ts(), **fields):
             return False
         self.store.audit(actor, action, alert_id, details)
-        self.bus.publish("alert.decided", id=alert_id, disposition=disposition.value, by=actor.name,
-                         broadcast_id=fields.get("broadcast_id"), reason=why)
+        self.bus.publish(AlertDecided(alert_id=alert_id, disposition=disposition.value, by=actor.name,
+                                      broadcast_id=fields.get("broadcast_id"), reason=why))
         log.info("alert %s: %s (%s)", alert_id, disposition.value, why)
         return True
 

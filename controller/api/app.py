@@ -322,7 +322,7 @@ def _refusal(exc: ValueError, body: BroadcastRequest) -> tuple[str, str | None]:
 
 
 def _sse(event: Event, seq: int) -> str:
-    data = json.dumps({**event.data, "ts": event.ts}, ensure_ascii=False, default=str)
+    data = json.dumps({**event.wire(), "ts": event.ts}, ensure_ascii=False, default=str)
     return f"id: {seq}\nevent: {event.kind}\ndata: {data}\n\n"
 
 

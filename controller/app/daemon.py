@@ -32,7 +32,7 @@ from controller.broadcast.release import Releaser
 from controller.broadcast.scheduler import Scheduler
 from controller.config import Config
 from controller.core.actors import Actor
-from controller.core.events import EventBus
+from controller.core.events import DeviceAlarm, EventBus
 from controller.devices.hardware import Hardware
 from controller.devices.health import HealthMonitor
 from controller.devices.registry import DeviceRegistry
@@ -336,7 +336,7 @@ class Daemon:
 
     def _on_fm_alarm(self, device_id: str, alarm: FmAlarm) -> None:
         """An unsolicited FM alarm: an event at once; health queries the full status and raises faults."""
-        self.bus.publish("device.alarm", device_id=device_id, bits=alarm.bits, alarms=list(alarm.names))
+        self.bus.publish(DeviceAlarm(device_id=device_id, bits=alarm.bits, alarms=tuple(alarm.names)))
         self.health.on_fm_alarm(device_id, alarm)
 
 

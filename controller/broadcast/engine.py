@@ -58,7 +58,7 @@ from controller.broadcast.release import Releaser
 from controller.broadcast.targets import Resolved, TargetError, resolve
 from controller.config import Config
 from controller.core.actors import Actor, Role
-from controller.core.events import EventBus
+from controller.core.events import BroadcastOutcome, BroadcastStateChanged, EventBus
 from controller.devices.hardware import Hardware
 from controller.devices.registry import DeviceRegistry
 from controller.storage.journal import Store
@@ -189,8 +189,8 @@ class BroadcastEngine:
         self.store.add_broadcast(bid, body, actor, BroadcastState.WAITING, time.time())
         self.store.audit(actor, "broadcast.submit", bid, {"class": request.broadcast_class.value,
                                                           "priority": list(request.priority)})
-        self.bus.publish("broadcast.state", id=bid, state=int(BroadcastState.WAITING), name="waiting",
-                         reason=None)
+        self.bus.publish(BroadcastStateChanged(broadcast_id=bid, state=int(BroadcastState.WAITING),
+                                               name="waiting", reason=None, submitted=True))
         self._queue[bid] = _Entry(bid, request, actor, next(self._seq), resolved)
         self._wake.set()
         return bid
@@ -389,10 +389,11 @@ class BroadcastEngine:
     # ------------------------------------------------------------------ journal + events
 
     def _outcome(self, bid: str, dev: str, verdict: Verdict) -> None:
-        detail = verdict.detail()
-        self.store.set_outcome(bid, dev, verdict.outcome, verdict.reason, detail)
-        self.bus.publish("broadcast.outcome", id=bid, device=dev, outcome=verdict.outcome.value,
-                         reason=verdict.reason, **detail)
+        v = verdict.rounded()
+        self.store.set_outcome(bid, dev, v.outcome, v.reason, v.detail())
+        self.bus.publish(BroadcastOutcome(broadcast_id=bid, device_id=dev, outcome=v.outcome.value,
+                                          reason=v.reason, joined_late=v.joined_late, missed_s=v.missed_s,
+                                          audible_s=v.audible_s, joined_at_s=v.joined_at_s))
 
     def _transition(self, bid: str, state: BroadcastState, reason: str | None, *,
                     started_at: float | None = None, finished_at: float | None = None,
@@ -401,8 +402,8 @@ class BroadcastEngine:
                              coverage=coverage)
         self.store.audit(self._system, "broadcast.state", bid,
                          {"state": state.name.lower(), "reason": reason, "coverage": coverage})
-        self.bus.publish("broadcast.state", id=bid, state=int(state), name=state.name.lower(), reason=reason,
-                         coverage=coverage)
+        self.bus.publish(BroadcastStateChanged(broadcast_id=bid, state=int(state), name=state.name.lower(),
+                                               reason=reason, coverage=coverage))
 
     def _finish(self, bid: str, state: BroadcastState, reason: str, coverage: float | None = None) -> None:
         self._transition(bid, state, reason, finished_at=time.time(), coverage=coverage)

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from controller.broadcast.model import BroadcastState, TerminalOutcome
@@ -207,11 +207,16 @@ class Verdict:
     joined_at_s: float | None = None
     """Program seconds at which it was first confirmed able to play (0 when before the start)."""
 
+    def rounded(self) -> Verdict:
+        """Figures to 0.1 s, as journalled and published with the outcome."""
+        return replace(self, missed_s=round(self.missed_s, 1), audible_s=round(self.audible_s, 1),
+                       joined_at_s=None if self.joined_at_s is None else round(self.joined_at_s, 1))
+
     def detail(self) -> dict[str, object]:
         """The evidence figures as journalled and published with the outcome."""
-        return {"joined_late": self.joined_late, "missed_s": round(self.missed_s, 1),
-                "audible_s": round(self.audible_s, 1),
-                "joined_at_s": None if self.joined_at_s is None else round(self.joined_at_s, 1)}
+        r = self.rounded()
+        return {"joined_late": r.joined_late, "missed_s": r.missed_s, "audible_s": r.audible_s,
+                "joined_at_s": r.joined_at_s}
 
 
 @dataclass

@@ -55,7 +55,7 @@ from typing import Any
 
 from controller.broadcast.ports import BroadcastView
 from controller.config import Config, Device
-from controller.core.events import EventBus
+from controller.core.events import DeviceFault, DeviceRecovered, DeviceState, EventBus, GatewayHealth
 from controller.devices.fault_rules import (
     Fault,
     check_zones,
@@ -99,6 +99,13 @@ class TerminalState(IntEnum):
 
 STATE_NAMES_ZH = {TerminalState.NORMAL: "正常", TerminalState.OFF: "关机/离线", TerminalState.FAULT: "故障",
                   TerminalState.FAULT_RECOVERED: "故障恢复", TerminalState.BROADCASTING: "播出中"}
+
+
+def _state_names(state: TerminalState | None) -> tuple[int | None, str, str]:
+    """Code, name and Chinese name of a state (None: not judged yet)."""
+    if state is None:
+        return None, "unknown", "未知"
+    return int(state), state.name.lower(), STATE_NAMES_ZH[state]
 
 
 @dataclass
@@ -256,30 +263,31 @@ class HealthMonitor:
         for key, active in list(dev.faults.items()):
             if active.source == source and key not in new:
                 del dev.faults[key]
-                self._publish_fault("device.recovered", dev, active)
+                self._publish_fault(dev, active, cleared=True)
         wall = time.time()
         for key, fault in new.items():
             active = dev.faults.get(key)
             if active is None:
                 dev.faults[key] = active = _Active(fault, source, wall)
                 log.warning("%s fault: %s", dev.cfg.id, fault.reason)
-                self._publish_fault("device.fault", dev, active)
+                self._publish_fault(dev, active, cleared=False)
             else:
                 active.fault = fault  # same fault, fresh values (battery volts, temperature)
         if had_faults and not dev.faults:
             dev.recovered_at = now
 
-    def _publish_fault(self, kind: str, dev: _Device, active: _Active) -> None:
+    def _publish_fault(self, dev: _Device, active: _Active, *, cleared: bool) -> None:
         f = active.fault
-        data: dict[str, Any] = {"device": dev.cfg.id, "kind": dev.kind, "name": dev.cfg.name,
-                                "village": dev.cfg.village, "fault": f.code, "zone": f.zone,
-                                "reason": f.reason, "reason_zh": f.reason_zh, "values": dict(f.values),
-                                "since": active.since}
-        if kind == "device.recovered":
-            data.update(reason=f"recovered: {f.reason}", reason_zh=f"已恢复：{f.reason_zh}",
-                        duration_s=round(time.time() - active.since, 1))
+        who = {"device_id": dev.cfg.id, "device_kind": dev.kind, "name": dev.cfg.name,
+               "village": dev.cfg.village, "fault": f.code, "zone": f.zone, "values": dict(f.values),
+               "since": active.since}
+        if cleared:
             log.info("%s recovered: %s", dev.cfg.id, f.reason)
-        self.bus.publish(kind, **data)
+            self.bus.publish(DeviceRecovered(**who, reason=f"recovered: {f.reason}",
+                                             reason_zh=f"已恢复：{f.reason_zh}",
+                                             duration_s=round(time.time() - active.since, 1)))
+        else:
+            self.bus.publish(DeviceFault(**who, reason=f.reason, reason_zh=f.reason_zh))
 
     def _online(self, dev: _Device, now: float) -> bool | None:
         if dev.last_good is not None:
@@ -316,11 +324,13 @@ class HealthMonitor:
             view.state = None if dev.state is None else int(dev.state)
             view.state_name = None if dev.state is None else dev.state.name.lower()
             view.faults = faults
-        payload = view.as_dict() if view is not None else {"id": dev.cfg.id}
+        code, name, name_zh = _state_names(dev.state)
         previous = before[0]
-        payload.update(self._state_fields(dev), faults=faults,
-                       previous_state=None if previous is None else int(previous), previous_online=before[1])
-        self.bus.publish("device.state", **payload)
+        self.bus.publish(DeviceState(
+            device_id=dev.cfg.id, device_kind=dev.kind, state=code, state_name=name, state_name_zh=name_zh,
+            online=dev.online, last_seen=dev.last_seen, broadcasting=dev.broadcasting, faults=tuple(faults),
+            previous_state=None if previous is None else int(previous), previous_online=before[1],
+            card=view.card() if view is not None else None))
 
     def _time_change(self, dev: _Device, now: float) -> float:
         """The next moment time alone changes ``dev``'s judgement (inf: none): it goes offline
@@ -339,11 +349,10 @@ class HealthMonitor:
         return due
 
     def _state_fields(self, dev: _Device) -> dict[str, Any]:
-        state = dev.state
-        return {"device": dev.cfg.id, "kind": dev.kind, "state": None if state is None else int(state),
-                "state_name": "unknown" if state is None else state.name.lower(),
-                "state_name_zh": "未知" if state is None else STATE_NAMES_ZH[state],
-                "online": dev.online, "last_seen": dev.last_seen, "broadcasting": dev.broadcasting}
+        code, name, name_zh = _state_names(dev.state)
+        return {"device": dev.cfg.id, "kind": dev.kind, "state": code, "state_name": name,
+                "state_name_zh": name_zh, "online": dev.online, "last_seen": dev.last_seen,
+                "broadcasting": dev.broadcasting}
 
     # ------------------------------------------------------------------ queries
 
@@ -514,7 +523,7 @@ class HealthMonitor:
 
     def _report(self) -> None:
         self.check_gateway()
-        self.bus.publish("gateway.health", **self.snapshot())
+        self.bus.publish(GatewayHealth(snapshot=self.snapshot()))
 
     async def _fm_loop(self) -> None:
         while True:

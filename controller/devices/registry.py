@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.config import Config
-from controller.core.events import EventBus
+from controller.core.events import DeviceCard, EventBus
 from drivers.line_poller import PollResult
 
 
@@ -47,6 +47,12 @@ class DeviceView:
                 "failure": self.failure, "values": self.values, "state": self.state,
                 "state_name": self.state_name, "faults": self.faults, "location": self.location,
                 "zones": list(self.zones)}
+
+    def card(self) -> DeviceCard:
+        """A copy for a ``device.state`` event: the view goes on changing after it is published."""
+        return DeviceCard(self.name, self.village, self.area_code, self.line, self.failure,
+                          None if self.values is None else dict(self.values),
+                          None if self.location is None else dict(self.location), tuple(self.zones))
 
 
 class DeviceRegistry:

@@ -50,7 +50,14 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from controller.config import BrokerAddress, Config, MqttSettings
-from controller.core.events import Event, EventBus
+from controller.core.events import (
+    BroadcastEvent,
+    BroadcastStateChanged,
+    DeviceEvent,
+    Event,
+    EventBus,
+    GatewayHealth,
+)
 from controller.devices.registry import DeviceRegistry
 from controller.uplink.outbox import Outbox, OutboxRow, event_record
 
@@ -62,9 +69,6 @@ CONNECT_TIMEOUT_S = 10.0
 STOP_DRAIN_S = 3.0
 """On a graceful stop, how long to wait for the outbox to empty and for ``offline`` to be acked."""
 
-BROADCAST_KINDS = frozenset({"broadcast.state", "broadcast.outcome"})
-NOT_EVENTS = frozenset({"gateway.health"})
-"""Bus events not forwarded to ``events``: the periodic snapshot has its own topic."""
 _UNSAFE_IN_TOPIC = str.maketrans({"/": "_", "+": "_", "#": "_"})
 
 
@@ -209,19 +213,15 @@ class MqttReporter:
 
     def _on_event(self, event: Event) -> None:
         """Bus listener (synchronous, inside ``publish``): write the event to the outbox now."""
-        kind, data = event.kind, event.data
-        if kind in BROADCAST_KINDS:
-            bid = str(data.get("id", "unknown")).translate(_UNSAFE_IN_TOPIC)
-            self.outbox.append(kind, f"broadcasts/{bid}", {"kind": kind, "ts": event.ts, "data": data})
-            if kind == "broadcast.state":
-                compact = {k: data.get(k) for k in ("id", "state", "name", "reason", "coverage") if k in data}
-                self.outbox.append(kind, "events", event_record(kind, compact, event.ts))
-        elif kind not in NOT_EVENTS:
-            self.outbox.append(kind, "events", event_record(kind, data, event.ts))
-        if kind.startswith("device."):
-            device = data.get("device", data.get("id"))
-            if isinstance(device, str) and device in self.registry.devices:
-                self._dirty_devices.add(device)
+        kind, record = event.kind, event_record(event.kind, event.wire(), event.ts)
+        if isinstance(event, BroadcastEvent):
+            self.outbox.append(kind, f"broadcasts/{event.broadcast_id.translate(_UNSAFE_IN_TOPIC)}", record)
+            if isinstance(event, BroadcastStateChanged):  # on ``events`` too, as the same record
+                self.outbox.append(kind, "events", record)
+        elif not isinstance(event, GatewayHealth):  # the periodic snapshot has its own topic
+            self.outbox.append(kind, "events", record)
+        if isinstance(event, DeviceEvent) and event.device_id in self.registry.devices:
+            self._dirty_devices.add(event.device_id)
         self._kick()
 
     def _health_payload(self) -> dict[str, Any]:
