@@ -1,4 +1,4 @@
-"""The alert endpoints (controller/api/alerts.py): roles (feed tokens post CAP and nothing else),
+"""The alert endpoints (controller/api/routers/alerts.py): roles (feed tokens post CAP and nothing else),
 status codes, error bodies naming the CAP element, the approval workflow over HTTP.
 
 Real Store on disk and the real engine (its playing loop not started), as in tests/test_auth_api.py.

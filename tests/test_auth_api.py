@@ -1,4 +1,4 @@
-"""The REST API (controller/api/app.py) with a real Store on disk: auth, roles, validation, error shape.
+"""The REST API (controller/api/) with a real Store on disk: auth, roles, validation, error shape.
 
 These tests are about the API's own contract, not playback: the real BroadcastEngine journals,
 audits and queues what the API submits, but its playing loop is not started (no hardware here).

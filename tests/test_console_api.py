@@ -1,5 +1,5 @@
-"""The console's side of the daemon (controller/web/console.py, controller/api/console.py) with real parts:
-a real Store on disk, the real engine (journalling; its playing loop not started), the real
+"""The console's side of the daemon (controller/web/console.py, controller/api/routers/console.py) with
+real parts: a real Store on disk, the real engine (journalling; its playing loop not started), the real
 HealthMonitor, MQTT reporter (against a real Mosquitto), CAP inbox and feed pollers, and one real
 SpeechService (the espeak-ng worker) for the speech previews.
 
