@@ -12,7 +12,8 @@ from controller.api.models import AUTH_ERRORS, errors
 router = APIRouter(tags=["system"])
 
 
-@router.get(f"{PREFIX}/metrics", response_class=PlainTextResponse, responses=errors(*AUTH_ERRORS))
+@router.get(f"{PREFIX}/metrics", response_class=PlainTextResponse, responses={
+    200: {"description": "Prometheus text exposition format 0.0.4"}, **errors(*AUTH_ERRORS)})
 @router.get("/metrics", include_in_schema=False)
 async def metrics(_: Viewer, services: Services) -> PlainTextResponse:
     """Prometheus text format (also at /metrics, where scrapers look by default)."""
