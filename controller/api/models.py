@@ -105,19 +105,19 @@ class DeviceOut(_Out):
 
     id: str
     name: str
-    village: str | None
-    area_code: str | None
+    village: str
+    area_code: str
     line: str
     kind: Literal["terminal", "fm_transmitter"]
-    online: bool | None = Field(description="null until the first poll")
-    last_seen: float | None
+    online: bool | None = Field(description="Answers its polls; null until the first poll")
+    last_seen: float | None = Field(description="Wall-clock time of the last good answer")
     failure: str | None = Field(description="Why the last poll got no answer")
     values: dict[str, Any] | None = Field(description="The points read at the last good poll")
-    state: int | None = Field(description="GD/J 083 state code")
+    state: int | None = Field(description="1 normal, 2 off, 3 fault, 4 recovered, 5 broadcasting")
     state_name: str | None
-    faults: list[Any] | None
+    faults: list[dict[str, Any]] = Field(description="Active faults with reasons")
     location: dict[str, float] | None = Field(description="{lat, lon} from the config")
-    zones: list[int]
+    zones: list[int] = Field(description="Speaker zones wired at a terminal; empty for a transmitter")
 
 
 class ActorOut(_Out):
