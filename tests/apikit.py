@@ -1,5 +1,7 @@
-"""A small simulated township with the real daemon, for tests of the API as a client meets it
-(raw HTTP, the access log, the event stream, the OpenAPI contract)."""
+"""Helpers for the API tests: the API's services built in-process (real store and engine, no hardware
+started), its request and error helpers, and a small simulated township with the real daemon for
+tests of the API as a client meets it (raw HTTP, the access log, the event stream, the OpenAPI
+contract). The ``client`` and ``tokens`` fixtures over a module's ``services`` are in conftest.py."""
 
 from __future__ import annotations
 
@@ -13,6 +15,46 @@ from typing import Any
 
 import yaml
 from simkit import Daemon, SimConfig, free_port, running_simulator, write_sim_config
+
+from controller.api.deps import ApiServices
+from controller.broadcast.engine import BroadcastEngine
+from controller.config import Config
+from controller.core.events import EventBus
+from controller.devices.hardware import Hardware
+from controller.devices.registry import DeviceRegistry
+from controller.speech.tts import SpeechService
+from controller.storage.journal import Store
+
+
+def api_services(cfg: Config, *, speech: SpeechService | None = None, **extra: Any) -> ApiServices:
+    """The daemon's wiring minus the started parts: a real store, registry and engine (its playing
+    loop not started, no line opened). The engine speaks with ``speech`` if given (then the console's
+    previews use it too), else with its own SpeechService that is never started (it only checks
+    lengths). Whoever builds it closes ``services.store``."""
+    store = Store.in_state_dir(cfg.state_dir)
+    bus = EventBus()
+    registry = DeviceRegistry(cfg, bus)
+    hardware = Hardware.from_config(cfg, on_poll=registry.on_poll)  # never started: no lines opened
+    engine_speech = speech or SpeechService(Path(cfg.state_dir) / "speech-cache", cfg.speech.rate_wpm,
+                                            cfg.speech.max_chars)
+    engine = BroadcastEngine(cfg, hardware, store, engine_speech, None, bus, registry)
+    return ApiServices(cfg=cfg, store=store, engine=engine, registry=registry, bus=bus, hardware=hardware,
+                       speech=speech, **extra)
+
+
+def auth(token: str, **extra: str) -> dict[str, str]:
+    """Request headers with the bearer token (and ``extra`` ones, e.g. a Content-Type)."""
+    return {"Authorization": f"Bearer {token}", **extra}
+
+
+def assert_error(response: Any, status: int, field: str | None = None) -> dict[str, Any]:
+    """``response`` is the API's error answer: ``status``, the JSON error shape, ``field``."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "field", "details"}
+    assert isinstance(body["error"], str) and body["error"]
+    assert body["field"] == field
+    return body
 
 
 @dataclass

@@ -33,11 +33,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from controller.alerts.cap import CapError, parse_cap
-from controller.alerts.inbox import AlertActionError, AlertService
+from controller.alerts.inbox import AlertService
 from controller.broadcast.engine import BroadcastEngine
 from controller.broadcast.model import BroadcastRequest, BroadcastState
 from controller.config import Config, load_config
 from controller.core.actors import Actor, Role
+from controller.core.errors import Conflict, Invalid, NotFound
 from controller.core.events import Event, EventBus
 from controller.devices.hardware import Hardware
 from controller.devices.registry import DeviceRegistry
@@ -252,9 +253,9 @@ async def test_yellow_waits_with_its_plan_then_approve_plays_the_edited_text(gw:
     assert gw.kinds("alert.decided")[-1] == {
         "id": record["id"], "disposition": "broadcast", "by": "duty-zhang",
         "broadcast_id": approved["broadcast_id"], "reason": approved["reason"]}
-    with pytest.raises(AlertActionError) as again:
+    with pytest.raises(Conflict) as again:
         await gw.alerts.approve(record["id"], OFFICER)
-    assert again.value.kind == "conflict" and "broadcast, not pending" in again.value.message
+    assert "broadcast, not pending" in again.value.message
 
 
 async def test_approve_without_text_plays_the_plan(gw: Gateway):
@@ -271,22 +272,20 @@ async def test_reject_is_audited_with_the_reason(gw: Gateway):
     assert rejected["decided_by"] == "duty-zhang" and rejected["decided_at"]
     assert gw.audit("alert.rejected")[0]["details"]["reason"] == "县防指已电话通知，无需重复播报"
     assert gw.store.list_broadcasts() == []
-    with pytest.raises(AlertActionError) as err:
+    with pytest.raises(Conflict):
         await gw.alerts.approve(record["id"], OFFICER)
-    assert err.value.kind == "conflict"
-    with pytest.raises(AlertActionError) as missing:
+    with pytest.raises(NotFound):
         await gw.alerts.reject("al-nope", OFFICER)
-    assert missing.value.kind == "not_found"
 
 
 async def test_edited_text_longer_than_speech_takes_is_refused_and_stays_pending(tmp_path: Path):
     g = Gateway(config(tmp_path, speech={"max_chars": 120}))
     try:
         record = await g.ingest(cn_alert(severity="Yellow"))
-        with pytest.raises(AlertActionError) as err:
+        with pytest.raises(Invalid) as err:
             await g.alerts.approve(record["id"], OFFICER, "长" * 121)
-        assert err.value.kind == "invalid" and err.value.field == "text" and "120" in err.value.message
-        with pytest.raises(AlertActionError) as empty:
+        assert err.value.field == "text" and "120" in err.value.message
+        with pytest.raises(Invalid) as empty:
             await g.alerts.approve(record["id"], OFFICER, "   ")
         assert empty.value.field == "text"
         assert g.alerts.get(record["id"])["disposition"] == "pending"  # type: ignore[index]
@@ -298,9 +297,9 @@ async def test_approving_an_alert_that_expired_meanwhile_is_refused(gw: Gateway)
     record = await gw.ingest(cn_alert(severity="Yellow", expires=timedelta(seconds=1)))
     assert record["disposition"] == "pending"
     await asyncio.sleep(1.1)  # the CAP expiry passes (no timing is asserted)
-    with pytest.raises(AlertActionError) as err:
+    with pytest.raises(Conflict) as err:
         await gw.alerts.approve(record["id"], OFFICER)
-    assert err.value.kind == "conflict" and "expired" in err.value.message
+    assert "expired" in err.value.message
     assert gw.alerts.get(record["id"])["disposition"] == "expired"  # type: ignore[index]
     assert gw.store.list_broadcasts() == []
 
@@ -375,7 +374,7 @@ async def test_cancel_closes_a_pending_approval_and_is_itself_recorded(gw: Gatew
     assert cancel["disposition"] == "recorded" and f"cancels {old['id']}" in cancel["reason"], cancel
     closed = gw.alerts.get(old["id"])
     assert closed is not None and closed["disposition"] == "cancelled" and "was pending" in closed["reason"]
-    with pytest.raises(AlertActionError):
+    with pytest.raises(Conflict):
         await gw.alerts.approve(old["id"], OFFICER)
     assert gw.store.list_broadcasts() == []
 
@@ -421,7 +420,7 @@ async def test_identifier_only_cancel_stops_a_broadcast_and_withdraws_a_pending_
     assert gw.broadcast(red["broadcast_id"])["state"] is BroadcastState.CANCELLED
     assert gw.alerts.get(red["id"])["disposition"] == "cancelled"  # type: ignore[index]
     assert gw.alerts.get(yellow["id"])["disposition"] == "cancelled"  # type: ignore[index]
-    with pytest.raises(AlertActionError):
+    with pytest.raises(Conflict):
         await gw.alerts.approve(yellow["id"], OFFICER)
     assert [a["details"]["broadcast_stopped"] for a in gw.audit("alert.cancelled")] == [False, True]
 

@@ -1,4 +1,4 @@
-"""The alert endpoints (controller/api/alerts.py): roles (feed tokens post CAP and nothing else),
+"""The alert endpoints (controller/api/routers/alerts.py): roles (feed tokens post CAP and nothing else),
 status codes, error bodies naming the CAP element, the approval workflow over HTTP.
 
 Real Store on disk and the real engine (its playing loop not started), as in tests/test_auth_api.py.
@@ -12,17 +12,15 @@ from typing import Any
 
 import pytest
 from alertkit import LIUQIAO, OTHER_COUNTY, alert_township, cn_alert
+from apikit import api_services, assert_error, auth
 from starlette.testclient import TestClient
 
 from controller.alerts.inbox import AlertService
 from controller.api.app import ApiServices, create_app
-from controller.broadcast.engine import BroadcastEngine
 from controller.config import load_config
 from controller.core.actors import Role
 from controller.core.events import EventBus
-from controller.devices.hardware import Hardware
 from controller.devices.registry import DeviceRegistry
-from controller.speech.tts import SpeechService
 from controller.storage.journal import Store
 
 CAP = "/api/v1/alerts/cap"
@@ -33,40 +31,10 @@ XML = {"Content-Type": "application/xml"}
 @pytest.fixture
 def services(tmp_path: Path) -> Iterator[ApiServices]:
     cfg = load_config(alert_township(tmp_path, speech={"max_chars": 300}).path)
-    store = Store.in_state_dir(cfg.state_dir)
-    bus = EventBus()
-    registry = DeviceRegistry(cfg, bus)
-    hardware = Hardware.from_config(cfg, on_poll=registry.on_poll)  # never started: no lines opened
-    speech = SpeechService(Path(cfg.state_dir) / "speech-cache", cfg.speech.rate_wpm, cfg.speech.max_chars)
-    engine = BroadcastEngine(cfg, hardware, store, speech, None, bus, registry)  # loop not started
-    alerts = AlertService(cfg, store, engine, bus)
-    yield ApiServices(cfg=cfg, store=store, engine=engine, registry=registry, bus=bus, hardware=hardware,
-                      alerts=alerts)
-    store.close()
-
-
-@pytest.fixture
-def client(services: ApiServices) -> Iterator[TestClient]:
-    with TestClient(create_app(services)) as c:
-        yield c
-
-
-@pytest.fixture
-def tokens(services: ApiServices) -> dict[str, str]:
-    return {role.value: services.store.create_token(f"{role.value}-1", role) for role in Role}
-
-
-def auth(token: str, **extra: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}", **extra}
-
-
-def assert_error(response: Any, status: int, field: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "field", "details"}
-    assert isinstance(body["error"], str) and body["error"]
-    assert body["field"] == field
-    return body
+    services = api_services(cfg)
+    services.alerts = AlertService(cfg, services.store, services.engine, services.bus)
+    yield services
+    services.store.close()
 
 
 def post_cap(client: TestClient, token: str, xml: bytes) -> Any:

@@ -1,4 +1,4 @@
-"""The REST API (controller/api/app.py) with a real Store on disk: auth, roles, validation, error shape.
+"""The REST API (controller/api/) with a real Store on disk: auth, roles, validation, error shape.
 
 These tests are about the API's own contract, not playback: the real BroadcastEngine journals,
 audits and queues what the API submits, but its playing loop is not started (no hardware here).
@@ -19,22 +19,17 @@ import httpx2
 import pytest
 import uvicorn
 import yaml
+from apikit import api_services, assert_error, auth
 from simkit import free_port, write_sim_config
 from starlette.testclient import TestClient
 
 from controller.api.app import MAX_BODY_BYTES, ApiServices, create_app
 from controller.app.logs import setup_logging
-from controller.broadcast.engine import BroadcastEngine
 from controller.broadcast.model import TerminalOutcome
 from controller.broadcast.scheduler import Scheduler
 from controller.config import Config, load_config
-from controller.core.actors import Role
-from controller.core.events import BroadcastStateChanged, EventBus
+from controller.core.events import BroadcastStateChanged
 from controller.core.redaction import redact
-from controller.devices.hardware import Hardware
-from controller.devices.registry import DeviceRegistry
-from controller.speech.tts import SpeechService
-from controller.storage.journal import Store
 
 DRILL = {"class": "drill", "targets": {"all": True}, "text": "这是一次应急广播系统测试。"}
 
@@ -52,41 +47,11 @@ def cfg(tmp_path: Path) -> Config:
 
 @pytest.fixture
 def services(cfg: Config) -> Iterator[ApiServices]:
-    store = Store.in_state_dir(cfg.state_dir)
-    bus = EventBus()
-    registry = DeviceRegistry(cfg, bus)
-    hardware = Hardware.from_config(cfg, on_poll=registry.on_poll)  # never started: no lines opened
-    speech = SpeechService(Path(cfg.state_dir) / "speech-cache", cfg.speech.rate_wpm, cfg.speech.max_chars)
-    engine = BroadcastEngine(cfg, hardware, store, speech, None, bus, registry)  # loop not started
-    scheduler = Scheduler(cfg, store, engine)
-    scheduler.reload()  # knows every schedule and its next run; its firing loop is not started
-    yield ApiServices(cfg=cfg, store=store, engine=engine, registry=registry, bus=bus, hardware=hardware,
-                      scheduler=scheduler, keepalive_s=0.2)
-    store.close()
-
-
-@pytest.fixture
-def client(services: ApiServices) -> Iterator[TestClient]:
-    with TestClient(create_app(services)) as c:
-        yield c
-
-
-@pytest.fixture
-def tokens(services: ApiServices) -> dict[str, str]:
-    return {role.value: services.store.create_token(f"{role.value}-1", role) for role in Role}
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def assert_error(response: Any, status: int, field: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "field", "details"}
-    assert isinstance(body["error"], str) and body["error"]
-    assert body["field"] == field
-    return body
+    services = api_services(cfg, keepalive_s=0.2)
+    services.scheduler = Scheduler(cfg, services.store, services.engine)
+    services.scheduler.reload()  # knows every schedule and its next run; its firing loop is not started
+    yield services
+    services.store.close()
 
 
 PROTECTED = [("GET", "/api/v1/devices"), ("GET", "/api/v1/devices/rtu1"), ("POST", "/api/v1/broadcasts"),

@@ -1,5 +1,5 @@
-"""The console's side of the daemon (controller/web/console.py, controller/api/console.py) with real parts:
-a real Store on disk, the real engine (journalling; its playing loop not started), the real
+"""The console's side of the daemon (controller/web/console.py, controller/api/routers/console.py) with
+real parts: a real Store on disk, the real engine (journalling; its playing loop not started), the real
 HealthMonitor, MQTT reporter (against a real Mosquitto), CAP inbox and feed pollers, and one real
 SpeechService (the espeak-ng worker) for the speech previews.
 
@@ -26,6 +26,7 @@ import pytest
 import pytest_asyncio
 import uvicorn
 import yaml
+from apikit import api_services, assert_error, auth
 from mqttkit import Broker
 from simkit import free_port, write_sim_config
 from starlette.testclient import TestClient
@@ -33,15 +34,10 @@ from starlette.testclient import TestClient
 from controller.alerts.feeds import Feeds
 from controller.alerts.inbox import AlertService
 from controller.api.app import ApiServices, create_app
-from controller.broadcast.engine import BroadcastEngine
 from controller.config import Config, ConfigError, load_config, parse_config
 from controller.core.actors import Actor, Role
-from controller.core.events import EventBus
-from controller.devices.hardware import Hardware
 from controller.devices.health import HealthMonitor
-from controller.devices.registry import DeviceRegistry
 from controller.speech.tts import SpeechService
-from controller.storage.journal import Store
 from controller.uplink.mqtt import MqttReporter
 from controller.uplink.outbox import Outbox
 from controller.web.console import CONSOLE_CSP, STATIC_DIR
@@ -76,30 +72,12 @@ def write_config(tmp_path: Path, **sections: Any) -> Path:
 
 
 def make_services(cfg: Config, speech: SpeechService | None = None, **extra: Any) -> ApiServices:
-    """The daemon's wiring minus the started hardware: real store, registry, engine, health."""
-    store = Store.in_state_dir(cfg.state_dir)
-    bus = EventBus()
-    registry = DeviceRegistry(cfg, bus)
-    hardware = Hardware.from_config(cfg, on_poll=registry.on_poll)  # never started: no lines opened
-    engine_speech = speech or SpeechService(Path(cfg.state_dir) / "speech-cache", cfg.speech.rate_wpm,
-                                            cfg.speech.max_chars)  # not started: only check_length
-    engine = BroadcastEngine(cfg, hardware, store, engine_speech, None, bus, registry)
-    health = HealthMonitor(cfg, bus, hardware, registry)
-    health.set_engine(engine)
-    return ApiServices(cfg=cfg, store=store, engine=engine, registry=registry, bus=bus, hardware=hardware,
-                       health=health, speech=speech, keepalive_s=0.2, **extra)
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def assert_error(response: Any, status: int, field: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "field", "details"} and body["error"]
-    assert body["field"] == field
-    return body
+    """The daemon's wiring minus the started hardware (tests/apikit.py), with the health monitor."""
+    services = api_services(cfg, speech=speech, keepalive_s=0.2, **extra)
+    assert services.hardware is not None
+    services.health = health = HealthMonitor(cfg, services.bus, services.hardware, services.registry)
+    health.set_engine(services.engine)  # type: ignore[arg-type]  # the real BroadcastEngine
+    return services
 
 
 def assert_secured(response: Any) -> None:
@@ -121,13 +99,8 @@ def services(cfg: Config) -> Iterator[ApiServices]:
 
 
 @pytest.fixture
-def client(services: ApiServices) -> Iterator[TestClient]:
-    with TestClient(create_app(services)) as c:
-        yield c
-
-
-@pytest.fixture
 def tokens(services: ApiServices) -> dict[str, str]:
+    """The console's roles only (conftest.py's has a feed token too, which cannot open the console)."""
     return {role: services.store.create_token(f"{role}-1", Role(role))
             for role in ("viewer", "operator", "admin")}
 
@@ -264,10 +237,11 @@ def test_a_token_in_a_cookie_is_not_accepted(client: TestClient, tokens: dict[st
 
 def test_the_auth_dependency_reads_only_the_header():
     """No code path reads a token from the URL: the only source is request.headers['authorization']."""
-    source = (REPO / "controller" / "auth.py").read_text(encoding="utf-8")
+    source = (REPO / "controller" / "api" / "auth.py").read_text(encoding="utf-8")
     assert "query_params" not in source and "cookies" not in source
-    for module in ("api.py", "api_console.py", "web.py"):
-        text = (REPO / "controller" / module).read_text(encoding="utf-8")
+    modules = [*(REPO / "controller" / "api").rglob("*.py"), REPO / "controller" / "web" / "console.py"]
+    for module in modules:
+        text = module.read_text(encoding="utf-8")
         assert "query_params" not in text and "request.cookies" not in text, module
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from apikit import api_services
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
@@ -24,15 +25,10 @@ from simkit import write_sim_config
 from starlette.testclient import TestClient
 
 from controller.api.app import ApiServices, create_app
-from controller.broadcast.engine import BroadcastEngine
 from controller.broadcast.model import BroadcastState
 from controller.config import Config, load_config
 from controller.core.actors import Actor, Role
-from controller.core.events import EventBus
-from controller.devices.hardware import Hardware
 from controller.devices.health import HealthMonitor
-from controller.devices.registry import DeviceRegistry
-from controller.speech.tts import SpeechService
 from controller.storage.journal import Store
 from controller.uplink.commands import CountyCommands
 from controller.uplink.outbox import Outbox
@@ -55,23 +51,19 @@ def cfg(tmp_path: Path) -> Config:
 
 @pytest.fixture
 def services(cfg: Config) -> Iterator[ApiServices]:
-    store = Store.in_state_dir(cfg.state_dir)
     outbox = Outbox.in_state_dir(cfg.state_dir)
-    bus = EventBus()
-    registry = DeviceRegistry(cfg, bus)
-    hardware = Hardware.from_config(cfg, on_poll=registry.on_poll)  # never started
-    speech = SpeechService(Path(cfg.state_dir) / "speech-cache", cfg.speech.rate_wpm, cfg.speech.max_chars)
-    engine = BroadcastEngine(cfg, hardware, store, speech, None, bus, registry)
-    health = HealthMonitor(cfg, bus, hardware, registry)
+    services = api_services(cfg, outbox=outbox)
+    assert services.hardware is not None
+    services.health = health = HealthMonitor(cfg, services.bus, services.hardware, services.registry)
 
     async def rebirth() -> None:
         return None
 
-    county = CountyCommands(cfg, store, engine, rebirth=rebirth, line_check=health.run_line_check)
-    yield ApiServices(cfg=cfg, store=store, engine=engine, registry=registry, bus=bus, hardware=hardware,
-                      health=health, county=county, outbox=outbox)
+    services.county = CountyCommands(cfg, services.store, services.engine, rebirth=rebirth,
+                                     line_check=health.run_line_check)
+    yield services
     outbox.close()
-    store.close()
+    services.store.close()
 
 
 def scrape(services: ApiServices) -> dict[str, Any]:

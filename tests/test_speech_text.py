@@ -14,8 +14,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from controller.api.alerts import ApproveIn
-from controller.api.console import PreviewIn
+from controller.api.routers.alerts import ApproveIn
+from controller.api.routers.console import PreviewIn
 from controller.broadcast.model import BroadcastRequest
 from controller.speech.text import KEPT_CONTROLS, clean_speech_text
 

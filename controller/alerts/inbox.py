@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, tzinfo
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -45,6 +45,7 @@ from controller.broadcast.model import FINAL_STATES, BroadcastRequest
 from controller.broadcast.ports import BroadcastPort
 from controller.config import Config
 from controller.core.actors import Actor, Role
+from controller.core.errors import Conflict, Invalid, NotFound
 from controller.core.events import AlertDecided, AlertReceived, EventBus
 from controller.speech.tts import TextTooLong
 from controller.storage.journal import DuplicateError, Store
@@ -69,15 +70,6 @@ class Disposition(StrEnum):
     CANCELLED = "cancelled"            # a later Cancel stopped it
     SUPERSEDED = "superseded"          # a later Update replaced it
     FAILED = "failed"                  # could not be submitted (reason)
-
-
-class AlertActionError(Exception):
-    """An approve/reject that cannot be done: ``kind`` is not_found (404), conflict (409) or invalid (422)."""
-
-    def __init__(self, kind: Literal["not_found", "conflict", "invalid"], message: str,
-                 field: str | None = None) -> None:
-        super().__init__(message)
-        self.kind, self.message, self.field = kind, message, field
 
 
 def new_alert_id() -> str:
@@ -387,15 +379,15 @@ class AlertService:
             if text is not None:
                 text = text.strip()
                 if not text:
-                    raise AlertActionError("invalid", "text: is empty", "text")
+                    raise Invalid("is empty", "text")
                 limit = self.cfg.speech.max_chars
                 if len(text) > limit:
-                    raise AlertActionError("invalid", f"text: {TextTooLong(len(text), limit)}", "text")
+                    raise TextTooLong(len(text), limit)
                 body["text"] = text
             try:
                 request = BroadcastRequest.model_validate(body)
             except ValidationError as exc:
-                raise AlertActionError("invalid", f"text: {_short(exc)}", "text") from None
+                raise Invalid(_short(exc), "text") from None
             if edited:
                 plan["original_text"] = plan["text"]
             plan.update(text=body["text"], request=body)
@@ -414,13 +406,13 @@ class AlertService:
         """The alert if it is awaiting a decision; expires it first if its CAP expiry has passed."""
         rec = self.store.get_alert(alert_id)
         if rec is None:
-            raise AlertActionError("not_found", f"no alert '{alert_id}'")
+            raise NotFound(f"no alert '{alert_id}'")
         if rec["disposition"] == Disposition.PENDING and _expired(rec, self._now().timestamp()):
             self._expire(rec, f"the alert expired at {self._iso(rec['expires_at'])} before a decision")
             rec = self.store.get_alert(alert_id) or rec
         if rec["disposition"] != Disposition.PENDING:
-            raise AlertActionError("conflict", f"alert '{alert_id}' is {rec['disposition']}, not pending: "
-                                               f"only a pending alert can be {verb} ({rec['reason']})")
+            raise Conflict(f"alert '{alert_id}' is {rec['disposition']}, not pending: "
+                           f"only a pending alert can be {verb} ({rec['reason']})")
         return rec
 
     async def _play_pending(self, rec: dict[str, Any], request: BroadcastRequest, plan: dict[str, Any],
@@ -428,8 +420,8 @@ class AlertService:
         alert_id = rec["id"]
         try:
             broadcast_id = await self.engine.submit(request, actor)
-        except TextTooLong as exc:
-            raise AlertActionError("invalid", f"text: {exc}", "text") from None
+        except TextTooLong:  # the officer can shorten the text: the alert stays pending
+            raise
         except ValueError as exc:  # targets changed since: failed with the reason, never lost
             why = f"approved by {actor.name} but the engine refused the broadcast: {exc}"
             self._change(alert_id, Disposition.FAILED, why, actor, "alert.failed", {"reason": why}, plan=plan)
@@ -504,8 +496,8 @@ class AlertService:
         try:
             await self._play_pending(rec, request, dict(rec["plan"]), self._system, now, edited=False,
                                      by_timeout=True)
-        except AlertActionError as exc:  # the planned text no longer fits the speech limit
-            self._expire(rec, f"no decision in time and the planned broadcast was refused: {exc.message}")
+        except TextTooLong as exc:  # the planned text no longer fits the speech limit
+            self._expire(rec, f"no decision in time and the planned broadcast was refused: {exc.explain()}")
 
     # ------------------------------------------------------------------ reading
 

@@ -23,7 +23,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
 
-from controller.api.app import error_body
+from controller.api.models import error_body
 from controller.web.console import CONSOLE_CSP, SECURITY_HEADERS
 
 DEFAULT_HEADER_TIMEOUT_S = 20.0

@@ -57,7 +57,7 @@ class OutboxApi(Protocol):
 
 
 class MetricSources(Protocol):
-    """Where the families come from (controller/api/app.py's ApiServices has all of it)."""
+    """Where the families come from (controller/api/deps.py's ApiServices has all of it)."""
 
     cfg: Config
     store: Store

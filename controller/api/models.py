@@ -3,7 +3,7 @@
 ``/openapi.json`` is a contract clients and the test suite hold the API to (tests/test_api_contract.py
 runs schemathesis against the real daemon): every status an endpoint can give is listed with its
 body, and error bodies are the API's own ``{"error", "field", "details"}``, not FastAPI's default
-validation shape. Models here describe; the routes build the answers (controller/api/app.py).
+validation shape. Models here describe; the routes build the answers (controller/api/routers/).
 """
 
 from __future__ import annotations
@@ -19,6 +19,11 @@ class ErrorOut(BaseModel):
     error: str = Field(description="What is wrong, starting with the field when there is one")
     field: str | None = Field(description="Dotted path of the offending field (targets.area_codes.0) or null")
     details: list[Any] = Field(description="Every problem found: [{field, problem}, ...]")
+
+
+def error_body(message: str, field: str | None = None, details: list[Any] | None = None) -> dict[str, Any]:
+    """Every error answer's body (also those the HTTP layer sends itself, controller/api/http_protocol.py)."""
+    return {"error": message, "field": field, "details": details or []}
 
 
 ERROR_MEANINGS: dict[int, str] = {
@@ -93,6 +98,131 @@ class ScheduleOut(_Out):
     enabled: bool
     request: dict[str, Any]
     source: Literal["config", "api"]
+
+
+class DeviceOut(_Out):
+    """A terminal or transmitter with its latest polled state."""
+
+    id: str
+    name: str
+    village: str
+    area_code: str
+    line: str
+    kind: Literal["terminal", "fm_transmitter"]
+    online: bool | None = Field(description="Answers its polls; null until the first poll")
+    last_seen: float | None = Field(description="Wall-clock time of the last good answer")
+    failure: str | None = Field(description="Why the last poll got no answer")
+    values: dict[str, Any] | None = Field(description="The points read at the last good poll")
+    state: int | None = Field(description="1 normal, 2 off, 3 fault, 4 recovered, 5 broadcasting")
+    state_name: str | None
+    faults: list[dict[str, Any]] = Field(description="Active faults with reasons")
+    location: dict[str, float] | None = Field(description="{lat, lon} from the config")
+    zones: list[int] = Field(description="Speaker zones wired at a terminal; empty for a transmitter")
+
+
+class ActorOut(_Out):
+    """Who did it: a token's name and role, or the gateway itself (scheduler, county, CAP)."""
+
+    name: str
+    role: str | None
+    token_id: str | None
+    remote: str | None
+    via: str
+
+
+class BroadcastOut(_Out):
+    """A journalled broadcast; one fetched by id also has ``outcomes`` and ``notes``."""
+
+    id: str
+    class_: str | None = Field(alias="class", description="emergency, drill, …")
+    title: str
+    request: dict[str, Any] = Field(description="The request as accepted")
+    state: Literal["not_processed", "waiting", "playing", "succeeded", "failed", "cancelled"]
+    state_code: int = Field(description="The national state code 0-5")
+    reason: str | None
+    actor: ActorOut
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    updated_at: float | None
+    coverage: float | None = Field(description="Share of terminals that played it, 0-1")
+    location: str = Field(description="/api/v1/broadcasts/{id}")
+    outcomes: list[dict[str, Any]] | None = Field(default=None, description="Per terminal (by id only)")
+    notes: list[dict[str, Any]] | None = Field(default=None, description="{ts, text} (by id only)")
+
+
+class ScheduleListed(ScheduleOut):
+    """A schedule as the running scheduler sees it."""
+
+    next_at: str | None = Field(description="Its next run (ISO 8601, local time), or null when not active")
+    problem: str | None = Field(description="Why it is not active, if so")
+
+
+class AuditOut(_Out):
+    """One audited action, newest first."""
+
+    seq: int
+    ts: float
+    actor: str
+    role: str | None
+    token_id: str | None
+    remote: str | None
+    via: str
+    action: str = Field(description="e.g. broadcast.submit, schedule.add, alert.approved")
+    target: str
+    details: dict[str, Any]
+
+
+class AlertOut(_Out):
+    """A CAP alert in the inbox with its disposition and plan (docs/alerts.md); one fetched by id
+    also has the CAP ``document`` as received; a posted one has ``duplicate`` and ``location``."""
+
+    id: str
+    sender: str
+    identifier: str
+    sent: str
+    msg_type: str
+    status: str
+    dialect: str
+    source: str
+    disposition: str = Field(description="broadcast, pending, rejected, expired, recorded, …")
+    reason: str | None
+    plan: dict[str, Any] | None = Field(description="Terminals, villages, text and request")
+
+
+class FeedOut(_Out):
+    """One configured CAP feed poller."""
+
+    id: str
+    type: str
+    failures: int = Field(description="Failed polls in a row")
+
+
+class TemplateOut(_Out):
+    """A ready-made announcement from the config; ``tone`` is the one that will play."""
+
+    id: str
+    title: str
+    tone: str
+
+
+class GatewayOut(_Out):
+    """Gateway health in one call: host figures, engine, lines and devices (when the health monitor
+    runs), identity, the MQTT uplink, CAP feeds, pending alerts and speech (each when present)."""
+
+    ts: float | None = None
+    gateway: dict[str, Any] = Field(description="id, name, area_code, location, timezone")
+    api_started_at: float
+    mqtt: dict[str, Any] = Field(description="enabled, connected, broker")
+    feeds: list[dict[str, Any]] | None = None
+    alerts: dict[str, Any] | None = None
+    speech: dict[str, Any] | None = None
+
+
+def ok(model: Any, description: str = "Successful Response", status: int = 200) -> dict[int | str, Any]:
+    """``responses=`` for a route that returns plain JSON described by ``model`` (``response_model=None``):
+    the description without FastAPI validating and re-serialising, so no field is ever dropped."""
+    return {status: {"model": model, "description": description}}
 
 
 ERROR_REF = "#/components/schemas/ErrorOut"

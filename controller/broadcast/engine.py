@@ -177,10 +177,11 @@ class BroadcastEngine:
     async def submit(self, request: BroadcastRequest, actor: Actor) -> str:
         """Validate targets, journal (durable before this returns), audit and queue; returns the id.
 
-        Raises TargetError (a ValueError naming ``targets``) when nothing here would play it.
+        Raises :class:`~controller.core.errors.Invalid` (a ValueError) naming the field: ``targets``
+        when nothing here would play it, ``text`` over the speech limit, ``audio_id`` unknown.
         """
         resolved = resolve(self.cfg, request.targets)
-        if request.text is not None:  # refuse now (ValueError → 422) what would only fail when due
+        if request.text is not None:  # refuse now (Invalid → 422) what would only fail when due
             self.speech.check_length(request.text)
         elif request.audio_id is not None:
             uploaded_audio(request.audio_id, self.audio_dir)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Literal
 
 from controller.broadcast.model import AUDIO_ID as AUDIO_ID_PATTERN
 from controller.broadcast.model import BroadcastRequest, Tone
+from controller.core.errors import Invalid
 from controller.speech.tones import CHUNK_S, Signal, pcm_bytes, signal_for
 
 if TYPE_CHECKING:
@@ -319,12 +320,12 @@ def build_program(request: BroadcastRequest, speech: SpeechService, sample_rate:
 def uploaded_audio(audio_id: str, audio_dir: Path | None) -> Path:
     """The WAV file of an uploaded clip; its id never leaves ``audio_dir``."""
     if audio_dir is None:
-        raise ValueError("uploaded audio is not available on this gateway (no audio directory)")
+        raise Invalid("uploaded audio is not available on this gateway (no audio directory)", "audio_id")
     if not AUDIO_ID.match(audio_id) or ".." in audio_id:
-        raise ValueError(f"not a valid audio id: {audio_id!r}")
+        raise Invalid(f"not a valid audio id: {audio_id!r}", "audio_id")
     path = Path(audio_dir) / (audio_id if audio_id.endswith(".wav") else f"{audio_id}.wav")
     if not path.is_file():
-        raise ValueError(f"no uploaded audio with id {audio_id!r}")
+        raise Invalid(f"no uploaded audio with id {audio_id!r}", "audio_id")
     return path
 
 

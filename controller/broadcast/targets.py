@@ -22,13 +22,15 @@ from dataclasses import dataclass
 
 from controller.broadcast.model import Targets
 from controller.config import Config, area_prefix
+from controller.core.errors import Invalid
 from drivers.profile import ModbusTerminalProfile
 
 
-class TargetError(ValueError):
-    """The request's targets are unusable here; ``field`` is what the API names (422)."""
+class TargetError(Invalid):
+    """The request's targets are unusable here (``field`` ``targets``)."""
 
-    field = "targets"
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "targets")
 
 
 @dataclass(frozen=True)

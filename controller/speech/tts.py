@@ -35,6 +35,7 @@ import wave
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from controller.core.errors import Invalid
 from controller.speech.normalize import normalize
 
 if TYPE_CHECKING:
@@ -54,13 +55,13 @@ TIMEOUT_PER_CHAR_S = 0.05
 WARM_UP_TEXT = {"zh": "系统自检。语音合成准备就绪。", "en": "System check. Speech is ready."}
 
 
-class TextTooLong(ValueError):
-    """The text is longer than the configured speech limit (``speech.max_chars``)."""
+class TextTooLong(Invalid):
+    """The text is longer than the configured speech limit (``speech.max_chars``); ``field`` ``text``."""
 
     def __init__(self, length: int, limit: int) -> None:
         self.length, self.limit = length, limit
         super().__init__(f"text is {length} characters long; speech takes at most {limit} characters "
-                         f"(shorten it or split it into several broadcasts)")
+                         f"(shorten it or split it into several broadcasts)", "text")
 
 
 class SpeechError(RuntimeError):
