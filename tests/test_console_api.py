@@ -413,7 +413,7 @@ async def speech(speech_config: Config) -> AsyncIterator[SpeechService]:
     service = SpeechService(Path(cfg.state_dir) / "speech-cache", cfg.speech.rate_wpm, cfg.speech.max_chars)
     await service.start()
     yield service
-    await service.close()
+    await service.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="module")

@@ -282,7 +282,7 @@ class Daemon:
         await self.hardware.stop()
         if self.speech is not None:
             with contextlib.suppress(Exception):
-                await self.speech.close()
+                await self.speech.stop()
         self.store.close()
         if self.outbox is not None:
             self.outbox.close()

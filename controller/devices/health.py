@@ -56,6 +56,7 @@ from typing import Any
 from controller.broadcast.ports import BroadcastView
 from controller.config import Config, Device
 from controller.core.events import EventBus
+from controller.core.lifecycle import cancel_and_wait
 from controller.devices.fault_rules import (
     Fault,
     check_zones,
@@ -465,12 +466,7 @@ class HealthMonitor:
         self._tasks = [asyncio.create_task(coro, name=name) for name, coro in duties]
 
     async def stop(self) -> None:
-        tasks = [*self._tasks, *self._spawned]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*self._tasks, *self._spawned)
         self._tasks = []
         self._spawned.clear()
 

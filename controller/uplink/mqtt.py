@@ -51,6 +51,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from controller.config import BrokerAddress, Config, MqttSettings
 from controller.core.events import Event, EventBus
+from controller.core.lifecycle import cancel_and_wait
 from controller.devices.registry import DeviceRegistry
 from controller.uplink.outbox import Outbox, OutboxRow, event_record
 
@@ -190,11 +191,7 @@ class MqttReporter:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):  # not wait_for: 3.11's can lose a cancel
                     await session.ended.wait()
-        for task in [*self._tasks, *self._spawned]:
-            task.cancel()
-        for task in [*self._tasks, *self._spawned]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*self._tasks, *self._spawned)
         self._tasks = []
         self._flush_acks()
 
