@@ -121,8 +121,7 @@ class Unit:
         else:
             snap = TerminalSnapshot(device, 1, False, time.time(), failure=failure, error="silence")
         result = PollResult(device, self.cycle, snap, snap.online, 0 if snap.online else 1, False)
-        self.registry.on_poll(result)
-        self.monitor.on_poll(result)
+        self.monitor.on_poll(result)  # it writes the registry too
 
     def kinds(self, device: str | None = None) -> list[str]:
         return [e.kind for e in self.events if device is None or e.data.get("device") == device]
@@ -279,6 +278,8 @@ async def test_registry_publishes_nothing_health_owns_device_state(unit: Unit):
     for _ in range(3):
         unit.poll("rtu1", {})
     assert unit.kinds() == ["device.state"]  # exactly one, from the monitor
+    view = unit.registry.devices["rtu1"]  # the monitor is also the one writer of the registry
+    assert view.online is True and view.values is not None and view.state == 1
 
 
 # ---------------------------------------------------------------------- against the simulator
@@ -335,7 +336,6 @@ async def live(sim: SimProcess, sim_config: SimConfig, **health: Any) -> AsyncIt
 
     def on_poll(result: PollResult) -> None:
         cycles[result.device_id] = result.cycle  # before judging: an event carries its cycle
-        registry.on_poll(result)
         holder[0].on_poll(result)
 
     hardware = Hardware.from_config(cfg, on_poll=on_poll,

@@ -328,8 +328,7 @@ class Daemon:
             await asyncio.sleep(interval_s / 2)
 
     def _on_poll(self, result: PollResult) -> None:
-        """Every poll result: the registry's live view first, then health judges it (and publishes)."""
-        self.registry.on_poll(result)
+        """Every poll result: health records it in the registry, judges it (and publishes)."""
         self.health.on_poll(result)
         if result.online:
             self.releaser.wake(result.device_id)  # heard again: restore it now if it waits

@@ -6,7 +6,8 @@ mains power, so every change is an event on the bus (the MQTT outbox listens the
 ``device.fault``      a fault was raised (code, zone, reason in English and Chinese, values)
 ``device.recovered``  it cleared
 ``device.state``      a device's state code, online flag or set of active faults changed — this
-                      module is the only publisher of ``device.state`` (the registry keeps data)
+                      module is the only publisher of ``device.state`` and the only writer of the
+                      registry (controller/devices/registry.py keeps the data)
 ``gateway.health``    a snapshot of the gateway every ``health.report_interval_s``
 
 State codes (GD/J 083 practice), judged in this order:
@@ -136,9 +137,10 @@ class _Device:
 class HealthMonitor:
     """Health of every device and of the gateway; see the module doc for the rules.
 
-    Wiring (controller/app/daemon.py): call :meth:`on_poll` for every poll result and
-    :meth:`on_fm_alarm` for every unsolicited FM alarm; ``await start()`` after the hardware has
-    started and ``await stop()`` before it stops. ``clock`` (monotonic seconds) is for tests.
+    Wiring (controller/app/daemon.py): call :meth:`on_poll` for every poll result (it also records
+    it in the registry) and :meth:`on_fm_alarm` for every unsolicited FM alarm; ``await start()``
+    after the hardware has started and ``await stop()`` before it stops. ``clock`` (monotonic
+    seconds) is for tests.
     """
 
     def __init__(self, cfg: Config, bus: EventBus, hardware: Hardware, registry: DeviceRegistry, *,
@@ -179,10 +181,12 @@ class HealthMonitor:
     # ------------------------------------------------------------------ inputs
 
     def on_poll(self, result: PollResult) -> None:
-        """Judge one terminal poll: status faults now, line down at once, state and online."""
+        """Judge one terminal poll: status faults now, line down at once, state and online. The
+        registry's live view is written first, here, so device state has this one writer."""
         dev = self._devices.get(result.device_id)
         if dev is None:
             return
+        self.registry.on_poll(result)
         snap, now = result.snapshot, self._clock()
         if snap.online:
             dev.last_good, dev.last_seen = now, snap.timestamp
