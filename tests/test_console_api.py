@@ -84,8 +84,7 @@ def make_services(cfg: Config, speech: SpeechService | None = None, **extra: Any
     engine_speech = speech or SpeechService(Path(cfg.state_dir) / "speech-cache", cfg.speech.rate_wpm,
                                             cfg.speech.max_chars)  # not started: only check_length
     engine = BroadcastEngine(cfg, hardware, store, engine_speech, None, bus, registry)
-    health = HealthMonitor(cfg, bus, hardware, registry)
-    health.set_engine(engine)
+    health = HealthMonitor(cfg, bus, hardware, registry, engine=engine)
     return ApiServices(cfg=cfg, store=store, engine=engine, registry=registry, bus=bus, hardware=hardware,
                        health=health, speech=speech, keepalive_s=0.2, **extra)
 

@@ -478,7 +478,7 @@ async def test_gateway_snapshot_and_periodic_report(sim: SimProcess, sim_config:
         assert {"timeouts", "crc_errors", "latency_avg_ms", "poll"} <= set(rs485)
         assert snap["lines"]["fm"]["kind"] == "fm_serial"
         assert snap["devices"]["total"] == 5 and snap["engine"] is None and snap["outbox_depth"] is None
-        env.monitor.set_outbox_depth(lambda: 7)
+        env.monitor.outbox_depth = lambda: 7  # the daemon passes the outbox's at construction
         assert env.monitor.snapshot()["outbox_depth"] == 7
         checked = await env.monitor.run_line_check(None)
         assert set(checked) == {"rtu1", "rtu2", "rtu3", "tcp1"}

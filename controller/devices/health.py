@@ -171,13 +171,6 @@ class HealthMonitor:
         """When the state clock next re-judges (the earliest moment time alone changes a state)."""
         self._clock_moved: asyncio.Event | None = None
 
-    def set_engine(self, engine: BroadcastView | None) -> None:
-        """The engine is built after hardware and health; hand it over when it exists."""
-        self.engine = engine
-
-    def set_outbox_depth(self, depth: Callable[[], int] | None) -> None:
-        self.outbox_depth = depth
-
     # ------------------------------------------------------------------ inputs
 
     def on_poll(self, result: PollResult) -> None:
