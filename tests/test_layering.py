@@ -28,3 +28,26 @@ def test_package_does_not_import_forbidden_layers(package: str):
     assert files, f"{package}/ has no modules"
     offenders = {str(f.relative_to(REPO)): sorted(_imported_packages(f) & FORBIDDEN[package]) for f in files}
     assert {f: bad for f, bad in offenders.items() if bad} == {}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("package", ["alerts", "uplink"])
+def test_alerts_and_uplink_reach_the_engine_only_through_its_ports(package: str):
+    files = sorted((REPO / "controller" / package).glob("*.py"))
+    assert files
+    offenders = {str(f.relative_to(REPO)): sorted(m for m in _imported_modules(f)
+                                                  if m.startswith(("controller.broadcast.engine",
+                                                                   "controller.app")))
+                 for f in files}
+    assert {f: bad for f, bad in offenders.items() if bad} == {}
