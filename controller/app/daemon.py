@@ -129,10 +129,10 @@ class ApiServer:
         self._sock = _listen(self.cfg.api.host, self.cfg.api.port)
 
     def close(self) -> None:
-        """Give the socket back if it never served (uvicorn closes it when it did)."""
-        if self._sock is not None and self._task is None:
+        """Give the socket back unless the server is still using it."""
+        if self._sock is not None and (self._task is None or self._task.done()):
             self._sock.close()
-        self._sock = None
+            self._sock = None
 
     async def start(self) -> None:
         """Serve on the socket from :meth:`listen`; returns once the server has started."""
@@ -241,12 +241,12 @@ class Daemon:
         self.scheduler = Scheduler(cfg, self.store, self.engine)
         config_dir = cfg.path.parent if cfg.path is not None else Path.cwd()
         self.feeds = Feeds(cfg.alerts, config_dir, self.ingress.from_feed)
-        self.services = ApiServices(cfg=cfg, store=self.store, engine=self.engine, registry=self.registry,
-                                    bus=self.bus, hardware=self.hardware, scheduler=self.scheduler,
-                                    health=self.health, county=self.county, outbox=outbox,
-                                    speech=self.speech, mqtt=self.reporter, alerts=self.alerts,
-                                    feeds=self.feeds)
-        self.api = ApiServer(cfg, self.services)
+        self.api_services = ApiServices(cfg=cfg, store=self.store, engine=self.engine, registry=self.registry,
+                                        bus=self.bus, hardware=self.hardware, scheduler=self.scheduler,
+                                        health=self.health, county=self.county, outbox=outbox,
+                                        speech=self.speech, mqtt=self.reporter, alerts=self.alerts,
+                                        feeds=self.feeds)
+        self.api = ApiServer(cfg, self.api_services)
         # Start order is dependency order. The reporter comes first (it connects in the background;
         # the outbox holds reports meanwhile) so that it stops last and the final events of the
         # engine and health still go out; what it hears before the engine, the inbox and health
