@@ -4,17 +4,12 @@ Every source ends in :meth:`AlertService.ingest <controller.alerts.inbox.AlertSe
 (which stores, decides by the rules and submits to the engine through controller.broadcast.ports);
 what differs is who the alert counts as, and that is decided here, in one place:
 
-============================  ==========================  =======================  ===============
-source                        ``source``                  actor                    ``source_level``
-============================  ==========================  =======================  ===============
-API ``POST /api/v1/alerts``   ``api``                     the token's holder       none (county)
-feed poller (alerts/feeds)    the feed's description      ``feed:<id>`` via cap    the feed's
-county MQTT alert topics      ``mqtt:<topic>``            ``county-mqtt`` via      ``county``
-                                                          county
-signed ``alert`` command      ``county:<key id>``         the verified key         the command's
-============================  ==========================  =======================  ===============
-
-The API route (controller/api/alerts.py) calls the inbox itself, with its caller as the actor.
+* API ``POST /api/v1/alerts/cap``: source ``api``, the token's holder, no level (the rules' default,
+  county) — the route (controller/api/alerts.py) calls the inbox itself;
+* a feed poller (controller/alerts/feeds.py): ``feed:<id> <where>``, ``feed:<id>`` via ``cap``, the
+  feed's configured level;
+* the county's MQTT alert topics: ``mqtt:<topic>``, ``county-mqtt`` via ``county``, ``county``;
+* the signed ``alert`` command: ``county:<key id>``, the verified key, the command's level.
 """
 
 from __future__ import annotations
