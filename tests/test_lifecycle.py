@@ -71,7 +71,7 @@ async def test_alert_ingress_says_who_each_source_counts_as():
     ingress = AlertIngress(inbox)
     ingress.from_mqtt(b"<alert/>", "county/alerts")  # before start: the inbox is not running yet
     await ingress.start()
-    await ingress.from_feed(b"<alert/>", "feed:cma https://example.org/feed", "national")
+    await ingress.from_feed(b"<alert/>", "feed:cma https://ex.org/f", "national")
     await ingress.from_county_command(b"<alert/>", Actor(name="county-ed", via="county"), "city")
     ingress.from_mqtt(b"<alert/>", "county/alerts")
     ingress.from_mqtt(b"bad", "county/alerts")  # refused by the inbox: logged, nobody to answer
@@ -79,7 +79,7 @@ async def test_alert_ingress_says_who_each_source_counts_as():
         await asyncio.sleep(0)
     await ingress.stop()
     assert inbox.calls == [
-        {"source": "feed:cma https://example.org/feed", "actor": "feed:cma", "via": "cap", "level": "national"},
+        {"source": "feed:cma https://ex.org/f", "actor": "feed:cma", "via": "cap", "level": "national"},
         {"source": "county:county-ed", "actor": "county-ed", "via": "county", "level": "city"},
         {"source": "mqtt:county/alerts", "actor": "county-mqtt", "via": "county", "level": "county"},
         {"source": "mqtt:county/alerts", "actor": "county-mqtt", "via": "county", "level": "county"},
