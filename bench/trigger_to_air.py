@@ -349,7 +349,7 @@ class InProcessGateway:
                 await self.engine.stop()  # devices restored (or journalled for the next start) first
                 await self.releaser.stop()
                 await self.hardware.stop()
-                await self.speech.close()
+                await self.speech.stop()
             finally:
                 self.store.close()
                 # what the drivers leave behind, as asyncio.run() would cancel it

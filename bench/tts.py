@@ -67,7 +67,7 @@ async def cold(language: str, text: str, runs: int) -> tuple[list[float], list[f
             path = await service.synthesize(f"{text}{i}", language)  # type: ignore[arg-type]
             rtf.append((time.perf_counter() - t) / wav_seconds(path))
             start.append(started - t)
-            await service.close()
+            await service.stop()
     return rtf, start
 
 
@@ -89,7 +89,7 @@ async def warm_and_cached(language: str, runs: int) -> dict[str, list[float]]:
                 t = time.perf_counter()
                 assert await service.synthesize(text, language) == path  # type: ignore[arg-type]
                 out["cached_rtf"].append((time.perf_counter() - t) / s["seconds"])
-        await service.close()
+        await service.stop()
     return out
 
 

@@ -56,7 +56,7 @@ async def speech(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Spee
     service = SpeechService(tmp_path_factory.mktemp("speech"))
     await service.start()
     yield service
-    await service.close()
+    await service.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="module")

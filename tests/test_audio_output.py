@@ -85,7 +85,7 @@ async def test_program_heard_on_the_simulated_terminal(audio_sim: SimProcess, tm
         player = AudioPlayer(SimLineSink(config.host, config.audio_port))
         result = await player.play(program.chunks(), RATE, evidence_path=tmp_path / "evidence.wav")
     finally:
-        await speech.close()
+        await speech.stop()
         await switch_on(config, "tcp1", False)
     assert result.completed and result.first_sound_at is not None
     assert program.duration_s is not None and result.played_s == pytest.approx(program.duration_s)

@@ -75,8 +75,8 @@ def make_services(cfg: Config, speech: SpeechService | None = None, **extra: Any
     """The daemon's wiring minus the started hardware (tests/apikit.py), with the health monitor."""
     services = api_services(cfg, speech=speech, keepalive_s=0.2, **extra)
     assert services.hardware is not None
-    services.health = health = HealthMonitor(cfg, services.bus, services.hardware, services.registry)
-    health.set_engine(services.engine)  # type: ignore[arg-type]  # the real BroadcastEngine
+    services.health = HealthMonitor(cfg, services.bus, services.hardware, services.registry,
+                                    engine=services.engine)
     return services
 
 
@@ -387,7 +387,7 @@ async def speech(speech_config: Config) -> AsyncIterator[SpeechService]:
     service = SpeechService(Path(cfg.state_dir) / "speech-cache", cfg.speech.rate_wpm, cfg.speech.max_chars)
     await service.start()
     yield service
-    await service.close()
+    await service.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="module")

@@ -462,6 +462,19 @@ async def test_cancel(gw: Gateway, keys: Keys):
     assert bad["error"] == "bad_args" and bad["field"] == "args.broadcast_id"
 
 
+async def test_commands_wait_for_start_and_end_at_stop(gw: Gateway, keys: Keys):
+    """The daemon's reporter hears commands before the engine is up and after it stopped."""
+    county = gw.handler(wait_for_start=True)
+    early = await county.handle("rebirth", command("rebirth", ed25519_signer(keys.ed), args={},
+                                                   correlation_id="early"))
+    assert early["correlation_id"] == "early" and early["error"] == "unavailable"
+    await county.start()
+    assert (await county.handle("rebirth", command("rebirth", ed25519_signer(keys.ed), args={})))["ok"]
+    await county.stop()
+    late = await county.handle("rebirth", command("rebirth", ed25519_signer(keys.ed), args={}))
+    assert late["error"] == "unavailable" and gw.rebirths == 1
+
+
 async def test_rebirth(gw: Gateway, keys: Keys):
     response = await gw.county.handle("rebirth", command("rebirth", ed25519_signer(keys.ed), args={},
                                                          correlation_id="rb"))

@@ -129,8 +129,7 @@ class Unit:
         else:
             snap = TerminalSnapshot(device, 1, False, time.time(), failure=failure, error="silence")
         result = PollResult(device, self.cycle, snap, snap.online, 0 if snap.online else 1, False)
-        self.registry.on_poll(result)
-        self.monitor.on_poll(result)
+        self.monitor.on_poll(result)  # it writes the registry too
 
     def kinds(self, device: str | None = None) -> list[str]:
         return [e.kind for e in self.events
@@ -287,6 +286,8 @@ async def test_registry_publishes_nothing_health_owns_device_state(unit: Unit):
     for _ in range(3):
         unit.poll("rtu1", {})
     assert unit.kinds() == ["device.state"]  # exactly one, from the monitor
+    view = unit.registry.devices["rtu1"]  # the monitor is also the one writer of the registry
+    assert view.online is True and view.values is not None and view.state == 1
 
 
 # ---------------------------------------------------------------------- against the simulator
@@ -345,7 +346,6 @@ async def live(sim: SimProcess, sim_config: SimConfig, **health: Any) -> AsyncIt
 
     def on_poll(result: PollResult) -> None:
         cycles[result.device_id] = result.cycle  # before judging: an event carries its cycle
-        registry.on_poll(result)
         holder[0].on_poll(result)
 
     hardware = Hardware.from_config(cfg, on_poll=on_poll,
@@ -490,7 +490,7 @@ async def test_gateway_snapshot_and_periodic_report(sim: SimProcess, sim_config:
         assert {"timeouts", "crc_errors", "latency_avg_ms", "poll"} <= set(rs485)
         assert snap["lines"]["fm"]["kind"] == "fm_serial"
         assert snap["devices"]["total"] == 5 and snap["engine"] is None and snap["outbox_depth"] is None
-        env.monitor.set_outbox_depth(lambda: 7)
+        env.monitor.outbox_depth = lambda: 7  # the daemon passes the outbox's at construction
         assert env.monitor.snapshot()["outbox_depth"] == 7
         checked = await env.monitor.run_line_check(None)
         assert set(checked) == {"rtu1", "rtu2", "rtu3", "tcp1"}

@@ -58,7 +58,7 @@ async def collect(program: Program) -> list[bytes]:
 async def speech(tmp_path: Path) -> AsyncIterator[SpeechService]:
     service = SpeechService(tmp_path / "cache")
     yield service
-    await service.close()
+    await service.stop()
 
 
 async def test_tone_starts_before_speech_is_ready_and_the_wait_is_counted(tmp_path: Path):

@@ -34,7 +34,7 @@ async def speech(tmp_path: Path) -> AsyncIterator[SpeechService]:
     service = SpeechService(tmp_path / "cache")
     await service.start()
     yield service
-    await service.close()
+    await service.stop()
 
 
 def cjk_chars(text: str) -> int:
@@ -70,7 +70,7 @@ async def test_rate_setting_changes_the_speed(tmp_path: Path, speech: SpeechServ
     try:
         quick = wav_seconds(await fast.synthesize(ZH, "zh"))
     finally:
-        await fast.close()
+        await fast.stop()
     slow = wav_seconds(await speech.synthesize(ZH, "zh"))
     assert 1.3 < slow / quick < 2.2
 
@@ -84,13 +84,13 @@ async def test_first_synthesis_of_every_fresh_worker_uses_the_configured_rate(tm
         try:
             lengths.append(wav_seconds(await service.synthesize(ZH, "zh")))
         finally:
-            await service.close()
+            await service.stop()
     assert max(lengths) - min(lengths) < 0.05, lengths
     default_rate = SpeechService(tmp_path / "d", rate_wpm=200)
     try:
         assert wav_seconds(await default_rate.synthesize(ZH, "zh")) > lengths[0] * 1.2
     finally:
-        await default_rate.close()
+        await default_rate.stop()
 
 
 async def test_numbers_are_normalised_before_synthesis(speech: SpeechService):
@@ -110,7 +110,7 @@ async def test_cache_hit_returns_the_same_file_without_the_worker(tmp_path: Path
     other = SpeechService(tmp_path / "cache")
     assert await other.synthesize(ZH, "zh") == first
     assert other.worker_pid is None
-    await other.close()
+    await other.stop()
 
 
 async def test_cache_is_keyed_by_voice_and_rate(tmp_path: Path):

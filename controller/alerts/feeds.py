@@ -65,6 +65,7 @@ from defusedxml import DefusedXmlException
 
 from controller.alerts.cap import MAX_CAP_BYTES
 from controller.config import AlertFeed, AlertsSettings
+from controller.core.lifecycle import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -680,11 +681,7 @@ class Feeds:
 
     async def stop(self) -> None:
         """Cancel the pollers; a request in flight ends by its own timeout in the background."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)

@@ -47,6 +47,7 @@ from controller.config import Config
 from controller.core.actors import Actor, Role
 from controller.core.errors import Conflict, Invalid, NotFound
 from controller.core.events import AlertDecided, AlertReceived, EventBus
+from controller.core.lifecycle import cancel_and_wait
 from controller.speech.tts import TextTooLong
 from controller.storage.journal import DuplicateError, Store
 
@@ -125,11 +126,8 @@ class AlertService:
 
     async def stop(self) -> None:
         """Stop the timeout loop; pending alerts stay pending in the store (and after a restart)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _reprocess(self, rec: dict[str, Any]) -> None:
         full = self.store.get_alert(rec["id"], document=True)

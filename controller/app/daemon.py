@@ -2,7 +2,7 @@
 scheduler → API, with a clean shutdown and the systemd notify protocol. With an ``mqtt`` section
 also outbox → MQTT reporter → county commands (docs/mqtt.md). CAP alerts (docs/alerts.md): the
 inbox starts after the engine it submits to, then the feed pollers and the county's alert topics
-feed it; they stop before it, and it before the engine.
+feed it (controller/alerts/ingress.py); they stop before it, and it before the engine.
 
 Start order is the dependency order; stop is the reverse: the API stops taking requests, the
 scheduler stops firing, the engine ends the current broadcast safely and releases every terminal,
@@ -17,13 +17,14 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import uvicorn
 
 from controller.alerts.feeds import Feeds
 from controller.alerts.inbox import AlertService
+from controller.alerts.ingress import AlertIngress
 from controller.api.app import ApiServices, create_app
 from controller.api.http_protocol import http_protocol
 from controller.app.sd_notify import Notifier
@@ -31,8 +32,8 @@ from controller.broadcast.engine import BroadcastEngine
 from controller.broadcast.release import Releaser
 from controller.broadcast.scheduler import Scheduler
 from controller.config import Config
-from controller.core.actors import Actor
 from controller.core.events import DeviceAlarm, EventBus
+from controller.core.lifecycle import Service, cancel_and_wait
 from controller.devices.hardware import Hardware
 from controller.devices.health import HealthMonitor
 from controller.devices.registry import DeviceRegistry
@@ -113,111 +114,158 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+class ApiServer:
+    """The REST API and web console as a service. :meth:`listen` comes before any other part
+    starts (a busy port fails before a device is touched); it serves from :meth:`start`."""
+
+    def __init__(self, cfg: Config, services: ApiServices) -> None:
+        self.cfg = cfg
+        self.services = services
+        self._sock: socket.socket | None = None
+        self._server: _Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def listen(self) -> None:
+        self._sock = _listen(self.cfg.api.host, self.cfg.api.port)
+
+    def close(self) -> None:
+        """Give the socket back unless the server is still using it."""
+        if self._sock is not None and (self._task is None or self._task.done()):
+            self._sock.close()
+            self._sock = None
+
+    async def start(self) -> None:
+        """Serve on the socket from :meth:`listen`; returns once the server has started."""
+        assert self._sock is not None, "listen() first"
+        api = self.cfg.api
+        config = uvicorn.Config(create_app(self.services), log_config=None, access_log=True,
+                                timeout_graceful_shutdown=5, lifespan="off",
+                                http=http_protocol(api.header_timeout_s),  # JSON 400s, head timeout
+                                timeout_keep_alive=api.keepalive_timeout_s)  # type: ignore[arg-type]
+        self._server = _Server(config)
+        self._task = serving = asyncio.create_task(self._server.serve(sockets=[self._sock]), name="api")
+        while not self._server.started:
+            if serving.done():
+                serving.result()
+                raise RuntimeError("the API server stopped while starting")
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        """Stop taking requests; open event streams end, requests in flight get 5 s to finish."""
+        self.services.stopping.set()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._task is not None:
+            try:
+                await self._task
+            except Exception:
+                log.exception("the API server failed")
+        self.close()
+
+
+class _Watchdog:
+    """WATCHDOG=1 at half the systemd interval, from the loop itself: a stuck loop stops it."""
+
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.notifier.watchdog_s:
+            self._task = asyncio.create_task(self._run(self.notifier.watchdog_s), name="watchdog")
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+        self._task = None
+
+    async def _run(self, interval_s: float) -> None:
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval_s / 2)
+
+
 class Daemon:
-    """The whole gateway in one asyncio loop; ``await run()`` until :meth:`request_stop`."""
+    """The whole gateway in one asyncio loop; ``await run()`` until :meth:`request_stop`.
+
+    Every part is built here, each with what it needs (no wiring after construction), and kept in
+    :attr:`parts`, the one start order; :meth:`stop` goes through it in reverse.
+    """
 
     def __init__(self, cfg: Config, *, notifier: Notifier | None = None) -> None:
+        """Raises StoreError, OutboxError or StartupError (config the parts cannot run with)."""
         self.cfg = cfg
         self.state_dir = Path(cfg.state_dir)
         self.notifier = notifier or Notifier()
         self.bus = EventBus()
         self.registry = DeviceRegistry(cfg, self.bus)
         self.store = Store.in_state_dir(self.state_dir)
-        # The outbox listens on the bus from here on, before anything can publish an event.
         self.outbox: Outbox | None = None
-        self.reporter: MqttReporter | None = None
-        self.county: CountyCommands | None = None
-        if cfg.mqtt is not None:
-            self.outbox = Outbox.in_state_dir(self.state_dir, OutboxLimits(
-                max_rows=cfg.mqtt.outbox_max_rows, max_droppable_rows=cfg.mqtt.outbox_max_health_rows))
-        self.hardware = Hardware.from_config(cfg, on_poll=self._on_poll, on_fm_alarm=self._on_fm_alarm)
-        self.health = HealthMonitor(cfg, self.bus, self.hardware, self.registry)
-        self.releaser = Releaser(self.hardware, self.store, on_pending=self.health.set_release_pending,
-                                 on_note=self.store.add_note)
-        if self.outbox is not None:
-            outbox = self.outbox
-            self.health.set_outbox_depth(lambda: outbox.depth)
-            self.reporter = MqttReporter(cfg, self.bus, outbox, self.registry, health=self.health.snapshot)
-        self.speech: SpeechService | None = None
-        self.player: AudioPlayer | None = None
-        self.engine: BroadcastEngine | None = None
-        self.scheduler: Scheduler | None = None
-        self.alerts: AlertService | None = None
-        self.feeds: Feeds | None = None
-        self._alert_tasks: set[asyncio.Task[None]] = set()
-        """CAP documents from MQTT being ingested (the reporter's hook must not block)."""
-        self.services: ApiServices | None = None
-        self._server: _Server | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        try:
+            if cfg.mqtt is not None:
+                self.outbox = Outbox.in_state_dir(self.state_dir, OutboxLimits(
+                    max_rows=cfg.mqtt.outbox_max_rows, max_droppable_rows=cfg.mqtt.outbox_max_health_rows))
+            self.parts = self._build()
+        except BaseException:
+            self._close_storage()
+            raise
+        self._started: list[tuple[str, Service]] = []
         self._stop_requested = asyncio.Event()
         self._stopped = False
 
-    # -- lifecycle ----------------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        """Bring everything up; returns once the API listens (READY=1 has been sent)."""
-        cfg = self.cfg
-        sock = _listen(cfg.api.host, cfg.api.port)  # first: a busy port fails before any device is touched
-        try:
-            await self._start_parts()
-        except BaseException:
-            sock.close()
-            raise
-        assert self.services is not None
-        config = uvicorn.Config(create_app(self.services), log_config=None, access_log=True,
-                                timeout_graceful_shutdown=5, lifespan="off",
-                                http=http_protocol(cfg.api.header_timeout_s),  # JSON 400s, head timeout
-                                timeout_keep_alive=cfg.api.keepalive_timeout_s)  # type: ignore[arg-type]
-        self._server = _Server(config)
-        serving = asyncio.create_task(self._server.serve(sockets=[sock]), name="api")
-        while not self._server.started:
-            if serving.done():
-                serving.result()
-                raise RuntimeError("the API server stopped while starting")
-            await asyncio.sleep(0.02)
-        self._tasks.append(serving)
-        if self.notifier.watchdog_s:
-            self._tasks.append(asyncio.create_task(self._watchdog(self.notifier.watchdog_s), name="watchdog"))
-        log.info("ebc %s (%s) up: API on http://%s:%d, %d devices on %d lines", cfg.gateway.id,
-                 cfg.gateway.name, cfg.api.host, cfg.api.port, len(cfg.devices), len(cfg.lines))
-        self.notifier.ready(f"serving API on {cfg.api.host}:{cfg.api.port}")
-
-    async def _start_parts(self) -> None:
-        """MQTT reporter (connecting in the background), hardware, health, speech, audio, engine
-        (which restores devices after a crash), alert inbox, county commands, scheduler, feeds."""
-        cfg = self.cfg
-        if self.reporter is not None:
-            await self.reporter.start()  # connects in the background; the outbox holds reports meanwhile
-        await self.hardware.start()
-        await self.health.start()
+    def _build(self) -> list[tuple[str, Service]]:
+        """Construct every part in dependency order; returns them in start order."""
+        cfg, outbox = self.cfg, self.outbox
+        self.hardware = Hardware.from_config(cfg, on_poll=self._on_poll, on_fm_alarm=self._on_fm_alarm)
+        self.releaser = Releaser(self.hardware, self.store, on_pending=self._on_release_pending,
+                                 on_note=self.store.add_note)
         self.speech = SpeechService(self.state_dir / CACHE_SUBDIR, cfg.speech.rate_wpm, cfg.speech.max_chars)
-        await self.speech.start()  # warm the worker now, not on the first emergency
         self.player = self._make_player()
         self.engine = BroadcastEngine(cfg, self.hardware, self.store, self.speech, self.player, self.bus,
                                       self.registry, releaser=self.releaser)
-        self.health.set_engine(self.engine)
-        await self.engine.start()
+        self.health = HealthMonitor(cfg, self.bus, self.hardware, self.registry, engine=self.engine,
+                                    outbox_depth=None if outbox is None else (lambda: outbox.depth))
         self.alerts = AlertService(cfg, self.store, self.engine, self.bus)
-        await self.alerts.start()  # decides what a crash left undecided; watches approval deadlines
-        if self.reporter is not None:
+        self.ingress = AlertIngress(self.alerts)
+        self.county: CountyCommands | None = None
+        self.reporter: MqttReporter | None = None
+        if outbox is not None:
             try:
-                self.county = CountyCommands(cfg, self.store, self.engine, rebirth=self.reporter.rebirth,
+                self.county = CountyCommands(cfg, self.store, self.engine, rebirth=self._rebirth,
                                              line_check=self.health.run_line_check,
-                                             alerts=self._county_alert)
+                                             alerts=self.ingress.from_county_command, wait_for_start=True)
             except ValueError as exc:
                 raise StartupError(str(exc)) from None
-            self.reporter.commands = self.county
-            self.reporter.on_alert_document = self._on_alert_document
+            # The reporter listens on the bus from here on, before anything can publish an event.
+            self.reporter = MqttReporter(cfg, self.bus, outbox, self.registry, health=self.health.snapshot,
+                                         commands=self.county, on_alert_document=self.ingress.from_mqtt)
         self.scheduler = Scheduler(cfg, self.store, self.engine)
-        await self.scheduler.start()
         config_dir = cfg.path.parent if cfg.path is not None else Path.cwd()
-        self.feeds = Feeds(cfg.alerts, config_dir, self._feed_ingest)
-        await self.feeds.start()
-        self.services = ApiServices(cfg=cfg, store=self.store, engine=self.engine, registry=self.registry,
-                                    bus=self.bus, hardware=self.hardware, scheduler=self.scheduler,
-                                    health=self.health, county=self.county, outbox=self.outbox,
-                                    speech=self.speech, mqtt=self.reporter, alerts=self.alerts,
-                                    feeds=self.feeds)
+        self.feeds = Feeds(cfg.alerts, config_dir, self.ingress.from_feed)
+        self.api_services = ApiServices(cfg=cfg, store=self.store, engine=self.engine, registry=self.registry,
+                                        bus=self.bus, hardware=self.hardware, scheduler=self.scheduler,
+                                        health=self.health, county=self.county, outbox=outbox,
+                                        speech=self.speech, mqtt=self.reporter, alerts=self.alerts,
+                                        feeds=self.feeds)
+        self.api = ApiServer(cfg, self.api_services)
+        # Start order is dependency order. The reporter comes first (it connects in the background;
+        # the outbox holds reports meanwhile) so that it stops last and the final events of the
+        # engine and health still go out; what it hears before the engine, the inbox and health
+        # are up, the county commands and the alert ingress refuse until they start.
+        parts: list[tuple[str, Service | None]] = [
+            ("mqtt reporter", self.reporter),
+            ("hardware", self.hardware),
+            ("health", self.health),
+            ("speech", self.speech),  # warms the worker now, not on the first emergency
+            ("engine", self.engine),  # restores devices a crash left on; starts and stops the releaser
+            ("alert inbox", self.alerts),  # decides what a crash left undecided; approval deadlines
+            ("alert ingress", self.ingress),
+            ("county commands", self.county),
+            ("scheduler", self.scheduler),
+            ("feeds", self.feeds),
+            ("api", self.api),
+            ("watchdog", _Watchdog(self.notifier)),
+        ]
+        return [(name, part) for name, part in parts if part is not None]
 
     def _make_player(self) -> AudioPlayer:
         out = self.cfg.audio_output
@@ -234,6 +282,23 @@ class Daemon:
             sink = WavSink(out.wav_dir or self.state_dir / "wav-out")  # config check requires wav_dir
         return AudioPlayer(sink, out.time_scale)
 
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bring everything up; returns once the API serves (READY=1 has been sent)."""
+        cfg = self.cfg
+        self.api.listen()  # first: a busy port fails before any device is touched
+        try:
+            for name, part in self.parts:
+                self._started.append((name, part))  # stopped even if its start fails half-way
+                await part.start()
+        except BaseException:
+            self.api.close()
+            raise
+        log.info("ebc %s (%s) up: API on http://%s:%d, %d devices on %d lines", cfg.gateway.id,
+                 cfg.gateway.name, cfg.api.host, cfg.api.port, len(cfg.devices), len(cfg.lines))
+        self.notifier.ready(f"serving API on {cfg.api.host}:{cfg.api.port}")
+
     def request_stop(self) -> None:
         """Ask :meth:`run` to shut down (signal handlers call this)."""
         self._stop_requested.set()
@@ -247,89 +312,31 @@ class Daemon:
             await asyncio.shield(self.stop())
 
     async def stop(self) -> None:
-        """Stop taking requests, end the current broadcast safely, release devices, close lines."""
+        """Stop every started part in reverse start order — the API stops taking requests first, the
+        engine ends the current broadcast safely and releases every terminal before the lines close
+        — then close the journal and the outbox."""
         if self._stopped:
             return
         self._stopped = True
         self.notifier.stopping("shutting down")
         log.info("shutting down")
-        if self.services is not None:
-            self.services.stopping.set()
-        if self._server is not None:
-            self._server.should_exit = True
-        for task in self._tasks:
-            if task.get_name() != "api":
-                task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self.feeds is not None:
-            with contextlib.suppress(Exception):
-                await self.feeds.stop()
-        for task in list(self._alert_tasks):  # an interrupted ingest stays stored; decided on restart
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        # The reporter goes after engine and health, so their last events still go out (or stay queued).
-        parts = (("scheduler", self.scheduler), ("alert inbox", self.alerts), ("engine", self.engine),
-                 ("releaser", self.releaser), ("health", self.health), ("mqtt reporter", self.reporter))
-        for name, part in parts:
-            if part is not None:
-                try:
-                    await part.stop()
-                except Exception:
-                    log.exception("stopping the %s failed", name)
-        await self.hardware.stop()
-        if self.speech is not None:
-            with contextlib.suppress(Exception):
-                await self.speech.close()
+        for name, part in reversed(self._started):
+            try:
+                await part.stop()
+            except Exception:
+                log.exception("stopping the %s failed", name)
+        self._close_storage()
+        log.info("stopped")
+
+    def _close_storage(self) -> None:
         self.store.close()
         if self.outbox is not None:
             self.outbox.close()
-        log.info("stopped")
 
-    # -- CAP alerts from feeds, the county's topics and signed commands ----------------------------------
-
-    async def _feed_ingest(self, document: bytes, source: str, source_level: str) -> dict[str, object]:
-        """A feed poller's document; the actor is the feed (``feed:<id>``), its level the feed's."""
-        assert self.alerts is not None
-        return await self.alerts.ingest(document, source=source, source_level=source_level,
-                                        actor=Actor(name=source.split(" ", 1)[0], via="cap"))
-
-    async def _county_alert(self, document: bytes, actor: Actor, source_level: str) -> dict[str, object]:
-        """The signed county ``alert`` command: the verified key is the actor."""
-        assert self.alerts is not None
-        return await self.alerts.ingest(document, source=f"county:{actor.name}", actor=actor,
-                                        source_level=source_level)
-
-    def _on_alert_document(self, payload: bytes, topic: str) -> None:
-        """A CAP document on one of ``alerts.mqtt_topics``: ingested in a task (the hook must not block)."""
-        task = asyncio.create_task(self._mqtt_alert(payload, topic), name=f"mqtt alert {topic[:48]}")
-        self._alert_tasks.add(task)
-        task.add_done_callback(self._alert_tasks.discard)
-
-    async def _mqtt_alert(self, payload: bytes, topic: str) -> None:
-        assert self.alerts is not None
-        try:
-            record = await self.alerts.ingest(payload, source=f"mqtt:{topic}", source_level="county",
-                                              actor=Actor(name="county-mqtt", via="county"))
-        except ValueError as exc:  # refused and audited by the inbox; nobody to answer on MQTT
-            log.warning("CAP document on MQTT topic %r refused: %s", topic[:128], exc)
-            return
-        log.info("CAP document on MQTT topic %r: alert %s, %s", topic[:128], record["id"],
-                 record["disposition"])
-
-    # -- background duties ----------------------------------------------------------------------------
-
-    async def _watchdog(self, interval_s: float) -> None:
-        """WATCHDOG=1 at half the systemd interval, from the loop itself: a stuck loop stops it."""
-        while True:
-            self.notifier.watchdog()
-            await asyncio.sleep(interval_s / 2)
+    # -- inputs the parts built earlier give to those built later ----------------------------------------
 
     def _on_poll(self, result: PollResult) -> None:
-        """Every poll result: the registry's live view first, then health judges it (and publishes)."""
-        self.registry.on_poll(result)
+        """Every poll result: health records it in the registry, judges it (and publishes)."""
         self.health.on_poll(result)
         if result.online:
             self.releaser.wake(result.device_id)  # heard again: restore it now if it waits
@@ -339,12 +346,22 @@ class Daemon:
         self.bus.publish(DeviceAlarm(device_id=device_id, bits=alarm.bits, alarms=tuple(alarm.names)))
         self.health.on_fm_alarm(device_id, alarm)
 
+    def _on_release_pending(self, device_id: str, reason: str | None,
+                            broadcast_ids: Iterable[str] = ()) -> None:
+        """The releaser (built before health, which looks at the engine that owns it) reports here."""
+        self.health.set_release_pending(device_id, reason, broadcast_ids)
+
+    async def _rebirth(self) -> None:
+        """The county's ``rebirth`` command (the commands are built before the reporter they answer on)."""
+        assert self.reporter is not None
+        await self.reporter.rebirth()
+
 
 async def run_daemon(cfg: Config) -> None:
     """``ebc run``: the daemon until SIGTERM or SIGINT, then a graceful stop."""
     try:
         daemon = Daemon(cfg)
-    except (StoreError, OutboxError) as exc:
+    except (StoreError, OutboxError, StartupError) as exc:
         log.error("cannot start: %s", exc)
         raise SystemExit(1) from None
     loop = asyncio.get_running_loop()

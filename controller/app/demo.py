@@ -107,6 +107,7 @@ async def run_demo(cfg: Config) -> None:
     if cfg.simulator is None or cfg.path is None:
         raise SystemExit("ebc demo needs a config file with a simulator section")
     install_redaction()
+    daemon = Daemon(cfg)  # first: a config its parts refuse fails before the simulator runs
     cmd = [sys.executable, "-m", "controller.app.cli", "sim", "--config", str(cfg.path),
            "--exit-on-stdin-eof"]
     # Its own session: Ctrl-C goes to the whole foreground group, and the simulated terminals must
@@ -115,7 +116,6 @@ async def run_demo(cfg: Config) -> None:
     # kernel closes our end and the simulator stops by itself (simulator/lifeline.py).
     sim = subprocess.Popen(cmd, stdin=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                            start_new_session=True)
-    daemon = Daemon(cfg)
     try:
         await _wait_for_simulator(cfg, sim)
         await daemon.start()

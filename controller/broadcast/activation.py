@@ -51,6 +51,7 @@ from controller.broadcast.evidence import DeviceEvidence, ProgramTimeline, Readi
 from controller.broadcast.model import BroadcastClass, BroadcastRequest
 from controller.broadcast.release import Held, Releaser, known_points, safe_values, zone_points
 from controller.broadcast.targets import Resolved
+from controller.core.lifecycle import cancel_and_wait
 from controller.devices.hardware import Hardware
 from controller.storage.journal import Store
 from drivers.errors import AtCommandError, DeviceExceptionError, DriverError, LineDownError, NoResponseError
@@ -333,9 +334,7 @@ class Activation:
                 await phase.wait()
 
     async def _stop_sessions(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
 
     def _journal(self, dev: str, prior: dict[str, Any] | None) -> None:
         """Journal ``prior`` under this broadcast before the device is touched (or updated with more

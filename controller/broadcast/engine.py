@@ -59,6 +59,7 @@ from controller.broadcast.targets import Resolved, TargetError, resolve
 from controller.config import Config
 from controller.core.actors import Actor, Role
 from controller.core.events import BroadcastOutcome, BroadcastStateChanged, EventBus
+from controller.core.lifecycle import cancel_and_wait
 from controller.devices.hardware import Hardware
 from controller.devices.registry import DeviceRegistry
 from controller.storage.journal import Store
@@ -159,18 +160,17 @@ class BroadcastEngine:
         self._transition(bid, BroadcastState.WAITING, "requeued after a restart")
 
     async def stop(self) -> None:
-        """Stop the current program, release its devices; everything unfinished stays WAITING."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-            self._loop_task = None
+        """Stop the current program, release its devices, stop the releaser; everything unfinished
+        stays WAITING."""
+        await cancel_and_wait(self._loop_task)
+        self._loop_task = None
         current = self._current
         if current is not None:
             self._interrupt(current, "stopping", None)
             await current.done.wait()
         self.releaser.unpark()  # kept on for a pre-emptor that never took them
         await self.releaser.settle(STOP_RELEASE_S)
+        await self.releaser.stop()  # started by start(); what is still unrestored stays journalled
 
     # ------------------------------------------------------------------ public API
 

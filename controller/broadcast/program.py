@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import array
 import asyncio
-import contextlib
 import hashlib
 import io
 import re
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Literal
 from controller.broadcast.model import AUDIO_ID as AUDIO_ID_PATTERN
 from controller.broadcast.model import BroadcastRequest, Tone
 from controller.core.errors import Invalid
+from controller.core.lifecycle import cancel_and_wait
 from controller.speech.tones import CHUNK_S, Signal, pcm_bytes, signal_for
 
 if TYPE_CHECKING:
@@ -184,9 +184,7 @@ class Program:
                 yield bytes(pending)
         finally:
             if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                await cancel_and_wait(task)
 
     def _start_voice(self) -> asyncio.Task[Path] | None:
         """Begin preparing the voice now, concurrently with the tone."""

@@ -25,6 +25,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.core.lifecycle import cancel_and_wait
 from controller.devices.hardware import Hardware
 from controller.storage.journal import Store
 from drivers.errors import DriverError
@@ -160,12 +161,7 @@ class Releaser:
     async def stop(self) -> None:
         """Stop retrying (devices not yet restored stay journalled for the next start)."""
         self._started = False
-        tasks = [*self._lines.values(), *self._inflight.values()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*self._lines.values(), *self._inflight.values())
         self._lines.clear()
         self._inflight.clear()
 

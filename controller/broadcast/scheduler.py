@@ -32,6 +32,7 @@ from controller.broadcast.model import BroadcastRequest
 from controller.broadcast.ports import BroadcastPort
 from controller.config import Config
 from controller.core.actors import Actor
+from controller.core.lifecycle import cancel_and_wait
 from controller.storage.journal import Store
 
 log = logging.getLogger(__name__)
@@ -105,11 +106,8 @@ class Scheduler:
         self._task = asyncio.create_task(self._run(), name="scheduler")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def reload(self) -> None:
         """(Re)read config and store schedules; a schedule keeps its next time if its cron is unchanged."""

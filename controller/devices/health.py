@@ -6,7 +6,8 @@ mains power, so every change is an event on the bus (the MQTT outbox listens the
 ``device.fault``      a fault was raised (code, zone, reason in English and Chinese, values)
 ``device.recovered``  it cleared
 ``device.state``      a device's state code, online flag or set of active faults changed — this
-                      module is the only publisher of ``device.state`` (the registry keeps data)
+                      module is the only publisher of ``device.state`` and the only writer of the
+                      registry (controller/devices/registry.py keeps the data)
 ``gateway.health``    a snapshot of the gateway every ``health.report_interval_s``
 
 State codes (GD/J 083 practice), judged in this order:
@@ -56,6 +57,7 @@ from typing import Any
 from controller.broadcast.ports import BroadcastView
 from controller.config import Config, Device
 from controller.core.events import DeviceFault, DeviceRecovered, DeviceState, EventBus, GatewayHealth
+from controller.core.lifecycle import cancel_and_wait
 from controller.devices.fault_rules import (
     Fault,
     check_zones,
@@ -142,9 +144,10 @@ class _Device:
 class HealthMonitor:
     """Health of every device and of the gateway; see the module doc for the rules.
 
-    Wiring (controller/app/daemon.py): call :meth:`on_poll` for every poll result and
-    :meth:`on_fm_alarm` for every unsolicited FM alarm; ``await start()`` after the hardware has
-    started and ``await stop()`` before it stops. ``clock`` (monotonic seconds) is for tests.
+    Wiring (controller/app/daemon.py): call :meth:`on_poll` for every poll result (it also records
+    it in the registry) and :meth:`on_fm_alarm` for every unsolicited FM alarm; ``await start()``
+    after the hardware has started and ``await stop()`` before it stops. ``clock`` (monotonic
+    seconds) is for tests.
     """
 
     def __init__(self, cfg: Config, bus: EventBus, hardware: Hardware, registry: DeviceRegistry, *,
@@ -175,20 +178,15 @@ class HealthMonitor:
         """When the state clock next re-judges (the earliest moment time alone changes a state)."""
         self._clock_moved: asyncio.Event | None = None
 
-    def set_engine(self, engine: BroadcastView | None) -> None:
-        """The engine is built after hardware and health; hand it over when it exists."""
-        self.engine = engine
-
-    def set_outbox_depth(self, depth: Callable[[], int] | None) -> None:
-        self.outbox_depth = depth
-
     # ------------------------------------------------------------------ inputs
 
     def on_poll(self, result: PollResult) -> None:
-        """Judge one terminal poll: status faults now, line down at once, state and online."""
+        """Judge one terminal poll: status faults now, line down at once, state and online. The
+        registry's live view is written first, here, so device state has this one writer."""
         dev = self._devices.get(result.device_id)
         if dev is None:
             return
+        self.registry.on_poll(result)
         snap, now = result.snapshot, self._clock()
         if snap.online:
             dev.last_good, dev.last_seen = now, snap.timestamp
@@ -474,12 +472,7 @@ class HealthMonitor:
         self._tasks = [asyncio.create_task(coro, name=name) for name, coro in duties]
 
     async def stop(self) -> None:
-        tasks = [*self._tasks, *self._spawned]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*self._tasks, *self._spawned)
         self._tasks = []
         self._spawned.clear()
 

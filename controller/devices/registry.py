@@ -1,7 +1,8 @@
 """Live state of every device: the latest poll of each terminal, as the API and engine see it.
 
-The registry only keeps data; it publishes nothing. ``device.state`` events (state code, online,
-faults) have one owner, controller/devices/health.py, which also writes ``state`` and ``faults`` here.
+The registry only keeps data; it publishes nothing. It has one writer, controller/devices/health.py
+(poll results, FM status, state codes and faults), which also owns ``device.state`` events, so a
+device's view and what the county is told cannot disagree; everyone else only reads it.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class DeviceView:
 
 
 class DeviceRegistry:
-    """Keeps the newest poll result per device (HealthMonitor announces changes on the bus)."""
+    """Keeps the newest poll result per device; written by HealthMonitor (which announces changes)."""
 
     def __init__(self, cfg: Config, bus: EventBus | None = None) -> None:
         """``bus`` is unused (kept for existing callers): HealthMonitor publishes device.state."""

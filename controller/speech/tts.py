@@ -165,7 +165,7 @@ class SpeechService:
                                         BASE_TIMEOUT_S, None)
         return str(reply["phonemes"])
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         """Let the worker exit (end of its input); kill it if it does not within two seconds."""
         self._closed = True
         async with self._lock:
@@ -470,7 +470,7 @@ def say_command(text: str, language: Language, output: Path, cfg: Config | None 
         try:
             return await service.synthesize(text, language)
         finally:
-            await service.close()
+            await service.stop()
 
     try:
         path = asyncio.run(run())

@@ -123,8 +123,12 @@ class CountyCommands:
     def __init__(self, cfg: Config, store: Store, engine: BroadcastPort, *, rebirth: Rebirth,
                  line_check: LineCheck | None, clock: Clock = time.time,
                  line_check_timeout_s: float = LINE_CHECK_TIMEOUT_S,
-                 alerts: AlertIngest | None = None) -> None:
-        """Raises ValueError if a configured key cannot be loaded (``ebc config check`` reports it too)."""
+                 alerts: AlertIngest | None = None, wait_for_start: bool = False) -> None:
+        """Raises ValueError if a configured key cannot be loaded (``ebc config check`` reports it too).
+
+        ``wait_for_start``: answer ``unavailable`` until :meth:`start` — the daemon's reporter hears
+        commands before the engine, inbox and health they act on have started.
+        """
         self.cfg = cfg
         self.store = store
         self.engine = engine
@@ -133,6 +137,7 @@ class CountyCommands:
         self._clock = clock
         self._line_check_timeout_s = line_check_timeout_s
         self._alerts = alerts
+        self._serving = not wait_for_start
         settings = cfg.county
         self._max_skew_s = settings.max_skew_s if settings else _DEFAULT_SKEW_S
         self._nonce_ttl_s = settings.nonce_ttl if settings else 2 * _DEFAULT_SKEW_S
@@ -148,6 +153,14 @@ class CountyCommands:
             "broadcast": self._broadcast, "cancel": self._cancel, "rebirth": self._do_rebirth,
             "line_check": self._do_line_check, "alert": self._alert}
 
+    async def start(self) -> None:
+        """Execute commands from now on (what they act on has started)."""
+        self._serving = True
+
+    async def stop(self) -> None:
+        """Answer ``unavailable`` from now on: the gateway is shutting down."""
+        self._serving = False
+
     def counts(self) -> dict[tuple[str, str], int]:
         """Commands handled since start by (command, result); result is ``ok`` or the error code.
         Names that are not commands count as ``other`` so a flood cannot grow the label set."""
@@ -162,6 +175,8 @@ class CountyCommands:
         request = _Request(name=name)
         try:
             envelope = _parse(payload, request)
+            if not self._serving:
+                raise Refused("unavailable", "the gateway is starting or shutting down; try again shortly")
             await self._authenticate(name, envelope, request)
             self._check_fresh(envelope)
             result = await self._execute(request, envelope["args"])

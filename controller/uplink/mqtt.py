@@ -58,6 +58,7 @@ from controller.core.events import (
     EventBus,
     GatewayHealth,
 )
+from controller.core.lifecycle import cancel_and_wait
 from controller.devices.registry import DeviceRegistry
 from controller.uplink.outbox import Outbox, OutboxRow, event_record
 
@@ -123,8 +124,13 @@ class MqttReporter:
     def __init__(self, cfg: Config, bus: EventBus, outbox: Outbox, registry: DeviceRegistry, *,
                  health: Callable[[], dict[str, Any]] | None = None,
                  queue_depth: Callable[[], int] | None = None,
-                 commands: CommandHandler | None = None) -> None:
-        """Registers the bus listener at once, so events published before ``start()`` are kept too."""
+                 commands: CommandHandler | None = None,
+                 on_alert_document: Callable[[bytes, str], None] | None = None) -> None:
+        """Registers the bus listener at once, so events published before ``start()`` are kept too.
+
+        ``on_alert_document`` gets (payload, topic) of each message on :attr:`alert_topics`, on the
+        event loop; it must not block (controller/alerts/ingress.py schedules the ingest as a task).
+        """
         if cfg.mqtt is None:
             raise ValueError("the config has no mqtt section")
         self.cfg = cfg
@@ -134,11 +140,8 @@ class MqttReporter:
         self.health = health
         self.queue_depth = queue_depth
         self.commands = commands
-        """Set after construction when the handler needs :meth:`rebirth` (it does)."""
         self.alert_topics = list(cfg.alerts.mqtt_topics)
-        self.on_alert_document: Callable[[bytes, str], None] | None = None
-        """Set by the daemon: gets (payload, topic) of each message on :attr:`alert_topics`, on the
-        event loop; it must not block (schedule the ingest as a task)."""
+        self.on_alert_document = on_alert_document
         self.root = f"{self.settings.prefix}/{cfg.gateway.id}"
         self.client_id = self.settings.client_id or cfg.gateway.id
         self.brokers = self.settings.addresses()
@@ -194,11 +197,7 @@ class MqttReporter:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):  # not wait_for: 3.11's can lose a cancel
                     await session.ended.wait()
-        for task in [*self._tasks, *self._spawned]:
-            task.cancel()
-        for task in [*self._tasks, *self._spawned]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*self._tasks, *self._spawned)
         self._tasks = []
         self._flush_acks()
 
