@@ -7,11 +7,10 @@
 import { h, mount, fmtTime } from '../dom.js';
 import { t, addStrings, onLangChange } from '../i18n.js';
 import { api, can, onEvent } from '../api.js';
-import { classNode, defaultTone, errorText, inventory, toneText } from './broadcast.js';
+import { classNode, defaultTone, errorText, inventory, toneText } from '../labels.js';
 
 addStrings({
   zh: {
-    'nav.alerts': '预警收件箱',
     'al.title': '预警收件箱',
     'al.pending': '待批准的预警',
     'al.none_pending': '没有待批准的预警。',
@@ -68,7 +67,6 @@ addStrings({
     'al.colour.4': '蓝色预警',
   },
   en: {
-    'nav.alerts': 'Alert inbox',
     'al.title': 'Alert inbox',
     'al.pending': 'Waiting for approval',
     'al.none_pending': 'No alerts waiting for approval.',

@@ -1,8 +1,9 @@
 // Gateway health: the box itself (uptime, CPU, memory, disk), its queue, lines, uplink and feeds.
 // Every part is optional: a daemon without MQTT or CAP feeds simply shows fewer tiles.
 import { fmtAgo, fmtTime, h, mount, zoneLabel } from "../dom.js";
-import { addStrings, lang, t } from "../i18n.js";
+import { addStrings, t } from "../i18n.js";
 import { ApiError, api, onEvent } from "../api.js";
+import { errorText, faultText, fmtNumber } from "../labels.js";
 
 addStrings({
   zh: {
@@ -46,7 +47,6 @@ addStrings({
     "gw.faults": "网关自身故障",
     "gw.noFaults": "网关自身无故障",
     "gw.updated": "更新于 {time}",
-    "gw.unavailable": "—",
   },
   en: {
     "gw.heading": "Gateway health",
@@ -89,13 +89,11 @@ addStrings({
     "gw.faults": "Gateway faults",
     "gw.noFaults": "No gateway faults",
     "gw.updated": "Updated {time}",
-    "gw.unavailable": "—",
   },
 });
 
 const REFRESH_MS = 10000;
 const num = (v) => typeof v === "number" && Number.isFinite(v);
-const fix = (v, digits = 1, unit = "") => (num(v) ? `${v.toFixed(digits)}${unit}` : t("gw.unavailable"));
 
 function tile(key, value, testid, bad = false) {
   return h("div", { class: ["tile", bad ? "bad" : null], "data-testid": testid },
@@ -116,12 +114,12 @@ function tiles(data, pending) {
   const p = data.process || {};
   const s = data.system || {};
   if (data.process || data.system) {
-    out.push(tile("gw.cpu", `${fix(p.cpu_percent, 1, " %")} / ${fix(s.cpu_percent, 1, " %")}`, "gw-cpu"));
-    out.push(tile("gw.memory", `${fix(p.rss_mb, 0, " MB")} / ${fix(s.memory_percent, 0, " %")}`, "gw-memory"));
+    out.push(tile("gw.cpu", `${fmtNumber(p.cpu_percent, 1, "%")} / ${fmtNumber(s.cpu_percent, 1, "%")}`, "gw-cpu"));
+    out.push(tile("gw.memory", `${fmtNumber(p.rss_mb, 0, "MB")} / ${fmtNumber(s.memory_percent, 0, "%")}`, "gw-memory"));
   }
   if (data.disk) {
     const d = data.disk;
-    const value = [`${fix(d.free_mb, 0, " MB")}${num(d.total_mb) ? ` / ${d.total_mb.toFixed(0)} MB` : ""}`,
+    const value = [`${fmtNumber(d.free_mb, 0, "MB")}${num(d.total_mb) ? ` / ${d.total_mb.toFixed(0)} MB` : ""}`,
       d.writable === false ? h("div", { class: "warn" }, t("gw.diskReadonly")) : null];
     out.push(tile("gw.disk", value, "gw-disk", d.writable === false));
   }
@@ -165,8 +163,8 @@ function linesTable(lines) {
         h("td", { class: "num" }, String(l.timeouts ?? "—")),
         h("td", { class: "num" }, String(l.crc_errors ?? l.garbled ?? "—")),
         h("td", { class: "num" }, String(l.retries ?? "—")),
-        h("td", { class: "num" }, `${fix(l.latency_avg_ms ?? l.latency_last_ms, 1)} / ${fix(l.latency_max_ms, 1)} ms`),
-        h("td", { class: "num" }, l.poll ? `${fix(l.poll.last_cycle_s, 2, " s")}` : "—")))))));
+        h("td", { class: "num" }, `${fmtNumber(l.latency_avg_ms ?? l.latency_last_ms, 1)} / ${fmtNumber(l.latency_max_ms, 1)} ms`),
+        h("td", { class: "num" }, l.poll ? `${fmtNumber(l.poll.last_cycle_s, 2, "s")}` : "—")))))));
 }
 
 function feedsTable(feeds) {
@@ -190,7 +188,7 @@ function faultsPanel(faults) {
   if (!Array.isArray(faults)) return null;
   return h("section", { class: "panel", "data-testid": "gw-faults" }, h("h2", {}, t("gw.faults")),
     faults.length ? h("ul", { class: "faults" }, faults.map((f) => h("li", {},
-      lang() === "zh" && f.reason_zh ? f.reason_zh : f.reason || f.fault))) : h("p", { class: "ok" }, `✓ ${t("gw.noFaults")}`));
+      faultText(f)))) : h("p", { class: "ok" }, `✓ ${t("gw.noFaults")}`));
 }
 
 export default {
@@ -234,7 +232,7 @@ export default {
         if (stopped) return;
         const missing = err instanceof ApiError && err.status === 404;
         mount(body, h("p", { class: "notice error", "data-testid": "gw-error" },
-          t("common.error", { error: missing ? "GET /api/v1/gateway" : err.message })));
+          errorText(missing ? "GET /api/v1/gateway" : err)));
       } finally {
         inflight = false;
       }

@@ -7,12 +7,11 @@ import { h, mount, fmtTime } from '../dom.js';
 import { t, addStrings } from '../i18n.js';
 import { api, apiBlob, can, onEvent, ApiError } from '../api.js';
 import {
-  classNode, defaultTone, errorText, inventory, stateBadge, stateCode, toneText,
-} from './broadcast.js';
+  classNode, defaultTone, errorText, inventory, outcomeBadge, stateBadge, stateCode, toneText,
+} from '../labels.js';
 
 addStrings({
   zh: {
-    'nav.history': '广播记录',
     'hist.title': '广播队列和记录',
     'hist.empty': '还没有广播。',
     'hist.col.state': '状态',
@@ -60,7 +59,6 @@ addStrings({
     'hist.via.system': '系统',
   },
   en: {
-    'nav.history': 'Broadcasts',
     'hist.title': 'Queue and history',
     'hist.empty': 'No broadcasts yet.',
     'hist.col.state': 'State',
@@ -324,8 +322,7 @@ function renderDetail(root, id) {
     const dev = byId.get(o.device_id) || {};
     return h('div', { class: `v-item v-outcome-${o.outcome}`, 'data-testid': `outcome-${o.device_id}`,
       'data-outcome': o.outcome },
-    h('span', { class: 'v-cell' }, h('span', { class: `v-badge v-outcome v-outcome-${o.outcome}` },
-      t(`v.outcome.${o.outcome}`))),
+    h('span', { class: 'v-cell' }, outcomeBadge(o.outcome)),
     h('span', { class: 'v-cell v-strong' }, dev.name || o.device_id),
     h('span', { class: 'v-cell v-muted' }, dev.village || ''),
     h('span', { class: 'v-cell v-mono v-muted' }, o.device_id),
