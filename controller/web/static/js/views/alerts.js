@@ -246,14 +246,14 @@ function render(root) {
   }
 
   function names(ids) {
-    return ids.map((id) => (byId.get(id) || {}).name || id);
+    return ids.map((id) => byId.get(id)?.name || id);
   }
 
   function pendingCard(a) {
     const plan = a.plan || null;
     const terminals = plan ? (plan.terminals || []).filter((id) => !fm.includes(id)) : [];
     const villages = plan ? plan.villages || [] : [];
-    const request = plan && plan.request ? plan.request : {};
+    const request = plan?.request ? plan.request : {};
     // The township FM transmitter plays only when the whole gateway area is named (alert_area.py).
     const tg = request.targets || {};
     const whole = plan ? plan.whole_gateway ?? (tg.all || (tg.area_codes || []).length > 0) : false;
@@ -399,7 +399,7 @@ function render(root) {
   const offs = [
     onEvent("alert.received", reload),
     onEvent("alert.decided", reload),
-    onEvent("stream", (s) => { if (s && s.connected) reload(); }),
+    onEvent("stream", (s) => { if (s?.connected) reload(); }),
     onLangChange(() => {
       if (!alive) return;
       titles.main.textContent = t("al.title");

@@ -125,7 +125,7 @@ function stateLabel(dev, cls) {
 }
 
 function faultList(dev) {
-  if (!dev.faults || !dev.faults.length) return null;
+  if (!dev.faults?.length) return null;
   return h("ul", { class: "faults", "data-testid": `faults-${dev.id}` },
     dev.faults.map((f) => h("li", { title: fmtTime(f.since) }, faultText(f))));
 }

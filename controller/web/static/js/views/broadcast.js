@@ -467,7 +467,7 @@ function render(root) {
     const what = body.class === "emergency"
       ? `${classText("emergency")}（${levelText(body.severity)}）` : classText(body.class);
     const where = reach.targets.all ? t("bc.confirm.where_all") : reach.villages.join("、");
-    const names = reach.ids.map((id) => (inv.byId.get(id) || {}).name || id);
+    const names = reach.ids.map((id) => inv.byId.get(id)?.name || id);
     let targetText = where;
     if (reach.targets.zones) targetText = t("bc.zones_reach", { zones: reach.targets.zones.join("、") });
     const status = h("p", { class: "v-error", role: "alert", "data-testid": "confirm-error" });

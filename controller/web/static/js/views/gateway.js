@@ -110,7 +110,7 @@ function pendingCount(data, pending) {
 function tiles(data, pending) {
   const out = [];
   if (num(data.uptime_s)) out.push(tile("gw.uptime", fmtAgo(data.uptime_s), "gw-uptime"));
-  if (data.gateway && data.gateway.timezone) out.push(tile("gw.timezone", zoneLabel(), "gw-timezone"));
+  if (data.gateway?.timezone) out.push(tile("gw.timezone", zoneLabel(), "gw-timezone"));
   const p = data.process || {};
   const s = data.system || {};
   if (data.process || data.system) {
@@ -138,7 +138,7 @@ function tiles(data, pending) {
     const configured = Boolean(m) && m.enabled !== false;
     const text = !configured ? t("gw.mqttNone") : m.connected ? t("gw.mqttOn") : t("gw.mqttOff");
     out.push(tile("gw.mqtt", [configured && m.connected ? "✓ " : configured ? "✖ " : "", text,
-      m && m.broker ? h("div", { class: "muted" }, String(m.broker)) : null],
+      m?.broker ? h("div", { class: "muted" }, String(m.broker)) : null],
     "gw-mqtt", configured && !m.connected));
   }
   if (num(data.outbox_depth)) out.push(tile("gw.outbox", String(data.outbox_depth), "gw-outbox"));
@@ -169,7 +169,7 @@ function linesTable(lines) {
 
 function feedsTable(feeds) {
   const list = Array.isArray(feeds) ? feeds : feeds && Array.isArray(feeds.feeds) ? feeds.feeds : null;
-  if (!list || !list.length) return null;
+  if (!list?.length) return null;
   return h("section", { class: "panel" }, h("h2", {}, t("gw.feeds")),
     h("div", { class: "table-wrap" }, h("table", { class: "grid", "data-testid": "gw-feeds" },
       h("thead", {}, h("tr", {}, ["gw.feed", "gw.kind", "gw.lastOk", "gw.lastError", "gw.failures",
@@ -210,7 +210,7 @@ export default {
       try {
         const list = await api("GET", "/alerts?disposition=pending&limit=500");
         return Array.isArray(list) ? list.length : null;
-      } catch (err) {
+      } catch {
         return null; // no alert inbox on this daemon (or not allowed): leave the tile out
       }
     }

@@ -130,15 +130,15 @@ function targetsText(targets, byId) {
   if (!targets) return "—";
   const parts = [];
   if (targets.all) parts.push(t("hist.targets.all"));
-  if (targets.zones && targets.zones.length) {
+  if (targets.zones?.length) {
     parts.push(t("hist.targets.zones", { zones: targets.zones.join("、") }));
   }
-  if (targets.devices && targets.devices.length) {
+  if (targets.devices?.length) {
     parts.push(t("hist.targets.devices", {
-      names: targets.devices.map((id) => (byId.get(id) || {}).name || id).join("、"),
+      names: targets.devices.map((id) => byId.get(id)?.name || id).join("、"),
     }));
   }
-  if (targets.area_codes && targets.area_codes.length) {
+  if (targets.area_codes?.length) {
     parts.push(t("hist.targets.areas", { codes: targets.area_codes.join("、") }));
   }
   return parts.join("；") || "—";
@@ -229,7 +229,7 @@ function renderList(root) {
   const reload = debounce(load, 250);
   const offs = [
     onEvent("broadcast.state", reload),
-    onEvent("stream", (s) => { if (s && s.connected) reload(); }),
+    onEvent("stream", (s) => { if (s?.connected) reload(); }),
   ];
   load();
   return () => {
@@ -310,7 +310,7 @@ function renderDetail(root, id) {
         outcomes.length ? h("div", { class: "v-list v-outcomes", "data-testid": "outcomes" },
           outcomes.map(outcomeRow))
           : h("p", { class: "v-muted", "data-testid": "outcomes-empty" }, t("hist.no_outcomes"))),
-      b.notes && b.notes.length ? h("section", { class: "v-step" },
+      b.notes?.length ? h("section", { class: "v-step" },
         h("h2", { class: "v-step-title" }, t("hist.notes")),
         h("ul", { class: "v-notes", "data-testid": "notes" },
           b.notes.map((n) => h("li", {}, h("span", { class: "v-time" }, fmtTime(n.ts)), " ", n.text))))
@@ -393,7 +393,7 @@ function renderDetail(root, id) {
       record = { ...record, outcomes };
       draw();
     }),
-    onEvent("stream", (s) => { if (s && s.connected) reload(); }),
+    onEvent("stream", (s) => { if (s?.connected) reload(); }),
   ];
   load();
   return () => {
@@ -406,7 +406,7 @@ function renderDetail(root, id) {
 }
 
 function render(root, params) {
-  const id = params && params.id;
+  const id = params?.id;
   return id ? renderDetail(root, id) : renderList(root);
 }
 
