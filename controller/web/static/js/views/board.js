@@ -158,11 +158,12 @@ function fmCard(dev) {
   dev.state === 5 && dev.online !== false ? h("p", { class: "audible", "data-testid": `audible-${dev.id}` },
     h("span", { class: "sym", "aria-hidden": "true" }, "♫ "), t("board.fm.onAir")) : null,
   h("dl", { class: "fm-values" },
-    h("dt", {}, t("board.fm.power")), h("dd", { "data-testid": `fm-power-${dev.id}` }, fmtNumber(v.forward_w, 1, "W")),
+    h("dt", {}, t("board.fm.power")),
+    h("dd", { "data-testid": `fm-power-${dev.id}` }, fmtNumber(v.forward_w, 1, "W")),
     h("dt", {}, t("board.fm.reflected")), h("dd", {}, fmtNumber(v.reflected_w, 1, "W")),
     h("dt", {}, t("board.fm.vswr")), h("dd", { "data-testid": `fm-vswr-${dev.id}` }, fmtNumber(v.vswr, 2)),
-    v.temperature_c !== undefined ? [h("dt", {}, t("board.fm.temp")), h("dd", {}, fmtNumber(v.temperature_c, 1, "°C"))]
-      : null,
+    v.temperature_c !== undefined
+      ? [h("dt", {}, t("board.fm.temp")), h("dd", {}, fmtNumber(v.temperature_c, 1, "°C"))] : null,
     alarms.length ? [h("dt", {}, t("board.fm.alarms")), h("dd", { class: "alarm" }, alarms.join(", "))] : null),
   faultList(dev),
   h("p", { class: "seen", "data-seen": dev.last_seen ?? "" }, lastSeen(dev)));

@@ -115,7 +115,8 @@ function tiles(data, pending) {
   const s = data.system || {};
   if (data.process || data.system) {
     out.push(tile("gw.cpu", `${fmtNumber(p.cpu_percent, 1, "%")} / ${fmtNumber(s.cpu_percent, 1, "%")}`, "gw-cpu"));
-    out.push(tile("gw.memory", `${fmtNumber(p.rss_mb, 0, "MB")} / ${fmtNumber(s.memory_percent, 0, "%")}`, "gw-memory"));
+    out.push(tile("gw.memory", `${fmtNumber(p.rss_mb, 0, "MB")} / ${fmtNumber(s.memory_percent, 0, "%")}`,
+      "gw-memory"));
   }
   if (data.disk) {
     const d = data.disk;
@@ -163,7 +164,8 @@ function linesTable(lines) {
         h("td", { class: "num" }, String(l.timeouts ?? "—")),
         h("td", { class: "num" }, String(l.crc_errors ?? l.garbled ?? "—")),
         h("td", { class: "num" }, String(l.retries ?? "—")),
-        h("td", { class: "num" }, `${fmtNumber(l.latency_avg_ms ?? l.latency_last_ms, 1)} / ${fmtNumber(l.latency_max_ms, 1)} ms`),
+        h("td", { class: "num" },
+          `${fmtNumber(l.latency_avg_ms ?? l.latency_last_ms, 1)} / ${fmtNumber(l.latency_max_ms, 1)} ms`),
         h("td", { class: "num" }, l.poll ? `${fmtNumber(l.poll.last_cycle_s, 2, "s")}` : "—")))))));
 }
 
