@@ -54,7 +54,7 @@ export function onUnauthorized(fn) {
 }
 
 function url(path) {
-  return path.startsWith("/api/") || path === "/metrics" ? path : BASE + (path.startsWith("/") ? path : "/" + path);
+  return path.startsWith("/api/") || path === "/metrics" ? path : BASE + (path.startsWith("/") ? path : `/${path}`);
 }
 
 async function request(method, path, body, accept) {
@@ -79,7 +79,7 @@ async function request(method, path, body, accept) {
     response = await fetch(url(path), { method, headers, body: payload, cache: "no-store",
       credentials: "omit", referrerPolicy: "no-referrer" });
   } catch (err) {
-    throw new ApiError(String(err && err.message ? err.message : err), 0);
+    throw new ApiError(String(err?.message ? err.message : err), 0);
   }
   if (!response.ok) {
     let info = {};

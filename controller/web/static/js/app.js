@@ -126,7 +126,7 @@ function liveIndicator() {
 }
 
 function gatewayName() {
-  const gw = gatewayInfo && gatewayInfo.gateway;
+  const gw = gatewayInfo?.gateway;
   if (gw && typeof gw === "object") return gw.name || gw.id || "ebc";
   return typeof gw === "string" ? gw : "ebc";
 }
@@ -224,7 +224,7 @@ async function loadGatewayInfo() {
 
 async function startShell() {
   teardown();
-  setTimeZone((session() || {}).timezone); // every time on every view in the gateway's zone
+  setTimeZone(session()?.timezone); // every time on every view in the gateway's zone
   if (!views.size) await loadViews();
   const header = renderHeader();
   const nav = renderNav(null);
@@ -252,7 +252,7 @@ onLangChange(() => {
   if (!shell) return;
   const { id } = parseRoute();
   const view = views.get(id);
-  if (view && view.handlesLang) {
+  if (view?.handlesLang) {
     refreshChrome(id); // the view re-labels itself (it keeps what the user typed)
   } else {
     route();

@@ -47,7 +47,7 @@ export function onLangChange(fn) {
 
 /** Merge {zh: {key: text}, en: {key: text}} into the tables (later additions win). */
 export function addStrings(table) {
-  for (const code of Object.keys(tables)) Object.assign(tables[code], (table && table[code]) || {});
+  for (const code of Object.keys(tables)) Object.assign(tables[code], table?.[code] || {});
 }
 
 /** The text for key in the current language ("{name}" placeholders from vars); missing → zh → key. */

@@ -3,6 +3,7 @@
 import { fmtTime, h, mount } from "../dom.js";
 import { addStrings, t } from "../i18n.js";
 import { api, onEvent } from "../api.js";
+import { errorText } from "../labels.js";
 
 addStrings({
   zh: {
@@ -89,7 +90,7 @@ export default {
           h("button", { type: "button", disabled: !more, "data-testid": "audit-next",
             on: { click: () => { page += 1; load(); } } }, t("common.next")));
       } catch (err) {
-        if (!stopped) mount(body, h("p", { class: "notice error" }, t("common.error", { error: err.message })));
+        if (!stopped) mount(body, h("p", { class: "notice error" }, errorText(err)));
       }
     }
 

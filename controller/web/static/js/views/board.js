@@ -1,8 +1,9 @@
 // Device board: every terminal by village with state colour AND text, faults, last seen, audible
 // now; the FM transmitter apart; filters; live from device.state events (refetch on reconnect).
 import { fmtAgo, fmtTime, h, mount } from "../dom.js";
-import { addStrings, lang, t } from "../i18n.js";
+import { addStrings, t } from "../i18n.js";
 import { api, onEvent } from "../api.js";
+import { errorText, faultText, fmtNumber } from "../labels.js";
 
 addStrings({
   zh: {
@@ -112,12 +113,6 @@ function audible(dev) {
   return dev.online !== false && (dev.state === 5 || v.audio_present === true || v.audio_at_output === true);
 }
 
-function faultText(fault) {
-  const zh = fault.reason_zh || fault.reason || fault.fault || "";
-  const en = fault.reason || fault.reason_zh || fault.fault || "";
-  return lang() === "zh" ? zh : en;
-}
-
 function lastSeen(dev) {
   if (!dev.last_seen) return t("board.neverSeen");
   const ago = t("common.ago", { d: fmtAgo(Date.now() / 1000 - dev.last_seen) });
@@ -130,7 +125,7 @@ function stateLabel(dev, cls) {
 }
 
 function faultList(dev) {
-  if (!dev.faults || !dev.faults.length) return null;
+  if (!dev.faults?.length) return null;
   return h("ul", { class: "faults", "data-testid": `faults-${dev.id}` },
     dev.faults.map((f) => h("li", { title: fmtTime(f.since) }, faultText(f))));
 }
@@ -150,10 +145,6 @@ function terminalCard(dev) {
   h("p", { class: "seen", "data-seen": dev.last_seen ?? "" }, lastSeen(dev)));
 }
 
-function fmt(value, unit, digits = 1) {
-  return typeof value === "number" && Number.isFinite(value) ? `${value.toFixed(digits)} ${unit}`.trim() : "—";
-}
-
 function fmCard(dev) {
   const cls = stateClass(dev);
   const v = dev.values || {};
@@ -167,11 +158,12 @@ function fmCard(dev) {
   dev.state === 5 && dev.online !== false ? h("p", { class: "audible", "data-testid": `audible-${dev.id}` },
     h("span", { class: "sym", "aria-hidden": "true" }, "♫ "), t("board.fm.onAir")) : null,
   h("dl", { class: "fm-values" },
-    h("dt", {}, t("board.fm.power")), h("dd", { "data-testid": `fm-power-${dev.id}` }, fmt(v.forward_w, "W")),
-    h("dt", {}, t("board.fm.reflected")), h("dd", {}, fmt(v.reflected_w, "W")),
-    h("dt", {}, t("board.fm.vswr")), h("dd", { "data-testid": `fm-vswr-${dev.id}` }, fmt(v.vswr, "", 2)),
-    v.temperature_c !== undefined ? [h("dt", {}, t("board.fm.temp")), h("dd", {}, fmt(v.temperature_c, "°C"))]
-      : null,
+    h("dt", {}, t("board.fm.power")),
+    h("dd", { "data-testid": `fm-power-${dev.id}` }, fmtNumber(v.forward_w, 1, "W")),
+    h("dt", {}, t("board.fm.reflected")), h("dd", {}, fmtNumber(v.reflected_w, 1, "W")),
+    h("dt", {}, t("board.fm.vswr")), h("dd", { "data-testid": `fm-vswr-${dev.id}` }, fmtNumber(v.vswr, 2)),
+    v.temperature_c !== undefined
+      ? [h("dt", {}, t("board.fm.temp")), h("dd", {}, fmtNumber(v.temperature_c, 1, "°C"))] : null,
     alarms.length ? [h("dt", {}, t("board.fm.alarms")), h("dd", { class: "alarm" }, alarms.join(", "))] : null),
   faultList(dev),
   h("p", { class: "seen", "data-seen": dev.last_seen ?? "" }, lastSeen(dev)));
@@ -340,7 +332,7 @@ export default {
       } catch (err) {
         if (stopped || quiet) return;
         mount(groups, h("p", { class: "notice error", "data-testid": "board-error" },
-          t("common.error", { error: err.message }), " ",
+          errorText(err), " ",
           h("button", { type: "button", on: { click: () => load(false) } }, t("common.retry"))));
       }
     }

@@ -4,231 +4,109 @@
 // 检查并播放 → 确认播放.
 //
 // Everything shown goes through h()/textContent: template texts, device and village names are data.
-// The shared labels (states, levels, tones, classes) are exported for the history and alert views.
+// The labels it shares with the other views (states, levels, tones, classes) live in ../labels.js.
 
-import { h, mount } from '../dom.js';
-import { t, addStrings, onLangChange } from '../i18n.js';
-import { api, apiBlob, ApiError } from '../api.js';
+import { h, mount } from "../dom.js";
+import { t, addStrings, onLangChange } from "../i18n.js";
+import { api, apiBlob } from "../api.js";
+import {
+  CLASSES, LEVELS, TONES, classNode, classText, defaultTone, errorText, inventory, levelText, toneText,
+} from "../labels.js";
 
 addStrings({
   zh: {
-    'nav.broadcast': '紧急广播',
-    'v.class.emergency': '应急广播',
-    'v.class.drill': '演练',
-    'v.class.daily': '日常广播',
-    'v.level.1': '一级 · 红色（特别重大）',
-    'v.level.2': '二级 · 橙色（重大）',
-    'v.level.3': '三级 · 黄色（较大）',
-    'v.level.4': '四级 · 蓝色（一般）',
-    'v.tone.auto': '按级别默认（{tone}）',
-    'v.tone.siren': '警笛',
-    'v.tone.chime': '双音提示音',
-    'v.tone.air_defence_warning': '防空预先警报（鸣36秒停24秒，3遍）',
-    'v.tone.air_raid': '防空空袭警报（鸣6秒停6秒，15遍）',
-    'v.tone.all_clear': '防空解除警报（连续3分钟）',
-    'v.tone.none': '无提示音',
-    'v.state.0': '未处理',
-    'v.state.1': '等待',
-    'v.state.2': '正在播放',
-    'v.state.3': '成功',
-    'v.state.4': '失败',
-    'v.state.5': '已取消',
-    'v.outcome.pending': '等待确认',
-    'v.outcome.succeeded': '成功',
-    'v.outcome.partial': '部分播出',
-    'v.outcome.failed': '失败',
-    'v.outcome.unreachable': '无法连接',
-    'v.error': '出错：{message}',
-    'v.error.field': '出错（字段 {field}）：{message}',
-    'v.loading': '正在加载……',
-    'v.times': '{n} 次',
-    'v.terminals': '{n} 个终端',
-    'v.fm': '调频发射机',
-    'bc.title': '紧急广播',
-    'bc.step.template': '1. 选择模板',
-    'bc.step.content': '2. 播放内容',
-    'bc.step.targets': '3. 播放范围',
-    'bc.free': '自由输入',
-    'bc.no_templates': '没有可用的模板，请直接输入文字。',
-    'bc.templates_failed': '模板无法加载：{message}',
-    'bc.class': '类别',
-    'bc.level': '级别',
-    'bc.tone': '提示音',
-    'bc.repeat': '重复次数',
-    'bc.title_field': '标题（可选）',
-    'bc.text': '播放文字',
-    'bc.text_placeholder': '请输入要播放的内容',
-    'bc.language': '朗读语言',
-    'bc.lang.zh': '普通话',
-    'bc.lang.en': '英语',
-    'bc.preview': '试听',
-    'bc.previewing': '正在合成……',
-    'bc.preview_ready': '试听音频已生成',
-    'bc.target.all': '全部终端',
-    'bc.target.villages': '按村',
-    'bc.target.zones': '按分区',
-    'bc.target.devices': '指定终端',
-    'bc.zone': '{n} 号分区',
-    'bc.map': '终端位置图（点按选择）',
-    'bc.review': '检查并播放',
-    'bc.confirm.title': '请确认：将要播放的内容',
-    'bc.confirm.sentence':
-      '将在{where}的 {n} 个终端{fm}播放{what}，先放{tone}，重复 {repeat} 次。',
-    'bc.confirm.with_fm': '和调频发射机',
-    'bc.confirm.where_all': '全镇',
-    'bc.confirm.class': '类别和级别',
-    'bc.confirm.tone': '提示音',
-    'bc.confirm.repeat': '重复',
-    'bc.confirm.text': '内容',
-    'bc.confirm.targets': '范围',
-    'bc.confirm.terminals': '终端',
-    'bc.confirm.play': '确认播放',
-    'bc.confirm.back': '返回修改',
-    'bc.sending': '正在提交……',
-    'bc.need_text': '请输入播放文字或选择模板。',
-    'bc.need_targets': '请至少选择一个播放范围。',
-    'bc.zones_reach': '{zones} 号分区',
+    "bc.title": "紧急广播",
+    "bc.step.template": "1. 选择模板",
+    "bc.step.content": "2. 播放内容",
+    "bc.step.targets": "3. 播放范围",
+    "bc.free": "自由输入",
+    "bc.no_templates": "没有可用的模板，请直接输入文字。",
+    "bc.templates_failed": "模板无法加载：{message}",
+    "bc.class": "类别",
+    "bc.level": "级别",
+    "bc.tone": "提示音",
+    "bc.repeat": "重复次数",
+    "bc.title_field": "标题（可选）",
+    "bc.text": "播放文字",
+    "bc.text_placeholder": "请输入要播放的内容",
+    "bc.language": "朗读语言",
+    "bc.lang.zh": "普通话",
+    "bc.lang.en": "英语",
+    "bc.preview": "试听",
+    "bc.previewing": "正在合成……",
+    "bc.preview_ready": "试听音频已生成",
+    "bc.target.all": "全部终端",
+    "bc.target.villages": "按村",
+    "bc.target.zones": "按分区",
+    "bc.target.devices": "指定终端",
+    "bc.zone": "{n} 号分区",
+    "bc.map": "终端位置图（点按选择）",
+    "bc.review": "检查并播放",
+    "bc.confirm.title": "请确认：将要播放的内容",
+    "bc.confirm.sentence":
+      "将在{where}的 {n} 个终端{fm}播放{what}，先放{tone}，重复 {repeat} 次。",
+    "bc.confirm.with_fm": "和调频发射机",
+    "bc.confirm.where_all": "全镇",
+    "bc.confirm.class": "类别和级别",
+    "bc.confirm.tone": "提示音",
+    "bc.confirm.repeat": "重复",
+    "bc.confirm.text": "内容",
+    "bc.confirm.targets": "范围",
+    "bc.confirm.terminals": "终端",
+    "bc.confirm.play": "确认播放",
+    "bc.confirm.back": "返回修改",
+    "bc.sending": "正在提交……",
+    "bc.need_text": "请输入播放文字或选择模板。",
+    "bc.need_targets": "请至少选择一个播放范围。",
+    "bc.zones_reach": "{zones} 号分区",
   },
   en: {
-    'nav.broadcast': 'Emergency broadcast',
-    'v.class.emergency': 'Emergency',
-    'v.class.drill': 'Drill',
-    'v.class.daily': 'Daily',
-    'v.level.1': 'Level 1 · Red (extremely serious)',
-    'v.level.2': 'Level 2 · Orange (serious)',
-    'v.level.3': 'Level 3 · Yellow (major)',
-    'v.level.4': 'Level 4 · Blue (general)',
-    'v.tone.auto': 'Default for the level ({tone})',
-    'v.tone.siren': 'Siren',
-    'v.tone.chime': 'Two-tone chime',
-    'v.tone.air_defence_warning': 'Air-defence advance warning (36 s on, 24 s off, ×3)',
-    'v.tone.air_raid': 'Air-raid warning (6 s on, 6 s off, ×15)',
-    'v.tone.all_clear': 'All clear (3 min continuous)',
-    'v.tone.none': 'No tone',
-    'v.state.0': 'Not processed',
-    'v.state.1': 'Waiting',
-    'v.state.2': 'Playing',
-    'v.state.3': 'Succeeded',
-    'v.state.4': 'Failed',
-    'v.state.5': 'Cancelled',
-    'v.outcome.pending': 'Pending',
-    'v.outcome.succeeded': 'Succeeded',
-    'v.outcome.partial': 'Partly played',
-    'v.outcome.failed': 'Failed',
-    'v.outcome.unreachable': 'Unreachable',
-    'v.error': 'Error: {message}',
-    'v.error.field': 'Error in {field}: {message}',
-    'v.loading': 'Loading…',
-    'v.times': '{n}×',
-    'v.terminals': '{n} terminals',
-    'v.fm': 'FM transmitter',
-    'bc.title': 'Emergency broadcast',
-    'bc.step.template': '1. Template',
-    'bc.step.content': '2. What to play',
-    'bc.step.targets': '3. Where',
-    'bc.free': 'Free text',
-    'bc.no_templates': 'No templates configured; type the text.',
-    'bc.templates_failed': 'Templates could not be loaded: {message}',
-    'bc.class': 'Class',
-    'bc.level': 'Level',
-    'bc.tone': 'Attention tone',
-    'bc.repeat': 'Repeat',
-    'bc.title_field': 'Title (optional)',
-    'bc.text': 'Text to speak',
-    'bc.text_placeholder': 'Type the announcement',
-    'bc.language': 'Speech language',
-    'bc.lang.zh': 'Mandarin',
-    'bc.lang.en': 'English',
-    'bc.preview': 'Preview',
-    'bc.previewing': 'Synthesising…',
-    'bc.preview_ready': 'Preview ready',
-    'bc.target.all': 'All terminals',
-    'bc.target.villages': 'Villages',
-    'bc.target.zones': 'Zones',
-    'bc.target.devices': 'Terminals',
-    'bc.zone': 'Zone {n}',
-    'bc.map': 'Terminal map (tap to select)',
-    'bc.review': 'Review and play',
-    'bc.confirm.title': 'Please confirm what will play',
-    'bc.confirm.sentence':
-      '{what} will play on {n} terminals{fm} in {where}: {tone} first, repeated {repeat}×.',
-    'bc.confirm.with_fm': ' and the FM transmitter',
-    'bc.confirm.where_all': 'the whole township',
-    'bc.confirm.class': 'Class and level',
-    'bc.confirm.tone': 'Tone',
-    'bc.confirm.repeat': 'Repeat',
-    'bc.confirm.text': 'Text',
-    'bc.confirm.targets': 'Targets',
-    'bc.confirm.terminals': 'Terminals',
-    'bc.confirm.play': 'Play now',
-    'bc.confirm.back': 'Back',
-    'bc.sending': 'Submitting…',
-    'bc.need_text': 'Type the text to speak or pick a template.',
-    'bc.need_targets': 'Choose at least one target.',
-    'bc.zones_reach': 'zone(s) {zones}',
+    "bc.title": "Emergency broadcast",
+    "bc.step.template": "1. Template",
+    "bc.step.content": "2. What to play",
+    "bc.step.targets": "3. Where",
+    "bc.free": "Free text",
+    "bc.no_templates": "No templates configured; type the text.",
+    "bc.templates_failed": "Templates could not be loaded: {message}",
+    "bc.class": "Class",
+    "bc.level": "Level",
+    "bc.tone": "Attention tone",
+    "bc.repeat": "Repeat",
+    "bc.title_field": "Title (optional)",
+    "bc.text": "Text to speak",
+    "bc.text_placeholder": "Type the announcement",
+    "bc.language": "Speech language",
+    "bc.lang.zh": "Mandarin",
+    "bc.lang.en": "English",
+    "bc.preview": "Preview",
+    "bc.previewing": "Synthesising…",
+    "bc.preview_ready": "Preview ready",
+    "bc.target.all": "All terminals",
+    "bc.target.villages": "Villages",
+    "bc.target.zones": "Zones",
+    "bc.target.devices": "Terminals",
+    "bc.zone": "Zone {n}",
+    "bc.map": "Terminal map (tap to select)",
+    "bc.review": "Review and play",
+    "bc.confirm.title": "Please confirm what will play",
+    "bc.confirm.sentence":
+      "{what} will play on {n} terminals{fm} in {where}: {tone} first, repeated {repeat}×.",
+    "bc.confirm.with_fm": " and the FM transmitter",
+    "bc.confirm.where_all": "the whole township",
+    "bc.confirm.class": "Class and level",
+    "bc.confirm.tone": "Tone",
+    "bc.confirm.repeat": "Repeat",
+    "bc.confirm.text": "Text",
+    "bc.confirm.targets": "Targets",
+    "bc.confirm.terminals": "Terminals",
+    "bc.confirm.play": "Play now",
+    "bc.confirm.back": "Back",
+    "bc.sending": "Submitting…",
+    "bc.need_text": "Type the text to speak or pick a template.",
+    "bc.need_targets": "Choose at least one target.",
+    "bc.zones_reach": "zone(s) {zones}",
   },
 });
-
-// -- shared labels (also used by history.js and alerts.js) --------------------------------------------
-
-export const TONES = ['siren', 'chime', 'air_defence_warning', 'air_raid', 'all_clear', 'none'];
-const STATE_NAMES = ['not_processed', 'waiting', 'playing', 'succeeded', 'failed', 'cancelled'];
-
-/** Broadcast state code (0–5) from a record's state_code, a state name or a number. */
-export function stateCode(value) {
-  if (typeof value === 'number') return value;
-  const byName = STATE_NAMES.indexOf(String(value));
-  return byName >= 0 ? byName : Number(value);
-}
-
-/** A state badge: colour AND text, e.g. "正在播放". */
-export function stateBadge(value, testid) {
-  const code = stateCode(value);
-  return h('span', { class: `v-badge v-state-${code}`, 'data-state': String(code), 'data-testid': testid },
-    t(`v.state.${code}`));
-}
-
-/** Emergency level 1–4 as a badge with colour and words (一级 · 红色). */
-export function levelBadge(level, testid) {
-  return h('span', { class: `v-badge v-level-${level}`, 'data-level': String(level), 'data-testid': testid },
-    t(`v.level.${level}`));
-}
-
-/** Class (and level for emergencies) of a request or record as a node: "应急广播 一级 · 红色". */
-export function classNode(cls, severity) {
-  return h('span', { class: 'v-class' },
-    h('span', { class: `v-badge v-class-${cls || 'unknown'}` }, cls ? t(`v.class.${cls}`) : '?'),
-    cls === 'emergency' && severity ? levelBadge(severity) : null);
-}
-
-/** The tone the engine plays when the request names none (controller/broadcast/model.py effective_tone). */
-export function defaultTone(cls, severity) {
-  return cls === 'emergency' && (severity || 4) <= 2 ? 'siren' : 'chime';
-}
-
-export function toneText(tone) {
-  return t(`v.tone.${tone}`);
-}
-
-/** An API error in words, with the field the server named. */
-export function errorText(err) {
-  const message = err && err.message ? err.message : String(err);
-  if (err instanceof ApiError && err.field) return t('v.error.field', { field: err.field, message });
-  return t('v.error', { message });
-}
-
-/** A device list split by what it is: loudspeaker terminals, FM transmitters, villages. */
-export function inventory(devices) {
-  const terminals = devices.filter((d) => d.kind !== 'fm_transmitter');
-  const transmitters = devices.filter((d) => d.kind === 'fm_transmitter');
-  const villages = new Map();
-  for (const d of terminals) {
-    const name = d.village || d.name || d.id;
-    if (!villages.has(name)) villages.set(name, []);
-    villages.get(name).push(d.id);
-  }
-  return { terminals, transmitters, villages, byId: new Map(devices.map((d) => [d.id, d])) };
-}
 
 // -- the view -----------------------------------------------------------------------------------------
 
@@ -238,15 +116,15 @@ function set(el, props) {
 }
 
 function section(titleKey, ...body) {
-  return h('section', { class: 'v-step' }, h('h2', { class: 'v-step-title' }, t(titleKey)), ...body);
+  return h("section", { class: "v-step" }, h("h2", { class: "v-step-title" }, t(titleKey)), ...body);
 }
 
 function render(root) {
   const urls = [];
   let alive = true;
   const form = {
-    template: null, cls: 'emergency', severity: 1, tone: '', repeat: 2, title: '', text: '', language: 'zh',
-    mode: 'all', villages: new Set(), zones: new Set(), devices: new Set(),
+    template: null, cls: "emergency", severity: 1, tone: "", repeat: 2, title: "", text: "", language: "zh",
+    mode: "all", villages: new Set(), zones: new Set(), devices: new Set(),
   };
   let templates = [];
   let templatesError = null;
@@ -255,11 +133,11 @@ function render(root) {
   let previewUrl = null; // the last preview, kept across a redraw (language switch)
   let confirming = false;
 
-  mount(root, h('p', { class: 'v-muted' }, t('v.loading')));
+  mount(root, h("p", { class: "v-muted" }, t("v.loading")));
 
   Promise.all([
-    api('GET', '/templates').catch((err) => { templatesError = err; return []; }),
-    api('GET', '/devices'),
+    api("GET", "/templates").catch((err) => { templatesError = err; return []; }),
+    api("GET", "/devices"),
   ]).then(([tpls, devices]) => {
     if (!alive) return;
     templates = Array.isArray(tpls) ? tpls : [];
@@ -267,27 +145,27 @@ function render(root) {
     loaded = true;
     draw();
   }).catch((err) => {
-    if (alive) mount(root, h('p', { class: 'v-error', role: 'alert' }, errorText(err)));
+    if (alive) mount(root, h("p", { class: "v-error", role: "alert" }, errorText(err)));
   });
 
   // Nodes that are rebuilt on change (the rest of the form keeps focus and caret).
   const slots = {};
 
   function draw() {
-    const formPane = h('div', { class: 'v-broadcast-form', 'data-testid': 'broadcast-form' },
-      h('h1', { class: 'v-title' }, t('bc.title')),
-      section('bc.step.template', templateList()),
-      section('bc.step.content', contentFields()),
-      section('bc.step.targets', targetFields()),
-      slots.error = h('p', { class: 'v-error', role: 'alert', 'data-testid': 'broadcast-error' }),
-      h('div', { class: 'v-actions v-actions-sticky' },
-        h('button', { type: 'button', class: 'v-big-button', 'data-testid': 'broadcast-review',
-          on: { click: review } }, t('bc.review'))));
+    const formPane = h("div", { class: "v-broadcast-form", "data-testid": "broadcast-form" },
+      h("h1", { class: "v-title" }, t("bc.title")),
+      section("bc.step.template", templateList()),
+      section("bc.step.content", contentFields()),
+      section("bc.step.targets", targetFields()),
+      slots.error = h("p", { class: "v-error", role: "alert", "data-testid": "broadcast-error" }),
+      h("div", { class: "v-actions v-actions-sticky" },
+        h("button", { type: "button", class: "v-big-button", "data-testid": "broadcast-review",
+          on: { click: review } }, t("bc.review"))));
     slots.error.hidden = true;
-    slots.confirm = h('div', { class: 'v-confirm-pane' });
+    slots.confirm = h("div", { class: "v-confirm-pane" });
     slots.confirm.hidden = true;
     slots.form = formPane;
-    mount(root, h('div', { class: 'v-broadcast' }, formPane, slots.confirm));
+    mount(root, h("div", { class: "v-broadcast" }, formPane, slots.confirm));
     syncTemplates();
     syncContent();
     syncTargets();
@@ -296,36 +174,36 @@ function render(root) {
 
   function templateList() {
     if (templatesError) {
-      return h('p', { class: 'v-muted' }, t('bc.templates_failed', { message: templatesError.message }));
+      return h("p", { class: "v-muted" }, t("bc.templates_failed", { message: templatesError.message }));
     }
-    const buttons = templates.map((tpl) => h('button', {
-      type: 'button', class: 'v-template', 'data-testid': `template-${tpl.id}`, 'data-template': tpl.id,
+    const buttons = templates.map((tpl) => h("button", {
+      type: "button", class: "v-template", "data-testid": `template-${tpl.id}`, "data-template": tpl.id,
       on: { click: () => pickTemplate(tpl) },
-    }, h('span', { class: 'v-template-title' }, tpl.title || tpl.id),
+    }, h("span", { class: "v-template-title" }, tpl.title || tpl.id),
     classNode(tpl.class, tpl.severity)));
-    buttons.push(h('button', {
-      type: 'button', class: 'v-template v-template-free', 'data-testid': 'template-free',
-      'data-template': '',
+    buttons.push(h("button", {
+      type: "button", class: "v-template v-template-free", "data-testid": "template-free",
+      "data-template": "",
       on: { click: () => pickTemplate(null) },
-    }, h('span', { class: 'v-template-title' }, t('bc.free'))));
-    slots.templates = h('div', { class: 'v-templates' }, buttons);
-    return [templates.length ? null : h('p', { class: 'v-muted' }, t('bc.no_templates')), slots.templates];
+    }, h("span", { class: "v-template-title" }, t("bc.free"))));
+    slots.templates = h("div", { class: "v-templates" }, buttons);
+    return [templates.length ? null : h("p", { class: "v-muted" }, t("bc.no_templates")), slots.templates];
   }
 
   function pickTemplate(tpl) {
     form.template = tpl ? tpl.id : null;
     if (tpl) {
-      form.cls = tpl.class || 'emergency';
-      form.severity = tpl.severity || (form.cls === 'emergency' ? 1 : null);
-      form.tone = tpl.tone || '';
+      form.cls = tpl.class || "emergency";
+      form.severity = tpl.severity || (form.cls === "emergency" ? 1 : null);
+      form.tone = tpl.tone || "";
       form.repeat = tpl.repeat || 1;
-      form.title = tpl.title || '';
-      form.text = tpl.text || '';
-      form.language = tpl.language || 'zh';
+      form.title = tpl.title || "";
+      form.text = tpl.text || "";
+      form.language = tpl.language || "zh";
     } else {
-      form.title = '';
-      form.text = '';
-      form.tone = '';
+      form.title = "";
+      form.text = "";
+      form.tone = "";
     }
     syncTemplates();
     syncContent();
@@ -334,74 +212,74 @@ function render(root) {
 
   function syncTemplates() {
     for (const b of slots.templates.children) {
-      b.setAttribute('aria-pressed', String(b.dataset.template === (form.template ?? '')));
+      b.setAttribute("aria-pressed", String(b.dataset.template === (form.template ?? "")));
     }
   }
 
   function contentFields() {
-    slots.classes = h('div', { class: 'v-choices', role: 'radiogroup', 'aria-label': t('bc.class') },
-      ['emergency', 'drill', 'daily'].map((cls) => h('button', {
-        type: 'button', class: `v-choice v-class-${cls}`, 'data-testid': `class-${cls}`, role: 'radio',
+    slots.classes = h("div", { class: "v-choices", role: "radiogroup", "aria-label": t("bc.class") },
+      CLASSES.map((cls) => h("button", {
+        type: "button", class: `v-choice v-class-${cls}`, "data-testid": `class-${cls}`, role: "radio",
         on: { click: () => {
           form.cls = cls;
-          if (cls === 'emergency' && !form.severity) form.severity = 1;
+          if (cls === "emergency" && !form.severity) form.severity = 1;
           syncContent();
         } },
-      }, t(`v.class.${cls}`))));
-    slots.levels = h('div', { class: 'v-choices v-levels', role: 'radiogroup', 'aria-label': t('bc.level') },
-      [1, 2, 3, 4].map((level) => h('button', {
-        type: 'button', class: `v-choice v-level-${level}`, 'data-testid': `level-${level}`, role: 'radio',
+      }, classText(cls))));
+    slots.levels = h("div", { class: "v-choices v-levels", role: "radiogroup", "aria-label": t("bc.level") },
+      LEVELS.map((level) => h("button", {
+        type: "button", class: `v-choice v-level-${level}`, "data-testid": `level-${level}`, role: "radio",
         on: { click: () => { form.severity = level; syncContent(); } },
-      }, t(`v.level.${level}`))));
-    slots.tone = h('select', { id: 'bc-tone', 'data-testid': 'tone-select',
+      }, levelText(level))));
+    slots.tone = h("select", { id: "bc-tone", "data-testid": "tone-select",
       on: { change: (e) => { form.tone = e.target.value; } } });
-    slots.repeat = set(h('input', { id: 'bc-repeat', type: 'number', 'data-testid': 'repeat-input',
+    slots.repeat = set(h("input", { id: "bc-repeat", type: "number", "data-testid": "repeat-input",
       on: { input: (e) => { form.repeat = Number(e.target.value) || 1; } } }), { min: 1, max: 10, step: 1 });
-    slots.title = set(h('input', { id: 'bc-title', type: 'text', 'data-testid': 'title-input',
+    slots.title = set(h("input", { id: "bc-title", type: "text", "data-testid": "title-input",
       on: { input: (e) => { form.title = e.target.value; } } }), { maxLength: 200 });
-    slots.text = set(h('textarea', { id: 'bc-text', 'data-testid': 'broadcast-text',
-      placeholder: t('bc.text_placeholder'), on: { input: (e) => { form.text = e.target.value; } } }),
+    slots.text = set(h("textarea", { id: "bc-text", "data-testid": "broadcast-text",
+      placeholder: t("bc.text_placeholder"), on: { input: (e) => { form.text = e.target.value; } } }),
     { maxLength: 2000, rows: 5 });
-    slots.language = h('select', { id: 'bc-language', 'data-testid': 'language-select',
+    slots.language = h("select", { id: "bc-language", "data-testid": "language-select",
       on: { change: (e) => { form.language = e.target.value; } } },
-    h('option', { value: 'zh' }, t('bc.lang.zh')), h('option', { value: 'en' }, t('bc.lang.en')));
-    slots.preview = h('div', { class: 'v-preview', 'data-testid': 'preview-slot', 'aria-live': 'polite' },
+    h("option", { value: "zh" }, t("bc.lang.zh")), h("option", { value: "en" }, t("bc.lang.en")));
+    slots.preview = h("div", { class: "v-preview", "data-testid": "preview-slot", "aria-live": "polite" },
       previewUrl ? previewPlayer(previewUrl) : null);
-    slots.levelRow = h('div', { class: 'v-field' },
-      h('span', { class: 'v-label' }, t('bc.level')), slots.levels);
+    slots.levelRow = h("div", { class: "v-field" },
+      h("span", { class: "v-label" }, t("bc.level")), slots.levels);
     return [
-      h('div', { class: 'v-field' }, h('span', { class: 'v-label' }, t('bc.class')), slots.classes),
+      h("div", { class: "v-field" }, h("span", { class: "v-label" }, t("bc.class")), slots.classes),
       slots.levelRow,
-      h('div', { class: 'v-row' },
-        h('label', { class: 'v-field', for: 'bc-tone' },
-          h('span', { class: 'v-label' }, t('bc.tone')), slots.tone),
-        h('label', { class: 'v-field v-narrow', for: 'bc-repeat' },
-          h('span', { class: 'v-label' }, t('bc.repeat')), slots.repeat),
-        h('label', { class: 'v-field v-narrow', for: 'bc-language' },
-          h('span', { class: 'v-label' }, t('bc.language')), slots.language)),
-      h('label', { class: 'v-field', for: 'bc-title' }, h('span', { class: 'v-label' }, t('bc.title_field')),
+      h("div", { class: "v-row" },
+        h("label", { class: "v-field", for: "bc-tone" },
+          h("span", { class: "v-label" }, t("bc.tone")), slots.tone),
+        h("label", { class: "v-field v-narrow", for: "bc-repeat" },
+          h("span", { class: "v-label" }, t("bc.repeat")), slots.repeat),
+        h("label", { class: "v-field v-narrow", for: "bc-language" },
+          h("span", { class: "v-label" }, t("bc.language")), slots.language)),
+      h("label", { class: "v-field", for: "bc-title" }, h("span", { class: "v-label" }, t("bc.title_field")),
         slots.title),
-      h('label', { class: 'v-field', for: 'bc-text' },
-        h('span', { class: 'v-label' }, t('bc.text')), slots.text),
-      h('div', { class: 'v-row' },
-        h('button', { type: 'button', class: 'v-button', 'data-testid': 'preview-button',
-          on: { click: preview } }, t('bc.preview')),
+      h("label", { class: "v-field", for: "bc-text" },
+        h("span", { class: "v-label" }, t("bc.text")), slots.text),
+      h("div", { class: "v-row" },
+        h("button", { type: "button", class: "v-button", "data-testid": "preview-button",
+          on: { click: preview } }, t("bc.preview")),
         slots.preview),
     ];
   }
 
   function syncContent() {
     for (const b of slots.classes.children) {
-      b.setAttribute('aria-checked', String(b.dataset.testid === `class-${form.cls}`));
+      b.setAttribute("aria-checked", String(b.dataset.testid === `class-${form.cls}`));
     }
-    slots.levelRow.hidden = form.cls !== 'emergency';
+    slots.levelRow.hidden = form.cls !== "emergency";
     for (const b of slots.levels.children) {
-      b.setAttribute('aria-checked', String(b.dataset.testid === `level-${form.severity}`));
+      b.setAttribute("aria-checked", String(b.dataset.testid === `level-${form.severity}`));
     }
     const auto = defaultTone(form.cls, form.severity);
     mount(slots.tone,
-      h('option', { value: '' }, t('v.tone.auto', { tone: toneText(auto) })),
-      TONES.map((tone) => h('option', { value: tone }, toneText(tone))));
+      h("option", { value: "" }, t("v.tone.auto", { tone: toneText(auto) })),
+      TONES.map((tone) => h("option", { value: tone }, toneText(tone))));
     slots.tone.value = form.tone;
     slots.repeat.value = String(form.repeat);
     slots.title.value = form.title;
@@ -411,17 +289,17 @@ function render(root) {
 
   async function preview() {
     const text = form.text.trim();
-    if (!text) { showError(t('bc.need_text')); return; }
+    if (!text) { showError(t("bc.need_text")); return; }
     hideError();
-    mount(slots.preview, h('span', { class: 'v-muted' }, t('bc.previewing')));
+    mount(slots.preview, h("span", { class: "v-muted" }, t("bc.previewing")));
     try {
-      const blob = await apiBlob('POST', '/speech/preview', { text, language: form.language });
+      const blob = await apiBlob("POST", "/speech/preview", { text, language: form.language });
       if (!alive) return;
       const url = URL.createObjectURL(blob);
       urls.push(url);
       previewUrl = url;
       const audio = previewPlayer(url);
-      mount(slots.preview, audio, h('span', { class: 'v-muted v-sr' }, t('bc.preview_ready')));
+      mount(slots.preview, audio, h("span", { class: "v-muted v-sr" }, t("bc.preview_ready")));
       audio.play().catch(() => {}); // autoplay may be refused; the controls stay
     } catch (err) {
       mount(slots.preview);
@@ -430,44 +308,44 @@ function render(root) {
   }
 
   function previewPlayer(url) {
-    return h('audio', { src: url, controls: true, 'data-testid': 'preview-audio' });
+    return h("audio", { src: url, controls: true, "data-testid": "preview-audio" });
   }
 
   function targetFields() {
-    const modes = ['all', 'villages', 'zones', 'devices'];
-    slots.modes = h('div', { class: 'v-choices', role: 'radiogroup', 'aria-label': t('bc.step.targets') },
-      modes.map((mode) => h('button', {
-        type: 'button', class: 'v-choice', 'data-testid': `target-${mode}`, role: 'radio',
+    const modes = ["all", "villages", "zones", "devices"];
+    slots.modes = h("div", { class: "v-choices", role: "radiogroup", "aria-label": t("bc.step.targets") },
+      modes.map((mode) => h("button", {
+        type: "button", class: "v-choice", "data-testid": `target-${mode}`, role: "radio",
         on: { click: () => { form.mode = mode; syncTargets(); } },
       }, t(`bc.target.${mode}`))));
-    slots.villages = h('div', { class: 'v-checks', 'data-testid': 'village-list' },
+    slots.villages = h("div", { class: "v-checks", "data-testid": "village-list" },
       [...inv.villages.entries()].map(([name, ids], i) => check(
-        `village-${i}`, name, t('v.terminals', { n: ids.length }), form.villages, name)));
-    for (const box of slots.villages.querySelectorAll('input')) {
-      box.dataset.village = [...inv.villages.keys()][Number(box.dataset.testid.replace('village-', ''))];
+        `village-${i}`, name, t("v.terminals", { n: ids.length }), form.villages, name)));
+    for (const box of slots.villages.querySelectorAll("input")) {
+      box.dataset.village = [...inv.villages.keys()][Number(box.dataset.testid.replace("village-", ""))];
     }
     const zones = new Set();
     for (const d of inv.terminals) for (const z of (d.zones || [1])) zones.add(z);
-    slots.zones = h('div', { class: 'v-checks', 'data-testid': 'zone-list' },
+    slots.zones = h("div", { class: "v-checks", "data-testid": "zone-list" },
       [...zones].sort((a, b) => a - b)
-        .map((z) => check(`zone-${z}`, t('bc.zone', { n: z }), '', form.zones, z)));
-    slots.deviceList = h('div', { class: 'v-checks', 'data-testid': 'device-list' },
-      inv.terminals.map((d) => check(`target-device-${d.id}`, d.name || d.id, d.village || '',
+        .map((z) => check(`zone-${z}`, t("bc.zone", { n: z }), "", form.zones, z)));
+    slots.deviceList = h("div", { class: "v-checks", "data-testid": "device-list" },
+      inv.terminals.map((d) => check(`target-device-${d.id}`, d.name || d.id, d.village || "",
         form.devices, d.id)));
     slots.map = terminalMap();
-    slots.deviceBox = h('div', { class: 'v-device-pick' }, slots.deviceList, slots.map);
-    slots.reach = h('p', { class: 'v-reach', 'data-testid': 'target-reach', 'aria-live': 'polite' });
+    slots.deviceBox = h("div", { class: "v-device-pick" }, slots.deviceList, slots.map);
+    slots.reach = h("p", { class: "v-reach", "data-testid": "target-reach", "aria-live": "polite" });
     return [slots.modes, slots.villages, slots.zones, slots.deviceBox, slots.reach];
   }
 
   function check(testid, label, note, bag, key) {
-    const box = h('input', { type: 'checkbox', 'data-testid': testid, on: { change: (e) => {
+    const box = h("input", { type: "checkbox", "data-testid": testid, on: { change: (e) => {
       if (e.target.checked) bag.add(key); else bag.delete(key);
       syncTargets();
     } } });
     box.checked = bag.has(key);
-    return h('label', { class: 'v-check' }, box, h('span', { class: 'v-check-label' }, label),
-      note ? h('span', { class: 'v-muted' }, note) : null);
+    return h("label", { class: "v-check" }, box, h("span", { class: "v-check-label" }, label),
+      note ? h("span", { class: "v-muted" }, note) : null);
   }
 
   // A small position map from each terminal's location; a bonus beside the list, hidden when no
@@ -484,47 +362,47 @@ function render(root) {
     const dots = placed.map((d) => {
       const x = maxLon > minLon ? (d.location.lon - minLon) / (maxLon - minLon) : 0.5;
       const y = maxLat > minLat ? (maxLat - d.location.lat) / (maxLat - minLat) : 0.5;
-      const dot = h('button', { type: 'button', class: 'v-map-dot', title: d.name || d.id,
-        'data-testid': `map-${d.id}`, 'aria-label': d.name || d.id, on: { click: () => {
+      const dot = h("button", { type: "button", class: "v-map-dot", title: d.name || d.id,
+        "data-testid": `map-${d.id}`, "aria-label": d.name || d.id, on: { click: () => {
           if (form.devices.has(d.id)) form.devices.delete(d.id); else form.devices.add(d.id);
           syncTargets();
-        } } }, h('span', { class: 'v-map-label' }, d.name || d.id));
+        } } }, h("span", { class: "v-map-label" }, d.name || d.id));
       dot.style.left = `${(4 + x * 92).toFixed(2)}%`;
       dot.style.top = `${(6 + y * 88).toFixed(2)}%`;
       dot.dataset.device = d.id;
       return dot;
     });
-    return h('figure', { class: 'v-map' }, h('figcaption', { class: 'v-muted' }, t('bc.map')),
-      h('div', { class: 'v-map-area' }, dots));
+    return h("figure", { class: "v-map" }, h("figcaption", { class: "v-muted" }, t("bc.map")),
+      h("div", { class: "v-map-area" }, dots));
   }
 
   function syncTargets() {
     for (const b of slots.modes.children) {
-      b.setAttribute('aria-checked', String(b.dataset.testid === `target-${form.mode}`));
+      b.setAttribute("aria-checked", String(b.dataset.testid === `target-${form.mode}`));
     }
-    slots.villages.hidden = form.mode !== 'villages';
-    slots.zones.hidden = form.mode !== 'zones';
-    slots.deviceBox.hidden = form.mode !== 'devices';
-    for (const box of slots.deviceList.querySelectorAll('input')) {
-      box.checked = form.devices.has(box.dataset.testid.replace(/^target-device-/, ''));
+    slots.villages.hidden = form.mode !== "villages";
+    slots.zones.hidden = form.mode !== "zones";
+    slots.deviceBox.hidden = form.mode !== "devices";
+    for (const box of slots.deviceList.querySelectorAll("input")) {
+      box.checked = form.devices.has(box.dataset.testid.replace(/^target-device-/, ""));
     }
     if (slots.map) {
-      for (const dot of slots.map.querySelectorAll('.v-map-dot')) {
-        dot.setAttribute('aria-pressed', String(form.devices.has(dot.dataset.device)));
+      for (const dot of slots.map.querySelectorAll(".v-map-dot")) {
+        dot.setAttribute("aria-pressed", String(form.devices.has(dot.dataset.device)));
       }
     }
     const reach = reached();
-    slots.reach.textContent = reach ? describeWhere(reach) : t('bc.need_targets');
+    slots.reach.textContent = reach ? describeWhere(reach) : t("bc.need_targets");
   }
 
   function targets() {
-    if (form.mode === 'all') return { all: true };
-    if (form.mode === 'villages') {
+    if (form.mode === "all") return { all: true };
+    if (form.mode === "villages") {
       const ids = [];
       for (const name of form.villages) ids.push(...(inv.villages.get(name) || []));
       return ids.length ? { devices: ids } : null;
     }
-    if (form.mode === 'zones') {
+    if (form.mode === "zones") {
       return form.zones.size ? { zones: [...form.zones].sort((a, b) => a - b) } : null;
     }
     return form.devices.size ? { devices: [...form.devices] } : null;
@@ -556,8 +434,8 @@ function render(root) {
 
   function describeWhere(reach) {
     const n = reach.ids.length;
-    const where = reach.targets.all ? t('bc.confirm.where_all') : reach.villages.join('、');
-    return `${where} · ${t('v.terminals', { n })}${reach.fm.length ? ` + ${t('v.fm')}` : ''}`;
+    const where = reach.targets.all ? t("bc.confirm.where_all") : reach.villages.join("、");
+    return `${where} · ${t("v.terminals", { n })}${reach.fm.length ? ` + ${t("v.fm")}` : ""}`;
   }
 
   function showError(message) {
@@ -567,13 +445,13 @@ function render(root) {
 
   function hideError() {
     slots.error.hidden = true;
-    slots.error.textContent = '';
+    slots.error.textContent = "";
   }
 
   function request(reach) {
     const body = { class: form.cls, targets: reach.targets, text: form.text.trim(), language: form.language,
       repeat: Math.round(form.repeat) || 1 }; // out of range → the server's 422 names the field
-    if (form.cls === 'emergency') body.severity = form.severity || 1;
+    if (form.cls === "emergency") body.severity = form.severity || 1;
     if (form.tone) body.tone = form.tone;
     if (form.title.trim()) body.title = form.title.trim();
     return body;
@@ -581,46 +459,46 @@ function render(root) {
 
   function review() {
     hideError();
-    if (!form.text.trim()) { showError(t('bc.need_text')); slots.text.focus(); return; }
+    if (!form.text.trim()) { showError(t("bc.need_text")); slots.text.focus(); return; }
     const reach = reached();
-    if (!reach) { showError(t('bc.need_targets')); return; }
+    if (!reach) { showError(t("bc.need_targets")); return; }
     const body = request(reach);
     const tone = body.tone || defaultTone(body.class, body.severity);
-    const what = body.class === 'emergency'
-      ? `${t('v.class.emergency')}（${t(`v.level.${body.severity}`)}）` : t(`v.class.${body.class}`);
-    const where = reach.targets.all ? t('bc.confirm.where_all') : reach.villages.join('、');
-    const names = reach.ids.map((id) => (inv.byId.get(id) || {}).name || id);
+    const what = body.class === "emergency"
+      ? `${classText("emergency")}（${levelText(body.severity)}）` : classText(body.class);
+    const where = reach.targets.all ? t("bc.confirm.where_all") : reach.villages.join("、");
+    const names = reach.ids.map((id) => inv.byId.get(id)?.name || id);
     let targetText = where;
-    if (reach.targets.zones) targetText = t('bc.zones_reach', { zones: reach.targets.zones.join('、') });
-    const status = h('p', { class: 'v-error', role: 'alert', 'data-testid': 'confirm-error' });
+    if (reach.targets.zones) targetText = t("bc.zones_reach", { zones: reach.targets.zones.join("、") });
+    const status = h("p", { class: "v-error", role: "alert", "data-testid": "confirm-error" });
     status.hidden = true;
-    const play = h('button', { type: 'button', class: 'v-big-button v-danger', 'data-testid': 'confirm-play',
-      on: { click: () => submit(body, play, status) } }, t('bc.confirm.play'));
-    mount(slots.confirm, h('section', { class: 'v-confirm', 'data-testid': 'broadcast-confirm',
-      'aria-labelledby': 'bc-confirm-title' },
-    h('h1', { class: 'v-title', id: 'bc-confirm-title' }, t('bc.confirm.title')),
-    h('p', { class: 'v-confirm-sentence', 'data-testid': 'confirm-summary' }, t('bc.confirm.sentence', {
-      where, n: reach.ids.length, fm: reach.fm.length ? t('bc.confirm.with_fm') : '', what,
+    const play = h("button", { type: "button", class: "v-big-button v-danger", "data-testid": "confirm-play",
+      on: { click: () => submit(body, play, status) } }, t("bc.confirm.play"));
+    mount(slots.confirm, h("section", { class: "v-confirm", "data-testid": "broadcast-confirm",
+      "aria-labelledby": "bc-confirm-title" },
+    h("h1", { class: "v-title", id: "bc-confirm-title" }, t("bc.confirm.title")),
+    h("p", { class: "v-confirm-sentence", "data-testid": "confirm-summary" }, t("bc.confirm.sentence", {
+      where, n: reach.ids.length, fm: reach.fm.length ? t("bc.confirm.with_fm") : "", what,
       tone: toneText(tone), repeat: body.repeat,
     })),
-    h('dl', { class: 'v-facts' },
-      h('dt', {}, t('bc.confirm.class')), h('dd', { 'data-testid': 'confirm-class' },
+    h("dl", { class: "v-facts" },
+      h("dt", {}, t("bc.confirm.class")), h("dd", { "data-testid": "confirm-class" },
         classNode(body.class, body.severity)),
-      h('dt', {}, t('bc.confirm.tone')), h('dd', { 'data-testid': 'confirm-tone' }, toneText(tone)),
-      h('dt', {}, t('bc.confirm.repeat')), h('dd', { 'data-testid': 'confirm-repeat' },
-        t('v.times', { n: body.repeat })),
-      h('dt', {}, t('bc.confirm.targets')), h('dd', { 'data-testid': 'confirm-villages' }, targetText),
-      h('dt', {}, t('bc.confirm.terminals')), h('dd', { 'data-testid': 'confirm-terminals' },
-        h('span', { 'data-testid': 'confirm-terminal-count', class: 'v-strong' },
-          t('v.terminals', { n: reach.ids.length })),
-        reach.fm.length ? ` + ${t('v.fm')}` : '',
-        h('span', { class: 'v-muted v-names' }, names.join('、'))),
-      h('dt', {}, t('bc.confirm.text')), h('dd', { class: 'v-announcement', 'data-testid': 'confirm-text' },
+      h("dt", {}, t("bc.confirm.tone")), h("dd", { "data-testid": "confirm-tone" }, toneText(tone)),
+      h("dt", {}, t("bc.confirm.repeat")), h("dd", { "data-testid": "confirm-repeat" },
+        t("v.times", { n: body.repeat })),
+      h("dt", {}, t("bc.confirm.targets")), h("dd", { "data-testid": "confirm-villages" }, targetText),
+      h("dt", {}, t("bc.confirm.terminals")), h("dd", { "data-testid": "confirm-terminals" },
+        h("span", { "data-testid": "confirm-terminal-count", class: "v-strong" },
+          t("v.terminals", { n: reach.ids.length })),
+        reach.fm.length ? ` + ${t("v.fm")}` : "",
+        h("span", { class: "v-muted v-names" }, names.join("、"))),
+      h("dt", {}, t("bc.confirm.text")), h("dd", { class: "v-announcement", "data-testid": "confirm-text" },
         body.text)),
     status,
-    h('div', { class: 'v-actions' }, play,
-      h('button', { type: 'button', class: 'v-button', 'data-testid': 'confirm-back', on: { click: back } },
-        t('bc.confirm.back')))));
+    h("div", { class: "v-actions" }, play,
+      h("button", { type: "button", class: "v-button", "data-testid": "confirm-back", on: { click: back } },
+        t("bc.confirm.back")))));
     slots.form.hidden = true;
     slots.confirm.hidden = false;
     confirming = true;
@@ -636,16 +514,16 @@ function render(root) {
 
   async function submit(body, button, status) {
     button.disabled = true;
-    button.textContent = t('bc.sending');
+    button.textContent = t("bc.sending");
     try {
-      const res = await api('POST', '/broadcasts', body);
+      const res = await api("POST", "/broadcasts", body);
       if (alive) window.location.hash = `#/history/${encodeURIComponent(res.id)}`;
     } catch (err) {
       if (!alive) return;
       status.textContent = errorText(err);
       status.hidden = false;
       button.disabled = false;
-      button.textContent = t('bc.confirm.play');
+      button.textContent = t("bc.confirm.play");
     }
   }
 
@@ -659,4 +537,4 @@ function render(root) {
   };
 }
 
-export default { id: 'broadcast', navKey: 'nav.broadcast', minRole: 'operator', handlesLang: true, render };
+export default { id: "broadcast", navKey: "nav.broadcast", minRole: "operator", handlesLang: true, render };

@@ -1,8 +1,9 @@
 // Gateway health: the box itself (uptime, CPU, memory, disk), its queue, lines, uplink and feeds.
 // Every part is optional: a daemon without MQTT or CAP feeds simply shows fewer tiles.
 import { fmtAgo, fmtTime, h, mount, zoneLabel } from "../dom.js";
-import { addStrings, lang, t } from "../i18n.js";
+import { addStrings, t } from "../i18n.js";
 import { ApiError, api, onEvent } from "../api.js";
+import { errorText, faultText, fmtNumber } from "../labels.js";
 
 addStrings({
   zh: {
@@ -46,7 +47,6 @@ addStrings({
     "gw.faults": "网关自身故障",
     "gw.noFaults": "网关自身无故障",
     "gw.updated": "更新于 {time}",
-    "gw.unavailable": "—",
   },
   en: {
     "gw.heading": "Gateway health",
@@ -89,13 +89,11 @@ addStrings({
     "gw.faults": "Gateway faults",
     "gw.noFaults": "No gateway faults",
     "gw.updated": "Updated {time}",
-    "gw.unavailable": "—",
   },
 });
 
 const REFRESH_MS = 10000;
 const num = (v) => typeof v === "number" && Number.isFinite(v);
-const fix = (v, digits = 1, unit = "") => (num(v) ? `${v.toFixed(digits)}${unit}` : t("gw.unavailable"));
 
 function tile(key, value, testid, bad = false) {
   return h("div", { class: ["tile", bad ? "bad" : null], "data-testid": testid },
@@ -112,16 +110,17 @@ function pendingCount(data, pending) {
 function tiles(data, pending) {
   const out = [];
   if (num(data.uptime_s)) out.push(tile("gw.uptime", fmtAgo(data.uptime_s), "gw-uptime"));
-  if (data.gateway && data.gateway.timezone) out.push(tile("gw.timezone", zoneLabel(), "gw-timezone"));
+  if (data.gateway?.timezone) out.push(tile("gw.timezone", zoneLabel(), "gw-timezone"));
   const p = data.process || {};
   const s = data.system || {};
   if (data.process || data.system) {
-    out.push(tile("gw.cpu", `${fix(p.cpu_percent, 1, " %")} / ${fix(s.cpu_percent, 1, " %")}`, "gw-cpu"));
-    out.push(tile("gw.memory", `${fix(p.rss_mb, 0, " MB")} / ${fix(s.memory_percent, 0, " %")}`, "gw-memory"));
+    out.push(tile("gw.cpu", `${fmtNumber(p.cpu_percent, 1, "%")} / ${fmtNumber(s.cpu_percent, 1, "%")}`, "gw-cpu"));
+    out.push(tile("gw.memory", `${fmtNumber(p.rss_mb, 0, "MB")} / ${fmtNumber(s.memory_percent, 0, "%")}`,
+      "gw-memory"));
   }
   if (data.disk) {
     const d = data.disk;
-    const value = [`${fix(d.free_mb, 0, " MB")}${num(d.total_mb) ? ` / ${d.total_mb.toFixed(0)} MB` : ""}`,
+    const value = [`${fmtNumber(d.free_mb, 0, "MB")}${num(d.total_mb) ? ` / ${d.total_mb.toFixed(0)} MB` : ""}`,
       d.writable === false ? h("div", { class: "warn" }, t("gw.diskReadonly")) : null];
     out.push(tile("gw.disk", value, "gw-disk", d.writable === false));
   }
@@ -140,7 +139,7 @@ function tiles(data, pending) {
     const configured = Boolean(m) && m.enabled !== false;
     const text = !configured ? t("gw.mqttNone") : m.connected ? t("gw.mqttOn") : t("gw.mqttOff");
     out.push(tile("gw.mqtt", [configured && m.connected ? "✓ " : configured ? "✖ " : "", text,
-      m && m.broker ? h("div", { class: "muted" }, String(m.broker)) : null],
+      m?.broker ? h("div", { class: "muted" }, String(m.broker)) : null],
     "gw-mqtt", configured && !m.connected));
   }
   if (num(data.outbox_depth)) out.push(tile("gw.outbox", String(data.outbox_depth), "gw-outbox"));
@@ -165,13 +164,14 @@ function linesTable(lines) {
         h("td", { class: "num" }, String(l.timeouts ?? "—")),
         h("td", { class: "num" }, String(l.crc_errors ?? l.garbled ?? "—")),
         h("td", { class: "num" }, String(l.retries ?? "—")),
-        h("td", { class: "num" }, `${fix(l.latency_avg_ms ?? l.latency_last_ms, 1)} / ${fix(l.latency_max_ms, 1)} ms`),
-        h("td", { class: "num" }, l.poll ? `${fix(l.poll.last_cycle_s, 2, " s")}` : "—")))))));
+        h("td", { class: "num" },
+          `${fmtNumber(l.latency_avg_ms ?? l.latency_last_ms, 1)} / ${fmtNumber(l.latency_max_ms, 1)} ms`),
+        h("td", { class: "num" }, l.poll ? `${fmtNumber(l.poll.last_cycle_s, 2, "s")}` : "—")))))));
 }
 
 function feedsTable(feeds) {
   const list = Array.isArray(feeds) ? feeds : feeds && Array.isArray(feeds.feeds) ? feeds.feeds : null;
-  if (!list || !list.length) return null;
+  if (!list?.length) return null;
   return h("section", { class: "panel" }, h("h2", {}, t("gw.feeds")),
     h("div", { class: "table-wrap" }, h("table", { class: "grid", "data-testid": "gw-feeds" },
       h("thead", {}, h("tr", {}, ["gw.feed", "gw.kind", "gw.lastOk", "gw.lastError", "gw.failures",
@@ -190,7 +190,7 @@ function faultsPanel(faults) {
   if (!Array.isArray(faults)) return null;
   return h("section", { class: "panel", "data-testid": "gw-faults" }, h("h2", {}, t("gw.faults")),
     faults.length ? h("ul", { class: "faults" }, faults.map((f) => h("li", {},
-      lang() === "zh" && f.reason_zh ? f.reason_zh : f.reason || f.fault))) : h("p", { class: "ok" }, `✓ ${t("gw.noFaults")}`));
+      faultText(f)))) : h("p", { class: "ok" }, `✓ ${t("gw.noFaults")}`));
 }
 
 export default {
@@ -212,7 +212,7 @@ export default {
       try {
         const list = await api("GET", "/alerts?disposition=pending&limit=500");
         return Array.isArray(list) ? list.length : null;
-      } catch (err) {
+      } catch {
         return null; // no alert inbox on this daemon (or not allowed): leave the tile out
       }
     }
@@ -234,7 +234,7 @@ export default {
         if (stopped) return;
         const missing = err instanceof ApiError && err.status === 404;
         mount(body, h("p", { class: "notice error", "data-testid": "gw-error" },
-          t("common.error", { error: missing ? "GET /api/v1/gateway" : err.message })));
+          errorText(missing ? "GET /api/v1/gateway" : err)));
       } finally {
         inflight = false;
       }
