@@ -719,8 +719,9 @@ def check(chaos: Chaos) -> dict[str, Any]:
     pending_in_final = sorted(r["id"] for r in full if r["state"] in FINAL
                               and any(o["outcome"] == "pending" for o in r["outcomes"]))
     invariants = {
-        "1 every broadcast final": {"ok": not stuck and not lost, "count": len(stuck), "ids": stuck,
-                                    "accepted_but_unknown": lost},
+        "1 every broadcast final": {"ok": not (stuck or lost or pending_in_final), "count": len(stuck),
+                                    "ids": stuck, "accepted_but_unknown": lost,
+                                    "final_with_pending_outcomes": pending_in_final},
         "2 every terminal at rest, journal empty": {
             "ok": not left_on and not journal and not pending, "left_on": left_on,
             "journal": sorted({f"{r['broadcast_id']}:{r['device_id']}" for r in journal}),

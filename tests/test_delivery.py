@@ -166,6 +166,31 @@ async def test_restore_is_retried_across_a_restart_until_the_line_is_back(gw: Ga
         await releaser.stop()
 
 
+async def test_a_terminal_claimed_while_its_line_is_down_does_not_stop_the_others_being_restored(
+        gw: Gateway) -> None:
+    """Found by the chaos soak: a new broadcast took one waiting terminal during the outage, and the
+    line's retry task died on it when the line came back, leaving the others on."""
+    await gw.engine.stop()
+    for dev in ("rtu1", "rtu2"):
+        await gw.hardware.terminals[dev].write_points({"amp_power": True, "zone_1": True})
+        gw.store.save_activation("crashed", dev, {"kind": "terminal", "points": {
+            "amp_power": False, "emergency_override": False, "zone_1": False, "zone_2": False}})
+    gw.sim.fault("unplug", line="rs485")
+    releaser = Releaser(gw.hardware, gw.store)
+    try:
+        await wait_for(lambda: not gw.hardware.arbiters["rs485"].connected)
+        done = await releaser.start()
+        assert done["rtu1"].startswith("failed") and done["rtu2"].startswith("failed")
+        releaser.claim(["rtu1"])  # a broadcast takes it over while the line is still out
+    finally:
+        gw.sim.fault("unplug", line="rs485", clear=True)
+    try:
+        await wait_for(lambda: at_rest(gw.sim, "rtu2") and releaser.pending() == {})
+        assert gw.sim.state("rtu1")["coils"]["amp_power"]  # the claiming broadcast's now: untouched
+    finally:
+        await releaser.stop()
+
+
 async def test_crc_errors_never_turn_a_terminal_that_played_into_a_failure(gw: Gateway) -> None:
     for dev in RTU:
         gw.sim.fault("crc_errors", device=dev, rate=0.2)

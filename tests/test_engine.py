@@ -186,6 +186,26 @@ async def test_higher_priority_pre_empts_and_the_pre_empted_one_resumes_before_a
     assert not gw.sim.state("rtu1")["coils"]["amp_power"]
 
 
+async def test_a_pre_empted_broadcast_cancelled_before_it_replays_keeps_what_its_run_proved(
+        gw: Gateway) -> None:
+    t0 = time.time()
+    text = "请注意，这是一条较长的每日广播，它会被紧急广播打断。"
+    daily = await gw.engine.submit(request(targets={"devices": ["tcp1", "rtu1"]}, text=text), OPERATOR)
+    await wait_for(lambda: gw.sim.state("tcp1")["physics"]["audible"])
+    await asyncio.sleep(1.5)  # read back as playing
+    emergency = await gw.engine.submit(request("emergency", severity=1, source_level=3,
+                                               targets={"devices": ["rtu2"]}), OPERATOR)
+    await wait_state(gw.store, daily, frozenset({BroadcastState.WAITING}))
+    assert await gw.engine.cancel(daily, OPERATOR)
+    record = await wait_state(gw.store, daily)
+    assert record["state"] is BroadcastState.CANCELLED
+    # played for a while, then never again: audible part of the time, not "pending" in a final record
+    assert set(outcomes(record).values()) == {TerminalOutcome.PARTIAL}
+    assert all(spans(gw.sim, d, t0) for d in ("tcp1", "rtu1"))
+    assert any("before it could replay" in n["text"] for n in record["notes"])
+    await wait_state(gw.store, emergency)
+
+
 async def test_cancel_a_waiting_and_a_playing_broadcast(gw: Gateway) -> None:
     d1 = await gw.engine.submit(request(text="请注意，这是一条较长的测试广播，马上就会被取消。"), OPERATOR)
     d2 = await gw.engine.submit(request(), OPERATOR)

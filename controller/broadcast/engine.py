@@ -89,6 +89,8 @@ class _Entry:
     """Its task has begun (a task cancelled before its first step would skip its clean-up)."""
     concluding: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    interrupted_verdicts: dict[str, Verdict] = field(default_factory=dict)
+    """What its last, pre-empted run proved per device: its outcomes if it never replays."""
 
     @property
     def rank(self) -> tuple[tuple[int, int, int], int]:
@@ -201,7 +203,7 @@ class BroadcastEngine:
         entry = self._queue.pop(broadcast_id, None)
         if entry is not None:
             self.store.audit(actor, "broadcast.cancel", broadcast_id)
-            self._finish(broadcast_id, BroadcastState.CANCELLED, f"cancelled by {actor.name}")
+            self._finish_unplayed(entry, BroadcastState.CANCELLED, f"cancelled by {actor.name}")
             self._wake.set()
             return True
         current = self._current
@@ -210,8 +212,9 @@ class BroadcastEngine:
         self.store.audit(actor, "broadcast.cancel", broadcast_id)
         self._interrupt(current, "cancelled", actor)  # no-op if it is already being pre-empted
         await asyncio.shield(current.done.wait())
-        if self._queue.pop(broadcast_id, None) is not None:  # it was pre-empted meanwhile: requeued
-            self._finish(broadcast_id, BroadcastState.CANCELLED, f"cancelled by {actor.name}")
+        requeued = self._queue.pop(broadcast_id, None)
+        if requeued is not None:  # it was pre-empted meanwhile
+            self._finish_unplayed(requeued, BroadcastState.CANCELLED, f"cancelled by {actor.name}")
             self._wake.set()
         record = self.store.get_broadcast(broadcast_id)
         return record is not None and record["state"] is BroadcastState.CANCELLED
@@ -275,7 +278,8 @@ class BroadcastEngine:
     def _expire_waiting(self, now: datetime) -> None:
         for entry in [e for e in self._queue.values() if e.request.expired(now)]:
             del self._queue[entry.id]
-            self._finish(entry.id, BroadcastState.FAILED, "pre-empted" if entry.preemptions else "expired")
+            reason = "pre-empted" if entry.preemptions else "expired"
+            self._finish_unplayed(entry, BroadcastState.FAILED, reason)
 
     def _interrupt(self, entry: _Entry, why: str, detail: Any) -> None:
         """Stop the playing task for ``why`` (pre-empted, cancelled, expired, stopping)."""
@@ -370,6 +374,7 @@ class BroadcastEngine:
             await activation.release(keep)
         if why == "preempted" and replays:
             entry.preemptions += 1
+            entry.interrupted_verdicts = verdicts
             entry.interrupt, entry.running, entry.concluding, entry.done = None, False, False, asyncio.Event()
             self._queue[entry.id] = entry
             self.store.add_note(entry.id, f"pre-empted by {detail}; replays from the start later")
@@ -408,6 +413,21 @@ class BroadcastEngine:
 
     def _finish(self, bid: str, state: BroadcastState, reason: str, coverage: float | None = None) -> None:
         self._transition(bid, state, reason, finished_at=time.time(), coverage=coverage)
+
+    def _finish_unplayed(self, entry: _Entry, state: BroadcastState, reason: str) -> None:
+        """End a waiting broadcast. One that was pre-empted and never replayed keeps what its
+        interrupted run proved per device, instead of outcomes left ``pending`` in a final record."""
+        if not entry.preemptions:
+            self._finish(entry.id, state, reason)
+            return
+        verdicts = dict(entry.interrupted_verdicts)
+        for dev in entry.resolved.device_ids:
+            verdicts.setdefault(dev, Verdict(TerminalOutcome.FAILED, "pre-empted before activation"))
+            self._outcome(entry.id, dev, verdicts[dev])
+        self.store.add_note(entry.id, f"{reason} before it could replay: outcomes from its interrupted run")
+        judged = broadcast_verdict(verdicts, offline_at_start=entry.offline_at_start,
+                                   threshold=self.cfg.broadcast.success_threshold)
+        self._finish(entry.id, state, reason, judged.coverage)
 
 
 _STOPPED = {"cancelled": "cancelled", "preempted": "pre-empted", "expired": "expired",

@@ -400,9 +400,10 @@ class Releaser:
                         w.attempts += 1
                         self._failed(dev, w, f"line {line} is down: {driver.down_reason}")
                 await driver.wait_connected(self.retry_max_s * 12)  # woken the moment it is up
-                if driver.connected:
+                if driver.connected:  # a broadcast may have claimed some meanwhile
                     for dev in devices:
-                        self._waiting[dev].due = 0.0
+                        if (w := self._waiting.get(dev)) is not None:
+                            w.due = 0.0
                 continue
             now = loop.time()
             due = [d for d in devices if self._waiting[d].due <= now]
