@@ -5,7 +5,7 @@ Every source ends in :meth:`AlertService.ingest <controller.alerts.inbox.AlertSe
 what differs is who the alert counts as, and that is decided here, in one place:
 
 * API ``POST /api/v1/alerts/cap``: source ``api``, the token's holder, no level (the rules' default,
-  county) — the route (controller/api/alerts.py) calls the inbox itself;
+  county) — the route (controller/api/routers/alerts.py) calls the inbox itself;
 * a feed poller (controller/alerts/feeds.py): ``feed:<id> <where>``, ``feed:<id>`` via ``cap``, the
   feed's configured level;
 * the county's MQTT alert topics: ``mqtt:<topic>``, ``county-mqtt`` via ``county``, ``county``;
