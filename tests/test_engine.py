@@ -262,6 +262,7 @@ async def test_a_fresh_engine_restores_terminals_left_on_by_a_killed_one(gw: Gat
     expired = request(expires_at=datetime.now(UTC) - timedelta(minutes=1))
     store.add_broadcast("stale", expired.model_dump(mode="json", by_alias=True), OPERATOR,
                         BroadcastState.WAITING, time.time())
+    store.set_outcome("stale", "rtu2", TerminalOutcome.PENDING)  # its run was under way at the crash
     prior = {"kind": "terminal", "points": {"amp_power": False, "emergency_override": False, "mute": False,
                                             "volume": 40, "audio_source": "line_in", "zone_1": False,
                                             "zone_2": True}}
@@ -286,6 +287,9 @@ async def test_a_fresh_engine_restores_terminals_left_on_by_a_killed_one(gw: Gat
         assert not gw.sim.state("fm1")["tx"]
         stale = gw.store.get_broadcast("stale")
         assert stale["state"] is BroadcastState.FAILED and stale["reason"] == "interrupted by restart"
+        # never judged: nothing is known of what it played — not "pending" in a final record
+        assert outcomes(stale) == {"rtu2": TerminalOutcome.UNREACHABLE}
+        assert "cut short by a restart" in stale["outcomes"][0]["reason"]
         for bid in ("crashed", stopped):  # still valid: replayed from the start, oldest first
             assert (await wait_state(store, bid))["state"] is BroadcastState.SUCCEEDED
         assert store.pending_activations() == []

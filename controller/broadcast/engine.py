@@ -152,9 +152,11 @@ class BroadcastEngine:
             request = BroadcastRequest.model_validate(row["request"])
             resolved = resolve(self.cfg, request.targets)
         except (ValidationError, TargetError) as exc:
+            self._settle_cut_short(bid)
             self._finish(bid, BroadcastState.FAILED, f"interrupted by restart; cannot resume: {exc}")
             return
         if request.expired(now):
+            self._settle_cut_short(bid)
             self._finish(bid, BroadcastState.FAILED, "interrupted by restart")
             return
         self._queue[bid] = _Entry(bid, request, actor, next(self._seq), resolved)
@@ -415,21 +417,34 @@ class BroadcastEngine:
         self._transition(bid, state, reason, finished_at=time.time(), coverage=coverage)
 
     def _finish_unplayed(self, entry: _Entry, state: BroadcastState, reason: str) -> None:
-        """End a waiting broadcast. One that was pre-empted and never replayed keeps what its
-        interrupted run proved per device, instead of outcomes left ``pending`` in a final record."""
-        if not entry.preemptions:
+        """End a waiting broadcast. One whose earlier run was interrupted (pre-empted, or by a
+        restart) and never replayed gets outcomes from what that run proved, never ``pending``."""
+        if entry.preemptions:
+            verdicts = dict(entry.interrupted_verdicts)
+            for dev in entry.resolved.device_ids:
+                verdicts.setdefault(dev, Verdict(TerminalOutcome.FAILED, "pre-empted before activation"))
+                self._outcome(entry.id, dev, verdicts[dev])
+        else:
+            verdicts = self._settle_cut_short(entry.id)
+        if not verdicts:  # it never started
             self._finish(entry.id, state, reason)
             return
-        verdicts = dict(entry.interrupted_verdicts)
-        for dev in entry.resolved.device_ids:
-            verdicts.setdefault(dev, Verdict(TerminalOutcome.FAILED, "pre-empted before activation"))
-            self._outcome(entry.id, dev, verdicts[dev])
         self.store.add_note(entry.id, f"{reason} before it could replay: outcomes from its interrupted run")
         judged = broadcast_verdict(verdicts, offline_at_start=entry.offline_at_start,
                                    threshold=self.cfg.broadcast.success_threshold)
         self._finish(entry.id, state, reason, judged.coverage)
 
+    def _settle_cut_short(self, bid: str) -> dict[str, Verdict]:
+        """Outcomes a restart left ``pending``: that run was never judged, so nothing is known."""
+        record = self.store.get_broadcast(bid)
+        verdicts: dict[str, Verdict] = {}
+        for row in (record or {}).get("outcomes", []):
+            if row["outcome"] is TerminalOutcome.PENDING:
+                verdicts[row["device_id"]] = Verdict(TerminalOutcome.UNREACHABLE, CUT_SHORT)
+                self._outcome(bid, row["device_id"], verdicts[row["device_id"]])
+        return verdicts
 
+CUT_SHORT = "its run was cut short by a restart and did not replay: nothing known of what it played"
 _STOPPED = {"cancelled": "cancelled", "preempted": "pre-empted", "expired": "expired",
             "stopping": "stopped by shutdown", "error": "stopped by an error"}
 STOP_RELEASE_S = 5.0
