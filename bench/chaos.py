@@ -73,6 +73,8 @@ FAULT_S = {"crc10": (20, 60), "dead": (20, 60), "unplug": (1, 5), "slow": (15, 4
 """How long each fault lasts (for kill9: how long the daemon stays dead)."""
 KILL9_RESTART_S = 20.0
 """What the plan reserves for a restart after kill -9 (so no other fault is planned beyond the max)."""
+DEVICE_FAULTS = {"crc10": "crc_errors", "dead": "offline", "slow": "slow_replies", "mains": "mains_failure"}
+"""The faults that are one simulator fault per chosen terminal, by their name in the simulator."""
 FAULT_GAP_S = (4.0, 20.0)
 FOREIGN_SOUND_S = 0.2
 """Another broadcast's sound in a window beyond this makes judging it unfair (a pre-emption's
@@ -375,19 +377,12 @@ class Chaos:
             run = self.active[kind] = FaultRun(kind, plan.devices, time.time(), plan.seconds)
             self.faults.append(run)
         town = self.town
-        if kind == "crc10":
+        if kind in DEVICE_FAULTS:
+            name, args = DEVICE_FAULTS[kind], {"rate": 0.1} if kind == "crc10" else {}
+            if kind == "slow":
+                run.note, args = f"{plan.delay_ms} ms", {"delay_ms": plan.delay_ms}
             for dev in plan.devices:
-                town.fault("crc_errors", device=dev, rate=0.1)
-        elif kind == "dead":
-            for dev in plan.devices:
-                town.fault("offline", device=dev)
-        elif kind == "slow":
-            run.note = f"{plan.delay_ms} ms"
-            for dev in plan.devices:
-                town.fault("slow_replies", device=dev, delay_ms=plan.delay_ms)
-        elif kind == "mains":
-            for dev in plan.devices:
-                town.fault("mains_failure", device=dev)
+                town.fault(name, device=dev, **args)
         elif kind == "unplug":
             aimed = plan.at_release and self.program_end()
             if self.stopping.is_set():
@@ -412,18 +407,9 @@ class Chaos:
     def clear(self, run: FaultRun) -> None:
         """Undo one fault; also at the end of the chaos, whatever its planned time."""
         town, kind = self.town, run.kind
-        if kind == "crc10":
+        if kind in DEVICE_FAULTS:
             for dev in run.devices:
-                town.fault("crc_errors", device=dev, clear=True)
-        elif kind == "dead":
-            for dev in run.devices:
-                town.fault("offline", device=dev, clear=True)
-        elif kind == "slow":
-            for dev in run.devices:
-                town.fault("slow_replies", device=dev, clear=True)
-        elif kind == "mains":
-            for dev in run.devices:
-                town.fault("mains_failure", device=dev, clear=True)
+                town.fault(DEVICE_FAULTS[kind], device=dev, clear=True)
         elif kind == "unplug":
             town.fault("unplug", line=LINE, clear=True)
             self.line_out.clear()
