@@ -68,6 +68,12 @@ class UplinkApi(Protocol):
     def broker(self) -> str | None: ...
 
 
+class NationalApi(Protocol):
+    """What gateway health shows of the national interface (controller/uplink/national/service.py)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+
 @dataclass
 class ApiServices:
     """Everything the routes reach; built by the daemon (or a test) and handed to :func:`create_app`."""
@@ -94,6 +100,8 @@ class ApiServices:
     """The engine's own SpeechService (one worker for broadcasts and console previews)."""
     mqtt: UplinkApi | None = None
     """The MQTT reporter, for the uplink state in ``GET /api/v1/gateway``."""
+    national: NationalApi | None = None
+    """The national platform interface, for its link state in ``GET /api/v1/gateway``."""
     started_at: float = field(default_factory=time.time)
     keepalive_s: float = KEEPALIVE_S
     token_check_s: float = TOKEN_CHECK_S

@@ -214,6 +214,9 @@ class GatewayOut(_Out):
     gateway: dict[str, Any] = Field(description="id, name, area_code, location, timezone")
     api_started_at: float
     mqtt: dict[str, Any] = Field(description="enabled, connected, broker")
+    national_platform: dict[str, Any] | None = Field(
+        default=None, description="With national_platform: codes, upper URL, link up/down, sent, refused, "
+                                  "outbox depth")
     feeds: list[dict[str, Any]] | None = None
     alerts: dict[str, Any] | None = None
     speech: dict[str, Any] | None = None

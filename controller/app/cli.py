@@ -91,6 +91,26 @@ def _cmd_say(args: argparse.Namespace) -> int:
     return say_command(args.text, args.lang, Path(args.output), cfg)
 
 
+def _cmd_platform_codes(args: argparse.Namespace) -> int:
+    from controller.app.national import propose_codes
+
+    print(propose_codes(_load_or_exit(args.config), type_code=args.type_code))
+    return 0
+
+
+def _cmd_platform_keygen(args: argparse.Namespace) -> int:
+    from controller.app.national import write_keypair
+
+    print(write_keypair(Path(args.out)))
+    return 0
+
+
+def _cmd_platform_sim(args: argparse.Namespace) -> int:
+    from simulator.platform_sim import main as platform_sim_main
+
+    return platform_sim_main(args.sim_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ebc", description="Township emergency-broadcast gateway")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -137,6 +157,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="configuration tools")
     csub = p.add_subparsers(dest="config_command", required=True)
+    p = sub.add_parser("platform", help="national platform interface tools (docs/national-platform.md)")
+    psub = p.add_subparsers(dest="platform_command", required=True)
+    n = psub.add_parser("codes", help="propose 23-digit EBRIDs for the gateway and every device without one")
+    n.add_argument("--config", required=True)
+    n.add_argument("--type-code", default="0314", help="4-digit resource type field (default 0314)")
+    n.set_defaults(func=_cmd_platform_codes)
+    n = psub.add_parser("keygen", help="make an SM2 key pair: the private key to a file (0600), the "
+                                        "public key printed for the platform")
+    n.add_argument("--out", required=True, help="private key file to write (refuses to overwrite)")
+    n.set_defaults(func=_cmd_platform_keygen)
+    p = sub.add_parser("platform-sim", help="a stand-in of the county platform (simulator/platform_sim.py)",
+                       add_help=False)
+    p.add_argument("sim_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_platform_sim)
+
     c = csub.add_parser("check", help="validate a config file and print every error with its key path")
     c.add_argument("file")
     c.set_defaults(func=_cmd_config_check)

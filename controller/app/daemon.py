@@ -41,6 +41,7 @@ from controller.speech.tts import CACHE_SUBDIR, SpeechService
 from controller.storage.journal import Store, StoreError
 from controller.uplink.commands import CountyCommands
 from controller.uplink.mqtt import MqttReporter
+from controller.uplink.national.service import ListenError, NationalPlatform
 from controller.uplink.outbox import Outbox, OutboxError, OutboxLimits
 from drivers.audio_output import AlsaSink, AudioPlayer, AudioSink, SimLineSink, WavSink
 from drivers.fm_transmitter import FmAlarm
@@ -238,6 +239,14 @@ class Daemon:
             # The reporter listens on the bus from here on, before anything can publish an event.
             self.reporter = MqttReporter(cfg, self.bus, outbox, self.registry, health=self.health.snapshot,
                                          commands=self.county, on_alert_document=self.ingress.from_mqtt)
+        self.national: NationalPlatform | None = None
+        if cfg.national_platform is not None:
+            try:
+                self.national = NationalPlatform(cfg, journal=self.store, engine=self.engine,
+                                                 registry=self.registry, bus=self.bus, state_dir=self.state_dir,
+                                                 audio_dir=self.engine.audio_dir)
+            except (OSError, ValueError) as exc:
+                raise StartupError(f"national_platform: {exc}") from None
         self.scheduler = Scheduler(cfg, self.store, self.engine)
         config_dir = cfg.path.parent if cfg.path is not None else Path.cwd()
         self.feeds = Feeds(cfg.alerts, config_dir, self.ingress.from_feed)
@@ -245,7 +254,7 @@ class Daemon:
                                         bus=self.bus, hardware=self.hardware, scheduler=self.scheduler,
                                         health=self.health, county=self.county, outbox=outbox,
                                         speech=self.speech, mqtt=self.reporter, alerts=self.alerts,
-                                        feeds=self.feeds)
+                                        feeds=self.feeds, national=self.national)
         self.api = ApiServer(cfg, self.api_services)
         # Start order is dependency order. The reporter comes first (it connects in the background;
         # the outbox holds reports meanwhile) so that it stops last and the final events of the
@@ -260,6 +269,7 @@ class Daemon:
             ("alert inbox", self.alerts),  # decides what a crash left undecided; approval deadlines
             ("alert ingress", self.ingress),
             ("county commands", self.county),
+            ("national platform", self.national),  # after the engine it submits to; reports queue from now
             ("scheduler", self.scheduler),
             ("feeds", self.feeds),
             ("api", self.api),
@@ -288,6 +298,12 @@ class Daemon:
         """Bring everything up; returns once the API serves (READY=1 has been sent)."""
         cfg = self.cfg
         self.api.listen()  # first: a busy port fails before any device is touched
+        if self.national is not None:
+            try:
+                self.national.listen()
+            except ListenError as exc:
+                self.api.close()
+                raise StartupError(str(exc)) from None
         try:
             for name, part in self.parts:
                 self._started.append((name, part))  # stopped even if its start fails half-way
@@ -329,6 +345,8 @@ class Daemon:
         log.info("stopped")
 
     def _close_storage(self) -> None:
+        if getattr(self, "national", None) is not None:
+            self.national.close()  # type: ignore[union-attr]
         self.store.close()
         if self.outbox is not None:
             self.outbox.close()

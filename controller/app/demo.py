@@ -19,7 +19,15 @@ from pathlib import Path
 
 from controller.app.daemon import Daemon
 from controller.broadcast.model import BroadcastState
-from controller.config import Config, SerialLine
+from controller.config import (
+    Config,
+    NationalListen,
+    NationalPlatformSettings,
+    NationalSigning,
+    PlatformKey,
+    SerialLine,
+    UpperPlatform,
+)
 from controller.core.actors import Actor, Role
 from controller.core.redaction import install_redaction
 
@@ -27,6 +35,43 @@ STATUS_EVERY_S = 2.0
 STATUS_AT_LEAST_S = 60.0
 DEMO_TOKEN_PREFIX = "demo-admin-"
 TEST_TEXT = "这是一次应急广播系统测试。"
+PLATFORM_EBRID = "43406210000000103010101"
+"""The demo county platform (濉溪县应急广播平台, level 4) that the stand-in plays."""
+PLATFORM_PORT = 7090
+GATEWAY_NATIONAL_PORT = 7080
+PLATFORM_TEXT = "濉溪县应急广播平台通知：这是一次经国家应急广播接口下发的演示广播，请勿惊慌。"
+
+
+def with_demo_platform(cfg: Config) -> tuple[Config, list[str]]:
+    """The demo config plus a ``national_platform`` section towards the platform stand-in, with
+    fresh SM2 keys for both sides made under the state directory on the first run (never shipped:
+    no default credentials); returns it and the stand-in's command line."""
+    from controller.uplink.national.signature import SoftwareSm2Signer, generate_keypair
+
+    keys = Path(cfg.state_dir) / "national-demo-keys"
+    keys.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pairs = {}
+    for who in ("gateway", "platform"):
+        private = keys / f"{who}-sm2.key"
+        if not private.exists():
+            fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(generate_keypair()[0] + "\n")
+        pairs[who] = (private, SoftwareSm2Signer(private.read_text(), "x").public_key_hex)
+    settings = NationalPlatformSettings(
+        listen=NationalListen(host="127.0.0.1", port=GATEWAY_NATIONAL_PORT, path="/ebd", allow=["127.0.0.1/32"]),
+        upper=UpperPlatform(ebrid=PLATFORM_EBRID, url=f"http://127.0.0.1:{PLATFORM_PORT}/ebd",
+                            keys=[PlatformKey(cert_sn="PLATFORM-SIM-01", public_key=pairs["platform"][1])]),
+        signing=NationalSigning(private_key_file=str(pairs["gateway"][0]), cert_sn="GW-DEMO-01"),
+        heartbeat_s=5)
+    demo_cfg = cfg.model_copy(update={"national_platform": settings})
+    village = next((d for d in cfg.devices if d.village), cfg.devices[0])
+    cmd = [sys.executable, "-m", "simulator.platform_sim", "demo", "--ebrid", PLATFORM_EBRID,
+           "--key-file", str(pairs["platform"][0]), "--port", str(PLATFORM_PORT),
+           "--gateway-url", f"http://127.0.0.1:{GATEWAY_NATIONAL_PORT}/ebd",
+           "--gateway-ebrid", cfg.gateway.ebrid or "", "--gateway-public-key", pairs["gateway"][1],
+           "--area-code", village.area_code, "--text", PLATFORM_TEXT]
+    return demo_cfg, cmd
 
 
 async def _wait_for_simulator(cfg: Config, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
@@ -102,11 +147,18 @@ async def _status(daemon: Daemon) -> None:
         await asyncio.sleep(STATUS_EVERY_S)
 
 
-async def run_demo(cfg: Config) -> None:
-    """Start the simulator process and the daemon on it; print how to use it; run until cancelled."""
+async def run_demo(cfg: Config, *, platform: bool = True) -> None:
+    """Start the simulator process and the daemon on it; print how to use it; run until cancelled.
+
+    With ``platform`` (and EBRIDs in the config) the county platform stand-in runs too, and sends
+    one broadcast over the national interface once the gateway's heartbeat reaches it.
+    """
     if cfg.simulator is None or cfg.path is None:
         raise SystemExit("ebc demo needs a config file with a simulator section")
     install_redaction()
+    platform_cmd: list[str] | None = None
+    if platform and cfg.national_platform is None and cfg.gateway.ebrid and all(d.ebrid for d in cfg.devices):
+        cfg, platform_cmd = with_demo_platform(cfg)  # model_copy keeps the file's path and profiles
     daemon = Daemon(cfg)  # first: a config its parts refuse fails before the simulator runs
     cmd = [sys.executable, "-m", "controller.app.cli", "sim", "--config", str(cfg.path),
            "--exit-on-stdin-eof"]
@@ -116,12 +168,24 @@ async def run_demo(cfg: Config) -> None:
     # kernel closes our end and the simulator stops by itself (simulator/lifeline.py).
     sim = subprocess.Popen(cmd, stdin=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                            start_new_session=True)
+    platform_sim: subprocess.Popen[bytes] | None = None
     try:
         await _wait_for_simulator(cfg, sim)
         await daemon.start()
         print(_banner(cfg, _fresh_token(daemon)), flush=True)
+        if platform_cmd is not None:
+            print("County platform stand-in (national interface, docs/national-platform.md): it will send "
+                  "one broadcast to this township once our heartbeat reaches it.\n", flush=True)
+            platform_sim = subprocess.Popen(platform_cmd, stdin=subprocess.DEVNULL,
+                                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
         await _status(daemon)
     finally:
+        if platform_sim is not None:
+            platform_sim.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                platform_sim.wait(5)
+            if platform_sim.poll() is None:
+                platform_sim.kill()
         await asyncio.shield(daemon.stop())
         sim.terminate()
         try:

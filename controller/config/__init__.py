@@ -28,6 +28,14 @@ from controller.config.errors import ConfigError
 from controller.config.gateway import DEFAULT_TIMEZONE, Gateway
 from controller.config.health import HealthSettings
 from controller.config.loader import load_config, parse_config
+from controller.config.national import (
+    EventPlan,
+    NationalListen,
+    NationalPlatformSettings,
+    NationalSigning,
+    PlatformKey,
+    UpperPlatform,
+)
 from controller.config.root import Config, Profile
 from controller.config.simulator import Endpoint, SimAudio, SimDevice, SimFault, Simulator
 from controller.config.uplink import (
@@ -40,6 +48,12 @@ from controller.config.uplink import (
 )
 
 __all__ = [
+    "EventPlan",
+    "NationalListen",
+    "NationalPlatformSettings",
+    "NationalSigning",
+    "PlatformKey",
+    "UpperPlatform",
     "AREA_CODE",
     "DEFAULT_TEMPLATE",
     "DEFAULT_TIMEZONE",

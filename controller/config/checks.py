@@ -22,6 +22,7 @@ from controller.config.errors import error_message, key_path
 from controller.config.gateway import Gateway
 from controller.config.root import Config, Profile
 from controller.config.simulator import SimFault
+from controller.uplink.national.codes import parse_ebrid
 from drivers.profile import ModbusTerminalProfile, load_profile
 
 
@@ -78,6 +79,9 @@ def cross_check(cfg: Config, base: Path) -> tuple[list[str], dict[str, Profile]]
     errors += wav_sink_has_a_dir(cfg)
     errors += county_keys_load(cfg, base)
     errors += mqtt_files_readable(cfg, base)
+    if cfg.national_platform is not None:
+        errors += resource_codes_valid(cfg)
+        errors += national_files_readable(cfg, base)
     return errors, seen.profiles
 
 
@@ -271,3 +275,82 @@ def county_keys_load(cfg: Config, base: Path) -> list[str]:
 def mqtt_files_readable(cfg: Config, base: Path) -> list[str]:
     """Password, CA, certificate and key files named in ``mqtt`` can be read."""
     return cfg.mqtt.file_problems(base) if cfg.mqtt is not None else []
+
+
+# ---------------------------------------------------------------------------- national platform
+
+def resource_codes_valid(cfg: Config) -> list[str]:
+    """With ``national_platform``: the gateway, every device and the upper platform have valid,
+    distinct EBRIDs whose level digit and area code agree with what they are and where they stand."""
+    errors: list[str] = []
+    owners: dict[str, str] = {}
+    entries = [("gateway", cfg.gateway.ebrid, cfg.gateway.area_code, True)]
+    entries += [(f"devices[{i}]({d.id})", d.ebrid, d.area_code, False) for i, d in enumerate(cfg.devices)]
+    for where, code, area, is_gateway in entries:
+        if code is None:
+            errors.append(f"{where}.ebrid: required with national_platform (propose codes with "
+                          f"`ebc platform codes --config <file>`)")
+            continue
+        try:
+            ebrid = parse_ebrid(code)
+        except ValueError as exc:
+            errors.append(f"{where}.ebrid: {exc}")
+            continue
+        if ebrid.area_code != area:
+            errors.append(f"{where}.ebrid: its area code {ebrid.area_code} is not the {where.split('[')[0]}'s "
+                          f"area_code {area}")
+        if is_gateway and ebrid.level != 5:
+            errors.append(f"{where}.ebrid: level digit {ebrid.level} — a township broadcast system is level 5")
+        if code in owners:
+            errors.append(f"{where}.ebrid: {code} is already the code of {owners[code]}")
+        owners.setdefault(code, where)
+    upper = cfg.national_platform.upper.ebrid if cfg.national_platform else None
+    if upper is not None:
+        try:
+            if parse_ebrid(upper).level >= 5:
+                errors.append(f"national_platform.upper.ebrid: level digit {upper[0]} is not a platform "
+                              f"above a township (1 national … 4 county)")
+        except ValueError as exc:
+            errors.append(f"national_platform.upper.ebrid: {exc}")
+        if upper in owners:
+            errors.append(f"national_platform.upper.ebrid: {upper} is already the code of {owners[upper]}")
+    return errors
+
+
+def national_files_readable(cfg: Config, base: Path) -> list[str]:
+    """The signing key, the platform's keys and the TLS files named in ``national_platform`` load."""
+    from controller.uplink.national.signature import KeyFormatError, SoftwareSm2Signer, Sm2Verifier
+
+    nat = cfg.national_platform
+    if nat is None:
+        return []
+    errors: list[str] = []
+
+    def resolve(name: str) -> Path:
+        path = Path(name)
+        return path if path.is_absolute() else base / path
+
+    try:
+        SoftwareSm2Signer(resolve(nat.signing.private_key_file).read_text(encoding="utf-8"),
+                          nat.signing.cert_sn, nat.signing.user_id)
+    except OSError as exc:
+        errors.append(f"national_platform.signing.private_key_file: cannot read "
+                      f"{nat.signing.private_key_file}: {exc.strerror}")
+    except (KeyFormatError, ValueError) as exc:
+        errors.append(f"national_platform.signing.private_key_file: {exc}")
+    for i, key in enumerate(nat.upper.keys):
+        where = f"national_platform.upper.keys[{i}]({key.cert_sn})"
+        try:
+            Sm2Verifier(key.key_text(base), nat.upper.user_id)
+        except OSError as exc:
+            errors.append(f"{where}.public_key_file: cannot read {key.public_key_file}: {exc.strerror}")
+        except (KeyFormatError, ValueError) as exc:
+            field = "public_key" if key.public_key is not None else "public_key_file"
+            errors.append(f"{where}.{field}: {exc}")
+    for field_name in ("tls_cert_file", "tls_key_file"):
+        name = getattr(nat.listen, field_name)
+        if name is not None and not resolve(name).is_file():
+            errors.append(f"national_platform.listen.{field_name}: cannot read {name}")
+    if nat.upper.ca_file is not None and not resolve(nat.upper.ca_file).is_file():
+        errors.append(f"national_platform.upper.ca_file: cannot read {nat.upper.ca_file}")
+    return errors

@@ -69,5 +69,8 @@ class Device(Strict):
     zones: list[int] = Field(default_factory=lambda: [1], description="Speaker zones wired at this terminal")
     commissioned_impedance_ohm: dict[int, float] = Field(
         default_factory=dict, description="Line impedance per zone measured at commissioning")
+    ebrid: str | None = Field(default=None, pattern=r"^\d{23}$",
+                              description="23-digit resource code (EBRID) on the national platform; "
+                                          "required with national_platform (`ebc platform codes` proposes one)")
 
     _area = field_validator("area_code")(check_area_code)

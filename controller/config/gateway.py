@@ -17,6 +17,9 @@ class Gateway(Strict):
     name: str = Field(min_length=1, description="Human name, e.g. 濉溪县刘桥镇应急广播网关")
     area_code: str = Field(description="12-digit area code of the township this gateway serves")
     location: Location
+    ebrid: str | None = Field(default=None, pattern=r"^\d{23}$",
+                              description="23-digit resource code (EBRID) of this township broadcast system "
+                                          "on the national platform; required with national_platform")
     timezone: str = Field(default=DEFAULT_TIMEZONE,
                           description="IANA time zone of the township, e.g. Asia/Shanghai: schedules, times "
                                       "in announcements and in the web console are read in it")

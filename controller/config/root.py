@@ -18,6 +18,7 @@ from controller.config.common import Strict
 from controller.config.devices import Device, Line, SerialLine, TcpLine
 from controller.config.gateway import Gateway
 from controller.config.health import HealthSettings
+from controller.config.national import NationalPlatformSettings
 from controller.config.simulator import Simulator
 from controller.config.uplink import CountySettings, MqttSettings
 from drivers.profile import AtFmTransmitterProfile, ModbusTerminalProfile
@@ -42,6 +43,7 @@ class Config(Strict):
     county: CountySettings | None = None
     mqtt: MqttSettings | None = None
     alerts: AlertsSettings = AlertsSettings()
+    national_platform: NationalPlatformSettings | None = None
 
     # Filled by parse_config and load_config after validation; not part of the YAML.
     _profiles: dict[str, Profile] = PrivateAttr(default_factory=dict)

@@ -12,7 +12,7 @@ from typing import Literal
 
 TOKEN_PREFIX = "ebc_"
 
-Via = Literal["api", "schedule", "county", "cap", "system"]
+Via = Literal["api", "schedule", "county", "cap", "national", "system"]
 
 
 class Role(StrEnum):

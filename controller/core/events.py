@@ -243,6 +243,33 @@ class AlertDecided(Event):
                 "broadcast_id": self.broadcast_id, "reason": self.reason}
 
 
+# -------------------------------------------------------------------------------- national platform
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlatformExchange(Event):
+    """An EBD package exchanged with the national platform and what was decided about it
+    (controller/uplink/national/): every inbound request and every report that was answered."""
+
+    kind: ClassVar[str] = "national.ebd"
+    direction: str
+    """``in`` (the platform asked) or ``out`` (we reported)."""
+    ebd_type: str
+    ebdid: str
+    related_ebdid: str | None
+    result_code: int | None
+    """EBDResponse ResultCode: 1 accepted, 2 parse failed, 3 content missing, 4 bad signature, 5 other."""
+    result_desc: str
+    peer: str
+    """The platform's EBRID, or its address when the package could not be read."""
+    broadcast_id: str | None = None
+
+    def _wire(self) -> dict[str, Any]:
+        return {"direction": self.direction, "ebd_type": self.ebd_type, "ebdid": self.ebdid,
+                "related_ebdid": self.related_ebdid, "result_code": self.result_code,
+                "result_desc": self.result_desc, "peer": self.peer, "broadcast_id": self.broadcast_id}
+
+
 # ----------------------------------------------------------------------------------------- gateway
 
 

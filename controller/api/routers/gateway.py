@@ -45,6 +45,12 @@ def gateway_status(services: ApiServices) -> dict[str, Any]:
     out["mqtt"] = {"enabled": cfg.mqtt is not None,
                    "connected": bool(reporter.connected) if reporter is not None else False,
                    "broker": reporter.broker if reporter is not None else None}
+    if services.national is not None:
+        try:
+            out["national_platform"] = services.national.status()
+        except Exception:
+            log.exception("national platform status failed")
+            out["national_platform"] = None
     if services.feeds is not None:
         try:
             out["feeds"] = services.feeds.snapshot()
