@@ -103,6 +103,11 @@ class Sm2Key:
             raise KeyFormatError("not a point on the SM2 curve (wrong key type or damaged key?)")
         self._hex = point.hex()
 
+    @property
+    def point(self) -> bytes:
+        """The checked 64-byte x ‖ y (controller/uplink/national/signature.py hashes it into Z)."""
+        return bytes.fromhex(self._hex)
+
     def verify(self, signature: bytes, message: bytes) -> bool:
         rs = _sm2_rs(signature)
         if rs is None:
