@@ -44,6 +44,8 @@ _watch: list[list[tuple[str, object]]] = []
 
 def _audit(event: str, args: tuple[object, ...]) -> None:
     if _watch and (event == "open" or event.startswith(("os.", "shutil.", "tempfile."))):
+        if event == "open" and str(args[0]).endswith((".py", ".pyc")):
+            return  # a lazy import of the standard library
         _watch[-1].append((event, args[:1]))
 
 
