@@ -428,6 +428,8 @@ class PlatformSim:
     def start(self) -> None:
         if self._server is not None:
             return
+        if self._client.is_closed:  # started again after stop()
+            self._client = httpx.Client(timeout=self._client.timeout)
         self._server = ThreadingHTTPServer((self.host, self.port), _handler_class(self))
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
