@@ -810,12 +810,23 @@ def describe(item: Received) -> str:
         line += f" EBM {item.text('EBMStateResponse/EBM/EBMID', '?')} BrdStateCode {code} {zh} {en}"
     elif item.ebd_type == "EBRDTState":
         codes = [e.findtext("StateCode", "").strip() for e in item.all("EBRDTState/EBRDT")]
-        line += f" {len(codes)} terminals: " + " ".join(f"{c}×{codes.count(c)}" for c in sorted(set(codes)))
+        line += f" {len(codes)} terminals, StateCode " + ", ".join(f"{c}×{codes.count(c)}"
+                                                                   for c in sorted(set(codes)))
     elif item.ebd_type.endswith("Info") and item.root is not None:
         line += f" {len(item.all(f'{item.ebd_type}/*')) - len(item.all(f'{item.ebd_type}/Params'))} entries"
     elif item.result_code != 1:
         line += f" — {item.result_desc}"
     return line
+
+
+_print_lock = threading.Lock()
+
+
+def _say(line: str) -> None:
+    """One whole line to stdout: received EBDs are printed from server threads while the demo talks."""
+    with _print_lock:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 def _read_public_key(value: str | None) -> str | None:
@@ -830,10 +841,10 @@ def _sim_from_args(args: argparse.Namespace) -> PlatformSim:
         private_hex = Path(args.key_file).read_text().strip()
     else:
         private_hex, _ = generate_keypair()
-        print("no --key-file: using a throw-away key pair (临时密钥)", flush=True)
+        _say("no --key-file: using a throw-away key pair (临时密钥)")
     sim = PlatformSim(ebrid=args.ebrid, private_key_hex=private_hex, host=args.host, port=args.port,
                       path=args.path, user_id=args.user_id, signature_form=args.signature_form,
-                      on_receive=lambda item: print(describe(item), flush=True))
+                      on_receive=lambda item: _say(describe(item)))
     if args.gateway_ebrid:
         sim.register_gateway(args.gateway_ebrid, args.gateway_url or "",
                              _read_public_key(args.gateway_public_key))
@@ -841,13 +852,12 @@ def _sim_from_args(args: argparse.Namespace) -> PlatformSim:
 
 
 def _announce(sim: PlatformSim) -> None:
-    print(f"county platform stand-in (县级应急广播平台模拟) EBRID {sim.ebrid}", flush=True)
-    print(f"  URL {sim.url}", flush=True)
-    print(f"  SM2 public key (公钥) {sim.public_key}", flush=True)
+    _say(f"county platform stand-in (县级应急广播平台模拟) EBRID {sim.ebrid}")
+    _say(f"  URL {sim.url}")
+    _say(f"  SM2 public key (公钥) {sim.public_key}")
     for gateway in sim._gateways.values():
         checked = "signatures checked" if gateway.public_key else "signatures NOT checked"
-        print(f"  gateway (网关) {gateway.ebrid} at {gateway.url or '(no URL: receive only)'}, {checked}",
-              flush=True)
+        _say(f"  gateway (网关) {gateway.ebrid} at {gateway.url or '(no URL: receive only)'}, {checked}")
 
 
 def _serve_forever(sim: PlatformSim) -> int:
@@ -875,23 +885,23 @@ def _demo(sim: PlatformSim, args: argparse.Namespace) -> int:
     """Heartbeat → play → state until final → OMD terminal info and state → summary."""
     gateway = args.gateway_ebrid
     summary: list[str] = []
-    print(f"waiting up to {args.wait:g} s for the gateway's heartbeat (心跳 ConnectionCheck)…", flush=True)
+    _say(f"waiting up to {args.wait:g} s for the gateway's heartbeat (心跳 ConnectionCheck)…")
     try:
         beat = sim.wait_for(lambda r: r.ebd_type == "ConnectionCheck" and r.src_ebrid == gateway, args.wait)
         summary.append(f"心跳 heartbeat (ConnectionCheck): yes, first at "
                        f"{datetime.fromtimestamp(beat.at, CST):%H:%M:%S}")
     except TimeoutError:
         summary.append(f"心跳 heartbeat (ConnectionCheck): none within {args.wait:g} s — carried on")
-        print(summary[-1], flush=True)
+        _say(summary[-1])
     try:
         sent = sim.play(area_codes=args.area_code, text=args.text, title=args.title, severity=args.severity)
     except httpx.HTTPError as exc:
-        print(f"cannot reach the gateway at {sim._gateway(None).url}: {exc}", flush=True)
+        _say(f"cannot reach the gateway at {sim._gateway(None).url}: {exc}")
         return 1
     zh, en = RESULT_CODES.get(-1 if sent.result_code is None else sent.result_code, ("?", "no EBDResponse"))
     summary.append(f"应急广播消息 EBM {sent.ebmid}: HTTP {sent.http_status}, EBDResponse ResultCode "
                    f"{sent.result_code} {zh} {en}, answer signature {_sig_word(sent.response_signature_ok)}")
-    print(summary[-1], flush=True)
+    _say(summary[-1])
     final = _wait_final_state(sim, sent, args) if sent.accepted else None
     code = _state_code(final)
     if final is None:
@@ -928,9 +938,9 @@ def _demo(sim: PlatformSim, args: argparse.Namespace) -> int:
     bad = [r for r in sim.received if r.src_ebrid == gateway and r.signature_ok is False]
     checked = [r for r in sim.received if r.src_ebrid == gateway and r.signature_ok]
     summary.append(f"签名 signatures from the gateway: {len(checked)} verified, {len(bad)} failed")
-    print("== 演示结果 demo summary ==", flush=True)
+    _say("== 演示结果 demo summary ==")
     for line in summary:
-        print("  " + line, flush=True)
+        _say("  " + line)
     return 0 if code == 3 and omd_ok and not bad else 1
 
 
@@ -948,7 +958,7 @@ def _wait_final_state(sim: PlatformSim, sent: Sent, args: argparse.Namespace) ->
         code = _state_code(latest)
         if code is not None and code != shown:
             zh, en = BRD_STATES.get(code, ("?", "?"))
-            print(f"  BrdStateCode {code} {zh} {en}", flush=True)
+            _say(f"  BrdStateCode {code} {zh} {en}")
             shown = code
         if code in FINAL_BRD_STATES:
             return latest
@@ -959,7 +969,7 @@ def _wait_final_state(sim: PlatformSim, sent: Sent, args: argparse.Namespace) ->
         try:
             sim.request_state(ebmid)
         except httpx.HTTPError as exc:
-            print(f"  state request failed: {exc}", flush=True)
+            _say(f"  state request failed: {exc}")
         with contextlib.suppress(TimeoutError):
             sim.wait_for(_fresh_state(ebmid, asked), min(args.poll, remaining))
         time.sleep(max(0.0, min(args.poll - (time.time() - asked), deadline - time.monotonic())))
@@ -1031,7 +1041,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.exit_after_demo:
         sim.stop()
         return status
-    print("serving on — Ctrl-C to stop (按 Ctrl-C 退出)", flush=True)
+    _say("serving on — Ctrl-C to stop (按 Ctrl-C 退出)")
     _serve_forever(sim)
     return status
 
