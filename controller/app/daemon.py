@@ -243,7 +243,8 @@ class Daemon:
         if cfg.national_platform is not None:
             try:
                 self.national = NationalPlatform(cfg, journal=self.store, engine=self.engine,
-                                                 registry=self.registry, bus=self.bus, state_dir=self.state_dir,
+                                                 registry=self.registry, bus=self.bus,
+                                                 state_dir=self.state_dir,
                                                  audio_dir=self.engine.audio_dir)
             except (OSError, ValueError) as exc:
                 raise StartupError(f"national_platform: {exc}") from None

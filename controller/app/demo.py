@@ -59,7 +59,8 @@ def with_demo_platform(cfg: Config) -> tuple[Config, list[str]]:
                 out.write(generate_keypair()[0] + "\n")
         pairs[who] = (private, SoftwareSm2Signer(private.read_text(), "x").public_key_hex)
     settings = NationalPlatformSettings(
-        listen=NationalListen(host="127.0.0.1", port=GATEWAY_NATIONAL_PORT, path="/ebd", allow=["127.0.0.1/32"]),
+        listen=NationalListen(host="127.0.0.1", port=GATEWAY_NATIONAL_PORT, path="/ebd",
+                              allow=["127.0.0.1/32"]),
         upper=UpperPlatform(ebrid=PLATFORM_EBRID, url=f"http://127.0.0.1:{PLATFORM_PORT}/ebd",
                             keys=[PlatformKey(cert_sn="PLATFORM-SIM-01", public_key=pairs["platform"][1])]),
         signing=NationalSigning(private_key_file=str(pairs["gateway"][0]), cert_sn="GW-DEMO-01"),
@@ -177,7 +178,8 @@ async def run_demo(cfg: Config, *, platform: bool = True) -> None:
             print("County platform stand-in (national interface, docs/national-platform.md): it will send "
                   "one broadcast to this township once our heartbeat reaches it.\n", flush=True)
             platform_sim = subprocess.Popen(platform_cmd, stdin=subprocess.DEVNULL,
-                                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+                                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                            start_new_session=True)
         await _status(daemon)
     finally:
         if platform_sim is not None:

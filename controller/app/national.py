@@ -38,7 +38,8 @@ def propose_codes(cfg: Config, type_code: str = "0314") -> str:
             parse_ebrid(dev.ebrid)
             lines.append(f"  # {dev.id}: ebrid is set ({dev.ebrid})")
             continue
-        subtype = SUBTYPE_TERMINAL if cfg.profiles[dev.profile].type == "modbus-terminal" else SUBTYPE_EQUIPMENT
+        terminal = cfg.profiles[dev.profile].type == "modbus-terminal"
+        subtype = SUBTYPE_TERMINAL if terminal else SUBTYPE_EQUIPMENT
 
         def make(seq: int, dev_area: str = dev.area_code, sub: int = subtype) -> str:
             return propose_ebrid(dev_area, type_code=type_code, type_seq=1 + (seq - 1) // 99, subtype=sub,

@@ -297,10 +297,11 @@ def resource_codes_valid(cfg: Config) -> list[str]:
             errors.append(f"{where}.ebrid: {exc}")
             continue
         if ebrid.area_code != area:
-            errors.append(f"{where}.ebrid: its area code {ebrid.area_code} is not the {where.split('[')[0]}'s "
-                          f"area_code {area}")
+            errors.append(f"{where}.ebrid: its area code {ebrid.area_code} is not the "
+                          f"{where.split('[')[0]}'s area_code {area}")
         if is_gateway and ebrid.level != 5:
-            errors.append(f"{where}.ebrid: level digit {ebrid.level} — a township broadcast system is level 5")
+            errors.append(f"{where}.ebrid: level digit {ebrid.level} — a township broadcast system "
+                          f"is level 5")
         if code in owners:
             errors.append(f"{where}.ebrid: {code} is already the code of {owners[code]}")
         owners.setdefault(code, where)
@@ -319,7 +320,7 @@ def resource_codes_valid(cfg: Config) -> list[str]:
 
 def national_files_readable(cfg: Config, base: Path) -> list[str]:
     """The signing key, the platform's keys and the TLS files named in ``national_platform`` load."""
-    from controller.uplink.national.signature import KeyFormatError, SoftwareSm2Signer, Sm2Verifier
+    from controller.uplink.national.signature import KeyFormatError, Sm2Verifier, SoftwareSm2Signer
 
     nat = cfg.national_platform
     if nat is None:

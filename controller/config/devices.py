@@ -71,6 +71,7 @@ class Device(Strict):
         default_factory=dict, description="Line impedance per zone measured at commissioning")
     ebrid: str | None = Field(default=None, pattern=r"^\d{23}$",
                               description="23-digit resource code (EBRID) on the national platform; "
-                                          "required with national_platform (`ebc platform codes` proposes one)")
+                                          "required with national_platform (`ebc platform codes` "
+                                          "proposes one)")
 
     _area = field_validator("area_code")(check_area_code)

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from controller.broadcast.model import FINAL_STATES, BroadcastState, SourceLevel
-from controller.broadcast.program import store_uploaded_audio
 from controller.broadcast.ports import BroadcastPort
+from controller.broadcast.program import store_uploaded_audio
 from controller.config import Config, NationalPlatformSettings
 from controller.core.actors import Actor, Role
 from controller.core.errors import Conflict, Invalid, NotFound, Unavailable
@@ -261,8 +261,8 @@ class NationalInbound:
             raise Rejected(5, f"broadcast {broadcast_id} of EBMID {ebmid[:40]} no longer exists") from None
         if not cancelled:
             state = self.broadcast_state(broadcast_id)
-            return 1, f"broadcast {broadcast_id} was already ending ({state.name.lower() if state else '?'})", \
-                broadcast_id
+            ending = state.name.lower() if state else "?"
+            return 1, f"broadcast {broadcast_id} was already ending ({ending})", broadcast_id
         return 1, f"broadcast {broadcast_id} cancelled", broadcast_id
 
     # -- records -----------------------------------------------------------------------------------

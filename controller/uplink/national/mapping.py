@@ -21,7 +21,13 @@ from controller.broadcast.model import (
 )
 from controller.broadcast.targets import area_covers
 from controller.config import Config, NationalPlatformSettings
-from controller.uplink.national.ebd import BroadcastReport, Ebm, TerminalBroadcast, TerminalInfo, TerminalState
+from controller.uplink.national.ebd import (
+    BroadcastReport,
+    Ebm,
+    TerminalBroadcast,
+    TerminalInfo,
+    TerminalState,
+)
 
 SOURCE_LEVEL_OF_EBRID_LEVEL = {1: SourceLevel.NATIONAL, 2: SourceLevel.PROVINCE, 3: SourceLevel.CITY,
                                4: SourceLevel.COUNTY, 5: SourceLevel.TOWNSHIP, 6: SourceLevel.VILLAGE}

@@ -43,7 +43,12 @@ from controller.uplink.national.package import (
     read_package,
     write_package,
 )
-from controller.uplink.national.signature import Signer, Sm2Verifier, build_signature_file, parse_signature_file
+from controller.uplink.national.signature import (
+    Signer,
+    Sm2Verifier,
+    build_signature_file,
+    parse_signature_file,
+)
 from controller.uplink.national.store import NationalStore
 from controller.uplink.outbox import Outbox, OutboxLimits
 

@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from controller.broadcast.model import BroadcastState
 from controller.broadcast.ports import BroadcastPort
-from controller.config import Config, NationalPlatformSettings
+from controller.config import Config
 from controller.core.events import BroadcastStateChanged, DeviceState, Event, EventBus
 from controller.devices.registry import DeviceRegistry
 from controller.storage.journal import Store
@@ -35,7 +35,7 @@ from controller.uplink.national.ebd import EbmStateRequest, OmdRequest
 from controller.uplink.national.inbound import NationalInbound
 from controller.uplink.national.mapping import broadcast_report, terminal_infos, terminal_states
 from controller.uplink.national.outbound import Envelope, NationalOutbound
-from controller.uplink.national.signature import SoftwareSm2Signer, Sm2Verifier
+from controller.uplink.national.signature import Sm2Verifier, SoftwareSm2Signer
 from controller.uplink.national.store import NationalStore
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ class NationalPlatform:
                           for key in settings.upper.keys}
         self.envelope = Envelope(cfg, settings, self.store, signer)
         self.outbound = NationalOutbound(cfg, settings, self.envelope, state_dir, self.verifiers, bus.publish)
-        self.inbound = NationalInbound(cfg, settings, journal=journal, store=self.store, engine=engine, bus=bus,
+        self.inbound = NationalInbound(cfg, settings, journal=journal, store=self.store, engine=engine,
+                                       bus=bus,
                                        audio_dir=audio_dir, verifiers=self.verifiers,
                                        respond=self.envelope.response, followup=self._followup,
                                        broadcast_state=self._broadcast_state)
@@ -108,7 +109,8 @@ class NationalPlatform:
         base = self.cfg.path.parent if self.cfg.path is not None else Path.cwd()
         tls: dict[str, Any] = {}
         if listen.tls_cert_file and listen.tls_key_file:
-            tls = {"ssl_certfile": str(base / listen.tls_cert_file), "ssl_keyfile": str(base / listen.tls_key_file)}
+            tls = {"ssl_certfile": str(base / listen.tls_cert_file),
+                   "ssl_keyfile": str(base / listen.tls_key_file)}
         app = Starlette(routes=[Route(listen.path, self._endpoint, methods=["POST"])])
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
                                 timeout_keep_alive=15, timeout_graceful_shutdown=5, **tls)
@@ -185,9 +187,9 @@ class NationalPlatform:
 
     def _ebrbs_info(self, now: datetime) -> Any:
         gw = self.cfg.gateway
-        return ebd.ebrbs_info(ebd.SystemInfo(ebrid=gw.ebrid or "", name=gw.name, longitude=gw.location.lon,
-                                             latitude=gw.location.lat, rpt_time=now,
-                                             parent_ebrid=self.settings.upper.ebrid, url=self.envelope.own_url))
+        return ebd.ebrbs_info(ebrid=gw.ebrid or "", name=gw.name, parent_ebrid=self.settings.upper.ebrid,
+                              rpt_time=now, longitude=gw.location.lon, latitude=gw.location.lat,
+                              url=self.envelope.own_url)
 
     def _ebrbs_state(self, now: datetime) -> Any:
         devices = list(self.registry.devices.values())
@@ -195,8 +197,8 @@ class NationalPlatform:
         offline = sum(1 for d in devices if d.online is False)
         code = 5 if any(d.state == 5 for d in devices) else 1
         desc = f"终端 {len(devices)} 台，故障 {faulty} 台，离线 {offline} 台"
-        return ebd.ebrbs_state([ebd.SystemState(ebrid=self.cfg.gateway.ebrid or "", state_code=code,
-                                                state_desc=desc, rpt_time=now)])
+        return ebd.ebrbs_state(ebrid=self.cfg.gateway.ebrid or "", state_code=code, state_desc=desc,
+                               rpt_time=now)
 
     def _on_event(self, event: Event) -> None:
         """Bus listener (synchronous, inside ``publish``): queue the report this change calls for."""
@@ -235,7 +237,8 @@ class NationalPlatform:
             record = self.journal.get_broadcast(broadcast_id)
             if record is not None:
                 report = broadcast_report(record, request.ebmid, self.cfg, rpt_time=now)
-                self.outbound.enqueue("EBMStateResponse", ebd.ebm_state_response(report), related=request_ebdid)
+                self.outbound.enqueue("EBMStateResponse", ebd.ebm_state_response(report),
+                                      related=request_ebdid)
             return
         kind = request.omd_type
         if kind == "EBRDTInfo":

@@ -1,0 +1,209 @@
+"""The national platform interface end to end: ``ebc run`` (a subprocess) on the simulator, and the
+county platform stand-in (simulator/platform_sim.py, written from NATIONAL-PLATFORM.md alone and
+sharing no code with the gateway) on the other side of real HTTP.
+
+What a villager would notice is checked where the simulator sees it (audible spans per terminal);
+what the county sees is checked in the EBDs the stand-in received and verified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from alertkit import LIUQIAO, OTHER_COUNTY, QIANLI
+from nationalkit import GATEWAY_EBRID, NationalTownship, national_township, platform_for
+from simkit import Daemon, SimProcess, make_token, running_simulator, wait_until
+
+from controller.uplink.national.package import multipart_body
+from simulator.platform_sim import PlatformSim, Received
+
+FINAL = ("succeeded", "failed", "cancelled")
+LONG_TEXT = "这是县应急广播平台下发的一条较长的测试广播，用来检验取消指令能否立即让所有喇叭停下来。" * 3
+
+
+@contextlib.contextmanager
+def running(town: NationalTownship, tmp_path: Path) -> Iterator[tuple[Daemon, SimProcess, httpx2.Client]]:
+    token = make_token(town.sim.path, "viewer-1", "viewer")
+    with running_simulator(town.sim) as sim:
+        daemon = Daemon(town.sim.path, town.api_port, tmp_path / "daemon.log", verbose=True).start()
+        api = httpx2.Client(base_url=f"http://127.0.0.1:{town.api_port}/api/v1",
+                            headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        try:
+            yield daemon, sim, api
+        finally:
+            api.close()
+            assert daemon.stop() == 0, daemon.log()
+
+
+def spans(sim: SimProcess, device: str) -> list[dict[str, Any]]:
+    return list(sim.call("audible", device=device)["spans"])
+
+
+def final_state(platform: PlatformSim, ebmid: str) -> Received:
+    """The first unsolicited EBMStateResponse with a final BrdStateCode for ``ebmid``."""
+    return platform.wait_for(lambda r: r.ebd_type == "EBMStateResponse" and r.text("EBMStateResponse/EBM/EBMID")
+                             == ebmid and r.text("EBMStateResponse/BrdStateCode") in ("3", "4", "5"),
+                             timeout=120)
+
+
+def broadcasts(api: httpx2.Client) -> list[dict[str, Any]]:
+    return list(api.get("/broadcasts").json())
+
+
+@pytest.fixture
+def town(tmp_path: Path) -> NationalTownship:
+    return national_township(tmp_path)
+
+
+def test_county_plays_queries_and_cancels_over_the_national_interface(town: NationalTownship, tmp_path: Path):
+    with platform_for(town) as platform, running(town, tmp_path) as (daemon, sim, api):
+        # At start: heartbeats, the inventory and the system itself, all signed by the gateway.
+        beat = platform.wait_for(lambda r: r.ebd_type == "ConnectionCheck", timeout=30)
+        assert beat.src_ebrid == GATEWAY_EBRID and beat.signature_ok is True
+        info = platform.wait_for(lambda r: r.ebd_type == "EBRDTInfo", timeout=30)
+        assert sorted(e.text for e in info.all("EBRDTInfo/EBRDT/EBRID")) == sorted(town.ebrids.values())
+        assert info.signature_ok is True
+
+        # Play: exactly the terminals of the EBM's area code (刘桥村: rtu1, rtu2) are heard.
+        sent = platform.play(area_codes=[LIUQIAO], text="濉溪县应急广播平台测试：刘桥村请注意。", severity=3)
+        assert sent.result_code == 1, sent.result_desc
+        assert sent.response_signature_ok is True
+        done = final_state(platform, sent.ebmid or "")
+        assert done.text("EBMStateResponse/BrdStateCode") == "3", done.xml.decode()
+        assert done.text("EBMStateResponse/Coverage/CoverageRate") == "1.00"
+        assert done.signature_ok is True
+        for device in ("rtu1", "rtu2"):
+            assert spans(sim, device), f"{device} in 刘桥村 was not heard"
+        for device in ("rtu3", "tcp1"):
+            assert not spans(sim, device), f"{device} is outside the EBM's area but played"
+        terminal_rows = {e.findtext("EBRID"): e.findtext("BrdStateCode")
+                         for e in done.all("EBMStateResponse/ResBrdInfo/ResBrdItem/EBRDT")}
+        assert terminal_rows == {town.ebrids["rtu1"]: "3", town.ebrids["rtu2"]: "3"}
+        record = next(b for b in broadcasts(api) if b["actor"]["via"] == "national")
+        assert record["state"] == "succeeded" and record["actor"]["name"] == f"platform:{platform.ebrid}"
+
+        # The same EBMID sent again (a new EBDID) is answered and not replayed.
+        again = platform.play(area_codes=[LIUQIAO], text="重复", ebmid=sent.ebmid)
+        assert again.result_code == 1 and "not played again" in again.result_desc
+        assert sum(1 for b in broadcasts(api) if b["actor"]["via"] == "national") == 1
+
+        # State request: answered, then the EBMStateResponse follows with RelatedEBD = the request.
+        state = platform.request_state_and_wait(sent.ebmid or "", timeout=30)
+        assert state.text("EBMStateResponse/BrdStateCode") == "3"
+
+        # OMD requests: the inventory, the live states and the broadcast log.
+        states = platform.omd_and_wait("EBRDTState", timeout=30)
+        codes = {e.findtext("EBRID"): e.findtext("StateCode") for e in states.all("EBRDTState/EBRDT")}
+        assert set(codes) == set(town.ebrids.values()) and set(codes.values()) <= {"1", "4", "5"}, codes
+        infos = platform.omd_and_wait("EBRDTInfo", timeout=30)
+        assert len(infos.all("EBRDTInfo/EBRDT")) == len(town.ebrids)
+        brd_log = platform.omd_and_wait("EBMBrdLog", timeout=30)
+        assert sent.ebmid in [e.text for e in brd_log.all("EBMBrdLog/EBMBrdItem/EBM/EBMID")]
+        system = platform.omd_and_wait("EBRBSState", timeout=30)
+        assert system.text("EBRBSState/EBRBS/EBRID") == GATEWAY_EBRID
+
+        # Cancel while on air: the horns fall silent and the platform hears BrdStateCode 5.
+        long = platform.play(area_codes=[QIANLI], text=LONG_TEXT, severity=2)
+        assert long.result_code == 1, long.result_desc
+        wait_until("rtu3 on air", lambda: sim.call("audible", device="rtu3")["audible_now"], guard_s=60)
+        cancelled = platform.cancel(long.ebmid or "")
+        assert cancelled.result_code == 1, cancelled.result_desc
+        end = final_state(platform, long.ebmid or "")
+        assert end.text("EBMStateResponse/BrdStateCode") == "5"
+        assert not sim.call("audible", device="rtu3")["audible_now"]
+
+        # Every decision is in the audit trail the console shows.
+        audit = api.get("/audit", params={"limit": 200})
+        if audit.status_code == 200:
+            actions = [a["action"] for a in audit.json()["items"]]
+            assert "national.EBM" in actions and "national.OMDRequest" in actions
+        assert "Traceback" not in daemon.log()
+
+
+def test_refusals_play_nothing_and_write_nothing(town: NationalTownship, tmp_path: Path):
+    with platform_for(town) as platform, running(town, tmp_path) as (daemon, sim, api):
+        platform.wait_for(lambda r: r.ebd_type == "ConnectionCheck", timeout=30)
+        state_files = sorted(p.name for p in (tmp_path / "state").iterdir())
+
+        # A bad signature: ResultCode 4, nothing plays.
+        ebdid, package = platform.build_package("EBM", _ebm_body(platform, LIUQIAO), tamper=True)
+        refused = platform.send_raw(package, ebdid=ebdid)
+        assert refused.result_code == 4, refused.result_desc
+        # Not for us: an area outside the township.
+        outside = platform.play(area_codes=[OTHER_COUNTY], text="不是本镇的区域")
+        assert outside.result_code == 5 and "AreaCode" in outside.result_desc
+
+        # Malformed packages: garbage, path traversal, a link, a tar bomb, an oversized member.
+        for data, code in ((b"not a tar at all" * 10, 2), (_tar({"../EBDB_1.xml": b"<EBD/>"}), 5),
+                           (_tar({}, link="EBDB_1.xml"), 5), (_tar({f"f{i}": b"x" for i in range(40)}), 5),
+                           (_tar({"EBDB_1.xml": b"<EBD>" + b" " * (2 * 1024 * 1024) + b"</EBD>"}), 5),
+                           (_tar({"EBDB_12.xml": b"<!DOCTYPE x [<!ENTITY a 'b'>]><EBD>&a;</EBD>"}), 2)):
+            answer = platform.send_raw(data)
+            assert answer.result_code == code, (answer.result_desc, data[:80])
+        # An upload from an address outside the allow-list would get 403; a body over the limit 413.
+        content_type, body = multipart_body("EBDT_1.tar", b"x")
+        too_big = httpx2.post(town.gateway_url, content=body, headers={
+            "Content-Type": content_type, "Content-Length": str(10**12)}, timeout=30)
+        assert too_big.status_code == 413
+
+        assert not [b for b in broadcasts(api) if b["actor"]["via"] == "national"]
+        assert not any(s["audible_now"] for s in (sim.call("audible", device=d) for d in town.ebrids))
+        assert sorted(p.name for p in (tmp_path / "state").iterdir()) == state_files
+        assert api.get("/gateway").status_code == 200  # alive
+        assert "Traceback" not in daemon.log()
+
+
+def test_reports_survive_a_county_link_outage_in_order(town: NationalTownship, tmp_path: Path):
+    with platform_for(town) as platform, running(town, tmp_path) as (daemon, sim, api):
+        platform.wait_for(lambda r: r.ebd_type == "EBRDTInfo", timeout=30)
+        platform.set_down(True)
+        time.sleep(1.5)
+        before = len(platform.received)
+        # While the link is down: a terminal dies and comes back, and a broadcast plays.
+        sim.fault("dead", device="tcp1")
+        wait_until("tcp1 offline", lambda: not api.get("/devices/tcp1").json()["online"], guard_s=60)
+        sim.call("clear", device="tcp1")
+        wait_until("tcp1 back", lambda: api.get("/devices/tcp1").json()["online"], guard_s=60)
+        assert len(platform.received) == before  # nothing got through
+        platform.set_down(False)
+        terminal = platform.wait_for(lambda r: r.ebd_type == "EBRDTState" and
+                                     r.text("EBRDTState/EBRDT/EBRID") == town.ebrids["tcp1"] and
+                                     r.text("EBRDTState/EBRDT/StateCode") in ("1", "4"), timeout=60)
+        reports = [r for r in platform.received if r.ebd_type != "ConnectionCheck"]
+        counters = [int(r.ebdid[-8:]) for r in reports]
+        assert counters == sorted(counters), "reports arrived out of order"
+        tcp1 = [r.text("EBRDTState/EBRDT/StateCode") for r in reports if r.ebd_type == "EBRDTState"
+                and r.text("EBRDTState/EBRDT/EBRID") == town.ebrids["tcp1"]]
+        assert tcp1[0] in ("2", "3") and terminal.text("EBRDTState/EBRDT/StateCode") in ("1", "4")
+        gateway = api.get("/gateway").json()["national_platform"]
+        assert gateway["up"] is True and gateway["outbox_depth"] == 0 and gateway["failures"] >= 1
+
+
+def _ebm_body(platform: PlatformSim, area: str) -> dict[str, Any]:
+    return {"EBMVersion": "1", "EBMID": platform.next_ebmid(),
+            "MsgBasicInfo": {"MsgType": "1", "SenderName": "县平台", "SenderCode": platform.ebrid,
+                             "EventType": "11B03000", "Severity": "3"},
+            "MsgContent": {"LanguageCode": "zho", "MsgTitle": "测试", "MsgDesc": "签名被篡改的消息",
+                           "AreaCode": area}}
+
+
+def _tar(members: dict[str, bytes], *, link: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if link is not None:
+            info = tarfile.TarInfo(link)
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(info)
+    return buf.getvalue()
