@@ -495,9 +495,44 @@ def test_uploaded_recording_can_be_broadcast(client: TestClient, services: ApiSe
 
 def test_upload_refuses_what_cannot_play(client: TestClient, tokens: dict[str, str]):
     r = client.post("/api/v1/audio", content=b"<script>not audio</script>", headers=auth(tokens["operator"]))
-    assert "not a WAV file" in assert_error(r, 422, "body")["error"]
+    assert "not a WAV or MP3 file" in assert_error(r, 422, "body")["error"]
     r = client.post("/api/v1/audio", content=_wav(1.0), headers=auth(tokens["viewer"]))
     assert_error(r, 403)
+
+
+def _mp3(seconds: float, rate: int = 16000) -> bytes:
+    """A real MP3 file (soundfile's libsndfile + LAME): a 440 Hz tone."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    samples = 0.25 * np.sin(2 * np.pi * 440 * np.arange(round(seconds * rate)) / rate)
+    sf.write(buf, samples, rate, format="MP3")
+    return buf.getvalue()
+
+
+def test_an_mp3_recording_is_accepted_and_can_be_broadcast(client: TestClient, services: ApiServices,
+                                                           tokens: dict[str, str]):
+    operator = auth(tokens["operator"])
+    clip = _mp3(12.0)
+    r = client.post("/api/v1/audio", content=clip, headers={**operator, "Content-Type": "audio/mpeg"})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["format"] == "mp3" and body["sample_rate"] == 16000 and body["channels"] == 1
+    assert abs(body["duration_s"] - 12.0) < 0.05 and body["bytes"] == len(clip)
+    assert (services.engine.audio_dir / f"{body['audio_id']}.mp3").is_file()
+    assert services.store.list_audit()[0]["details"]["format"] == "mp3"
+    wav = client.post("/api/v1/audio", content=_wav(1.0), headers={**operator, "Content-Type": "audio/mpeg"})
+    assert wav.json()["format"] == "wav", "the content decides, not the Content-Type"
+    r = client.post("/api/v1/broadcasts", json={"class": "daily", "targets": {"all": True},
+                                                "audio_id": body["audio_id"]}, headers=operator)
+    assert r.status_code == 202, r.text
+    r = client.post("/api/v1/audio", content=clip[:len(clip) // 2], headers=operator)  # cut mid-upload
+    assert "truncated MP3" in assert_error(r, 422, "body")["error"]
+    r = client.post("/api/v1/audio", content=b"ID3" + bytes(4000), headers=operator)
+    assert "MP3 file could not be read" in assert_error(r, 422, "body")["error"]
 
 
 def _claim_seconds(clip: bytes, seconds: float, rate: int = 16000) -> bytes:

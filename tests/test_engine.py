@@ -8,11 +8,16 @@ printed by bench/trigger_to_air.py, never asserted here.
 from __future__ import annotations
 
 import asyncio
+import io
+import math
 import time
+import wave
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 from enginekit import (  # noqa: F401  (sim, speech, gw: fixtures)
     OPERATOR,
     Gateway,
@@ -29,7 +34,8 @@ from enginekit import (  # noqa: F401  (sim, speech, gw: fixtures)
 )
 
 from controller.broadcast.engine import BroadcastEngine
-from controller.broadcast.model import BroadcastState, TerminalOutcome
+from controller.broadcast.model import BroadcastRequest, BroadcastState, TerminalOutcome
+from controller.broadcast.program import store_uploaded_audio
 from controller.broadcast.release import Releaser
 from controller.broadcast.scheduler import Scheduler, validate_cron
 from controller.core.events import BroadcastOutcome, BroadcastStateChanged
@@ -70,6 +76,48 @@ async def test_targeted_terminals_play_for_the_program_duration_and_others_stay_
     assert {"waiting", "playing", "succeeded"} <= set(states) and "succeeded" in verdicts
     audit = [a["action"] for a in gw.store.list_audit() if a["target"] == bid]
     assert "broadcast.submit" in audit and "broadcast.state" in audit
+
+
+def _recording(fmt: str, seconds: float, rate: int = 22050) -> bytes:
+    """A 440 Hz recording as an officer (WAV) or the national platform (MP3) would upload it."""
+    samples = 0.4 * np.sin(2 * math.pi * 440 * np.arange(round(seconds * rate)) / rate)
+    buf = io.BytesIO()
+    if fmt == "mp3":
+        sf.write(buf, samples, rate, format="MP3")
+    else:
+        with wave.open(buf, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(rate)
+            w.writeframes((samples * 32767).astype("<i2").tobytes())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["wav", "mp3"])
+async def test_an_uploaded_recording_plays_on_the_line_for_its_length(gw: Gateway, fmt: str) -> None:
+    clip = store_uploaded_audio(_recording(fmt, 3.0), gw.engine.audio_dir)
+    assert clip.format == fmt
+    t0 = time.time()
+    body = {"class": "daily", "targets": {"devices": ["rtu1", "tcp1"]}, "audio_id": clip.audio_id,
+            "tone": "chime", "title": "Recording"}
+    bid = await gw.engine.submit(BroadcastRequest.model_validate(body), OPERATOR)
+    record = await wait_state(gw.store, bid)
+    assert record["state"] is BroadcastState.SUCCEEDED, record["reason"]
+    assert outcomes(record) == {"rtu1": TerminalOutcome.SUCCEEDED, "tcp1": TerminalOutcome.SUCCEEDED}
+    evidence = gw.engine.evidence_dir / f"{bid}.wav"
+    with wave.open(str(evidence), "rb") as wav:
+        program_s = wav.getnframes() / wav.getframerate()
+    assert program_s == pytest.approx(1.5 + 0.5 + clip.duration_s, abs=0.05)  # chime, pause, the clip
+    played = sound_extent_s(evidence)  # chime to the clip's last sound, the silent pause inside
+    assert program_s - 0.1 <= played <= program_s
+    for dev in ("rtu1", "tcp1"):
+        heard = spans(gw.sim, dev, t0)
+        assert heard, f"{dev} was never audible"
+        extent = heard[-1]["end"] - heard[0]["start"]
+        assert played - SPAN_SLACK_S <= extent <= played + SPAN_SLACK_S, (dev, extent, played)
+    if fmt == "mp3":
+        rate = gw.cfg.audio_output.sample_rate
+        assert (gw.engine.audio_dir / "decoded" / f"{clip.audio_id}-{rate}.wav").is_file()
 
 
 async def test_emergency_forces_override_and_full_volume_then_restores_the_prior_state(gw: Gateway) -> None:

@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import array
 import asyncio
+import io
 import math
+import time
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_tones import goertzel_power
 
 from controller.broadcast.model import BroadcastRequest, Tone
 from controller.broadcast.program import (
+    MAX_UPLOAD_SECONDS,
     Program,
     build_program,
+    clip_output_samples,
+    decoded_mp3,
     store_uploaded_audio,
     uploaded_audio,
     wav_output_samples,
@@ -48,6 +55,16 @@ def write_wav(path: Path, *, rate: int = 22050, seconds: float = 1.0, hz: float 
         wav.setframerate(rate)
         wav.writeframes(bytes(frames))
     return path
+
+
+def mp3_bytes(*, rate: int = 16000, seconds: float = 1.0, hz: float = 1000.0, channels: int = 1,
+              level: float = 0.5) -> bytes:
+    """A sine encoded as MP3 by soundfile (libsndfile + LAME), as the national platform sends them."""
+    t = np.arange(round(rate * seconds)) / rate
+    mono = (level * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, np.stack([mono] * channels, axis=1), rate, format="MP3")
+    return buf.getvalue()
 
 
 async def collect(program: Program) -> list[bytes]:
@@ -229,3 +246,125 @@ def test_an_upload_is_refused_or_holds_what_it_claims(tmp_path_factory: pytest.T
         held = len(wav.readframes(wav.getnframes())) // (wav.getnchannels() * wav.getsampwidth())
     assert clip.duration_s == round(held / clip.sample_rate, 3)
 
+
+
+# -- MP3 recordings ------------------------------------------------------------------------------------------
+
+
+def _id3(data: bytes) -> bytes:
+    """``data`` behind an ID3v2.4 tag (a title frame), as many MP3 files begin."""
+    frame = b"TIT2" + (6).to_bytes(4, "big") + b"\x00\x00" + b"\x03Alert"
+    size = len(frame)
+    syncsafe = bytes([(size >> 21) & 0x7F, (size >> 14) & 0x7F, (size >> 7) & 0x7F, size & 0x7F])
+    return b"ID3\x04\x00\x00" + syncsafe + frame + data
+
+
+def test_an_mp3_upload_is_told_by_its_content_and_checked_without_decoding(tmp_path: Path):
+    data = mp3_bytes(rate=22050, seconds=2.0, channels=2)
+    clip = store_uploaded_audio(data, tmp_path)
+    assert (clip.format, clip.sample_rate, clip.channels, clip.bytes) == ("mp3", 22050, 2, len(data))
+    assert clip.duration_s == pytest.approx(2.0, abs=0.05)
+    stored = tmp_path / f"{clip.audio_id}.mp3"
+    assert stored.read_bytes() == data and uploaded_audio(clip.audio_id, tmp_path) == stored
+    assert store_uploaded_audio(data, tmp_path).audio_id == clip.audio_id  # same bytes, same id
+    tagged = store_uploaded_audio(_id3(data), tmp_path)  # an ID3 tag first: still an MP3
+    assert tagged.format == "mp3" and tagged.duration_s == clip.duration_s
+    wav = write_wav(tmp_path / "named.mp3", rate=8000, seconds=0.5)  # the name says nothing
+    as_wav = store_uploaded_audio(wav.read_bytes(), tmp_path / "w")
+    assert as_wav.format == "wav" and (tmp_path / "w" / f"{as_wav.audio_id}.wav").is_file()
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda d: d[:len(d) // 2], "truncated MP3: its header announces 4.0"),  # cut mid-upload
+    (lambda d: d[:-600], "truncated MP3"),
+    (lambda d: d[:300], "MP3 file could not be read"),
+    (lambda d: b"ID3" + bytes(2000), "MP3 file could not be read"),
+    (lambda d: b"\xff\xfb" + bytes(range(256)) * 8, "MP3 file could not be read"),
+    (lambda d: b"<script>not audio</script>", "not a WAV or MP3 file"),
+    (lambda d: b"OggS" + d, "not a WAV or MP3 file"),
+])
+def test_a_damaged_or_foreign_mp3_is_refused_with_a_clear_error(tmp_path: Path, damage, message: str):
+    data = damage(mp3_bytes(rate=8000, seconds=4.0))
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        store_uploaded_audio(data, tmp_path)
+    assert not list(tmp_path.glob("clip-*")), "nothing refused is stored"
+
+
+def test_an_mp3_over_the_length_limit_is_refused(tmp_path: Path):
+    data = mp3_bytes(rate=8000, seconds=MAX_UPLOAD_SECONDS + 1, level=0.0)
+    with pytest.raises(ValueError, match=r"recording is 601\.\d s long; 0-600 s accepted"):
+        store_uploaded_audio(data, tmp_path)
+
+
+@pytest.mark.parametrize(("rate", "channels"), [(8000, 1), (16000, 1), (22050, 2), (44100, 2), (48000, 1)])
+def test_an_mp3_is_decoded_to_the_output_rate_at_its_header_length(tmp_path: Path, rate: int, channels: int):
+    clip = store_uploaded_audio(mp3_bytes(rate=rate, seconds=0.8, channels=channels), tmp_path)
+    path = uploaded_audio(clip.audio_id, tmp_path)
+    wav = decoded_mp3(path, RATE)
+    assert wav == tmp_path / "decoded" / f"{clip.audio_id}-{RATE}.wav"
+    assert not list(wav.parent.glob("*.tmp")), "written under a temporary name, then renamed"
+    pcm = array.array("h", b"".join(wav_pcm(wav, RATE, CHUNK)))
+    assert len(pcm) == clip_output_samples(path, RATE) == round(clip.duration_s * RATE)
+    block = pcm[1600:9600]
+    assert goertzel_power(block, 1000, RATE) > 100 * goertzel_power(block, 1500, RATE)
+    rms = math.sqrt(sum(s * s for s in block) / len(block))
+    assert rms == pytest.approx(0.5 * 32767 / math.sqrt(2), rel=0.1)  # stereo averaged, not summed
+    mtime = wav.stat().st_mtime_ns
+    assert decoded_mp3(path, RATE) == wav and wav.stat().st_mtime_ns == mtime  # decoded once, then cached
+
+
+async def test_a_long_mp3_is_decoded_off_the_event_loop_while_the_tone_plays(tmp_path: Path):
+    """A 5-minute MP3: the program's length is known before decoding, the tone's first chunk comes
+    before the decoded WAV exists, the event loop keeps turning while it is decoded, and the words
+    follow the pause without any wait."""
+    clip = store_uploaded_audio(mp3_bytes(rate=8000, seconds=300.0, hz=440), tmp_path)
+    request = BroadcastRequest.model_validate({"class": "daily", "targets": {"all": True},
+                                               "audio_id": clip.audio_id})
+    program = build_program(request, SpeechService(tmp_path / "cache"), RATE, audio_dir=tmp_path)
+    decoded = tmp_path / "decoded" / f"{clip.audio_id}-{RATE}.wav"
+    assert program.duration_s == pytest.approx(1.5 + 0.5 + clip.duration_s, abs=1e-3)  # from the header
+    assert [s.kind for s in program.layout] == ["tone", "pause", "speech"]
+    chunks = program.chunks()
+    first = await anext(chunks)
+    assert has_sound(first) and not decoded.exists()
+    turns, started = 0, time.monotonic()
+    while not decoded.exists():  # the decode runs in a worker thread: the loop keeps turning
+        await asyncio.sleep(0.005)
+        turns += 1
+        assert time.monotonic() - started < 30, "decode never finished"
+    assert turns >= 3, f"the event loop turned only {turns} times while a 5-minute MP3 was decoded"
+    received = [first] + [c async for c in chunks]
+    pcm = b"".join(received)
+    assert len(pcm) / 2 / RATE == pytest.approx(program.duration_s)
+    assert program.waited_s == 0 and [s.kind for s in program.layout] == ["tone", "pause", "speech"]
+    speech = program.layout[-1]
+    for at in (speech.start_s + 0.1, speech.start_s + 150, speech.end_s - 0.2):  # audible throughout
+        i = 2 * round(at * RATE)
+        assert has_sound(pcm[i:i + 2 * CHUNK]), at
+    assert program.repetitions() == [(0.0, pytest.approx(program.duration_s))]
+
+
+@settings(max_examples=150, deadline=None)
+@given(cut=st.integers(min_value=0, max_value=3000), flips=st.lists(
+    st.tuples(st.integers(min_value=0, max_value=799), st.integers(min_value=0, max_value=255)), max_size=4))
+def test_an_mp3_upload_is_refused_or_plays_what_it_claims(tmp_path_factory: pytest.TempPathFactory, cut: int,
+                                                         flips: list[tuple[int, int]]):
+    """Any damage to an MP3 (cut short, header or frame bytes changed) is a clear ValueError, never
+    a crash, and a clip that is accepted decodes to exactly the duration it reports."""
+    data = bytearray(_MP3)
+    for at, value in flips:
+        data[at] = value
+    data = data[:len(data) - cut]
+    audio_dir = tmp_path_factory.mktemp("audio")
+    try:
+        clip = store_uploaded_audio(bytes(data), audio_dir)
+    except ValueError:
+        return
+    path = uploaded_audio(clip.audio_id, audio_dir)
+    expected = clip_output_samples(path, RATE)
+    assert expected == pytest.approx(clip.duration_s * RATE, abs=RATE * 0.0005 + 1)  # duration_s: 1 ms
+    with wave.open(str(decoded_mp3(path, RATE) if clip.format == "mp3" else path), "rb") as wav:
+        assert (wav.getnframes() if clip.format == "mp3" else wav_output_samples(path, RATE)) == expected
+
+
+_MP3 = mp3_bytes(rate=8000, seconds=0.5)

@@ -47,6 +47,8 @@ def errors(*codes: int, **meanings: str) -> dict[int | str, dict[str, Any]]:
 
 WAV_CONTENT = {"audio/wav": {"schema": {"type": "string", "format": "binary"}}}
 """A PCM WAV file as a request or response body."""
+RECORDING_CONTENT = {**WAV_CONTENT, "audio/mpeg": {"schema": {"type": "string", "format": "binary"}}}
+"""An uploaded recording: PCM WAV or MP3 (told apart by content, whatever the Content-Type says)."""
 
 AUTH_ERRORS = (401, 403)
 """Every endpoint behind a token can answer these."""
@@ -76,6 +78,7 @@ class AudioClipOut(_Out):
     sample_rate: int
     channels: int
     bytes: int
+    format: Literal["wav", "mp3"] = Field(description="From the content: wav, or mp3 (decoded when played)")
 
 
 class TokenOut(BaseModel):

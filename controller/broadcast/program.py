@@ -6,7 +6,9 @@ happens, so the tone starts with the very first chunk while speech is synthesise
 only if the speech is still not ready when the tone (and the short pause after it) has played is
 silence inserted, and that wait is counted. Speech arrives as a 22050 Hz WAV and uploaded audio as
 any PCM WAV; both are resampled to the output rate on the fly (linear interpolation: plenty for
-horn loudspeakers, which stop well below the 8 kHz Nyquist limit of 16 kHz output).
+horn loudspeakers, which stop well below the 8 kHz Nyquist limit of 16 kHz output). An uploaded
+MP3 is decoded (soundfile, in a worker thread) into a cached WAV at the output rate as part of the
+voice preparation, so it too is made ready while the tone plays.
 
 ``layout`` lists the segments (tone 0–1.5 s, pause, speech 2.0–6.7 s, gap, …) and ``duration_s``
 the total as soon as the speech length is known, so the engine and the tests can set what was
@@ -19,14 +21,20 @@ import array
 import asyncio
 import hashlib
 import io
+import math
+import os
 import re
 import struct
 import sys
+import tempfile
 import wave
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import soundfile as sf
 
 from controller.broadcast.model import AUDIO_ID as AUDIO_ID_PATTERN
 from controller.broadcast.model import BroadcastRequest, Tone
@@ -44,7 +52,13 @@ AUDIO_ID = re.compile(AUDIO_ID_PATTERN)
 
 SegmentKind = Literal["tone", "pause", "wait", "speech", "gap"]
 VoiceSource = Path | Callable[[], Awaitable[Path]] | None
-"""A WAV file at hand (uploaded audio), a coroutine function that makes one (speech), or nothing."""
+"""A stored clip (uploaded audio: ``.wav``, or ``.mp3`` decoded while the tone plays), a coroutine
+function that makes a WAV (speech), or nothing."""
+ClipFormat = Literal["wav", "mp3"]
+DECODED_DIR = "decoded"
+"""Under the audio directory: MP3 clips decoded to PCM WAV, ``<clip>-<rate>.wav``."""
+DECODE_BLOCK_S = 5
+"""Decode an MP3 this many seconds at a time (memory stays small for a 10-minute clip)."""
 
 
 @dataclass(frozen=True)
@@ -79,8 +93,8 @@ class Program:
         self._pause_n = round(pause_s * sample_rate) if voice is not None and self._tone_n else 0
         self._wait_n = 0
         self._voice_n: int | None = None if voice is not None else 0
-        if isinstance(voice, Path):
-            self._voice_n = wav_output_samples(voice, sample_rate)
+        if isinstance(voice, Path):  # an MP3's length comes from its header: known before decoding
+            self._voice_n = clip_output_samples(voice, sample_rate)
         self._started = False
 
     # -- what the program looks like --------------------------------------------------------------
@@ -193,7 +207,12 @@ class Program:
             return None
 
         async def prepare() -> Path:
-            path = voice if isinstance(voice, Path) else await voice()
+            if isinstance(voice, Path):
+                path = voice
+                if voice.suffix == ".mp3":  # decoding takes a while: off the event loop
+                    path = await asyncio.to_thread(decoded_mp3, voice, self.sample_rate)
+            else:
+                path = await voice()
             self._voice_n = wav_output_samples(path, self.sample_rate)
             return path
 
@@ -292,6 +311,82 @@ def _resample(blocks: Iterator[array.array[int]], n_in: int, in_rate: int,
         yield array.array("h", [src[-1]] * (n_out - k))
 
 
+# -- MP3 input ----------------------------------------------------------------------------------------
+
+
+def clip_output_samples(path: Path, out_rate: int) -> int:
+    """How many samples a stored clip plays at ``out_rate``; an MP3's from its header, without
+    decoding it (the decoded WAV is made to hold exactly this many)."""
+    if path.suffix != ".mp3":
+        return wav_output_samples(path, out_rate)
+    info = sf.info(str(path))
+    return round(info.frames * out_rate / info.samplerate)
+
+
+def decoded_mp3(path: Path, out_rate: int) -> Path:
+    """An MP3 clip as s16le mono PCM WAV at ``out_rate``, decoded once and cached under
+    ``decoded/`` next to it. Blocking (about half a second for 10 MB, 250 s of 44.1 kHz stereo):
+    run it in a worker thread. Written to a temporary name and renamed, so a reader never sees
+    half a file."""
+    out = path.parent / DECODED_DIR / f"{path.stem}-{out_rate}.wav"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}-", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as raw, sf.SoundFile(str(path)) as mp3, wave.open(raw, "wb") as wav:
+            wav.setnchannels(1)
+            wav.setsampwidth(2)
+            wav.setframerate(out_rate)
+            blocks = (b.mean(axis=1) for b in mp3.blocks(DECODE_BLOCK_S * mp3.samplerate, dtype="float32",
+                                                         always_2d=True))
+            for block in _resample_float(blocks, mp3.frames, mp3.samplerate, out_rate):
+                wav.writeframes(np.clip(np.rint(block * 32767), -32768, 32767).astype("<i2").tobytes())
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _resample_float(blocks: Iterator[np.ndarray], n_in: int, in_rate: int,
+                    out_rate: int) -> Iterator[np.ndarray]:
+    """:func:`_resample`'s linear interpolation on numpy blocks (the pure-Python one would take
+    seconds for a long clip); yields exactly ``round(n_in * out_rate / in_rate)`` samples, the MP3
+    header's count, padding with silence should the decoder give fewer."""
+    n_out = round(n_in * out_rate / in_rate)
+    step = in_rate / out_rate
+    src = np.zeros(0, dtype=np.float32)
+    base = 0  # source index of src[0]
+    k = 0
+    for block in blocks:
+        src = np.concatenate((src, block))
+        end = base + len(src)
+        k_end = min(n_out, math.ceil((end - 1) / step))  # every sample whose two neighbours are here
+        if k_end > k:
+            pos = np.arange(k, k_end) * step
+            i = pos.astype(np.int64)
+            j = i - base
+            a, b = src[j], src[np.minimum(j + 1, len(src) - 1)]
+            yield a + (b - a) * (pos - i)
+            k = k_end
+        drop = max(0, min(int(k * step) - base, len(src) - 1))
+        src = src[drop:]
+        base += drop
+    if k < n_out:  # the last samples: hold the final decoded one, silence past what was decoded
+        pos = np.arange(k, n_out) * step
+        i = pos.astype(np.int64)
+        j = i - base
+        out = np.zeros(n_out - k, dtype=np.float64)
+        held = j < len(src)
+        if held.any():
+            jh = j[held]
+            a, b = src[jh], src[np.minimum(jh + 1, len(src) - 1)]
+            out[held] = a + (b - a) * (pos[held] - i[held])
+        yield out
+
+
 # -- from a broadcast request ----------------------------------------------------------------------------
 
 
@@ -316,15 +411,17 @@ def build_program(request: BroadcastRequest, speech: SpeechService, sample_rate:
 
 
 def uploaded_audio(audio_id: str, audio_dir: Path | None) -> Path:
-    """The WAV file of an uploaded clip; its id never leaves ``audio_dir``."""
+    """The stored file (``.wav`` or ``.mp3``) of an uploaded clip; its id never leaves ``audio_dir``."""
     if audio_dir is None:
         raise Invalid("uploaded audio is not available on this gateway (no audio directory)", "audio_id")
     if not AUDIO_ID.match(audio_id) or ".." in audio_id:
         raise Invalid(f"not a valid audio id: {audio_id!r}", "audio_id")
-    path = Path(audio_dir) / (audio_id if audio_id.endswith(".wav") else f"{audio_id}.wav")
-    if not path.is_file():
-        raise Invalid(f"no uploaded audio with id {audio_id!r}", "audio_id")
-    return path
+    names = [audio_id] if audio_id.endswith((".wav", ".mp3")) else [f"{audio_id}.wav", f"{audio_id}.mp3"]
+    for name in names:
+        path = Path(audio_dir) / name
+        if path.is_file():
+            return path
+    raise Invalid(f"no uploaded audio with id {audio_id!r}", "audio_id")
 
 
 @dataclass(frozen=True)
@@ -334,9 +431,15 @@ class UploadedAudio:
     sample_rate: int
     channels: int
     bytes: int
+    format: ClipFormat
+    """As stored and found by its content: ``wav`` (played as it is) or ``mp3`` (decoded when played)."""
 
 
 MAX_UPLOAD_SECONDS = 600.0
+MP3_TAIL_S = 1.0
+"""An MP3's last second is read at upload to prove the file holds what its header announces."""
+MP3_TAIL_SLACK_S = 0.05
+"""What that last second may fall short by (an encoder's frame count off by a frame or two)."""
 
 
 def _check_complete(data: bytes, frames: int, held_bytes: int, frame_bytes: int, rate: int) -> None:
@@ -355,12 +458,52 @@ def _check_complete(data: bytes, frames: int, held_bytes: int, frame_bytes: int,
                          f"({held_bytes} bytes)")
 
 
+def _is_mp3(data: bytes) -> bool:
+    """An ID3v2 tag or an MPEG audio frame sync (11 set bits): how an MP3 file begins."""
+    return data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0)
+
+
+def _check_mp3(data: bytes) -> tuple[int, int, int]:
+    """(frames, rate, channels) of an MP3 that can be played, from its header: no full decode.
+
+    A cut-off upload keeps a header (Xing/Info) announcing the whole length, so the last second is
+    read too (seeking there scans frame headers; about 30 ms for 10 MB).
+    """
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as mp3:
+            fmt, frames, rate, channels = mp3.format, mp3.frames, mp3.samplerate, mp3.channels
+            if fmt != "MP3":
+                raise ValueError(f"not a WAV or MP3 file (it looks like MP3 but reads as {fmt})")
+            if channels not in (1, 2) or not 8000 <= rate <= 48000:
+                raise ValueError(f"unsupported MP3: {channels} channels, {rate} Hz "
+                                 "(mono or stereo, 8-48 kHz)")
+            duration = frames / rate
+            if not 0 < duration <= MAX_UPLOAD_SECONDS:
+                raise ValueError(f"recording is {duration:.1f} s long; 0-{MAX_UPLOAD_SECONDS:.0f} s accepted")
+            tail = min(frames, round(MP3_TAIL_S * rate))
+            mp3.seek(frames - tail)
+            held = len(mp3.read(tail, dtype="int16"))
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        why = exc.error_string if isinstance(exc, sf.LibsndfileError) else str(exc)  # not "<BytesIO …>"
+        raise ValueError(f"MP3 file could not be read (damaged or cut short?): {why}") from None
+    if held < tail - MP3_TAIL_SLACK_S * rate:
+        raise ValueError(f"truncated MP3: its header announces {frames / rate:.3f} s but the file ends at "
+                         f"least {(tail - held) / rate:.3f} s early")
+    return frames, rate, channels
+
+
 def store_uploaded_audio(data: bytes, audio_dir: Path) -> UploadedAudio:
     """Check an uploaded recording and keep it under a content-derived id (same clip, same id).
 
-    Only uncompressed PCM WAV that this module can play is accepted, so a broadcast that names
-    the clip later cannot fail on its format in the middle of an emergency.
+    Only what this module can play is accepted — uncompressed PCM WAV, or MP3 (told by its content,
+    not its name) — so a broadcast that names the clip later cannot fail on its format in the
+    middle of an emergency.
     """
+    if _is_mp3(data):
+        frames, rate, channels = _check_mp3(data)
+        return _keep(data, audio_dir, "mp3", frames / rate, rate, channels)
+    if data[:4] != b"RIFF":
+        raise ValueError("not a WAV or MP3 file")
     try:
         with wave.open(io.BytesIO(data), "rb") as wav:
             comp, channels, width = wav.getcomptype(), wav.getnchannels(), wav.getsampwidth()
@@ -377,11 +520,17 @@ def store_uploaded_audio(data: bytes, audio_dir: Path) -> UploadedAudio:
     duration = frames / rate
     if not 0 < duration <= MAX_UPLOAD_SECONDS:
         raise ValueError(f"recording is {duration:.1f} s long; 0-{MAX_UPLOAD_SECONDS:.0f} s accepted")
+    return _keep(data, audio_dir, "wav", duration, rate, channels)
+
+
+def _keep(data: bytes, audio_dir: Path, fmt: ClipFormat, duration: float, rate: int,
+          channels: int) -> UploadedAudio:
+    """Store a checked recording as ``clip-<hash>.<fmt>`` (written whole, then renamed)."""
     audio_id = "clip-" + hashlib.sha256(data).hexdigest()[:20]
     audio_dir.mkdir(parents=True, exist_ok=True)
-    path = audio_dir / f"{audio_id}.wav"
+    path = audio_dir / f"{audio_id}.{fmt}"
     if not path.exists():
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(data)
         tmp.replace(path)
-    return UploadedAudio(audio_id, round(duration, 3), rate, channels, len(data))
+    return UploadedAudio(audio_id, round(duration, 3), rate, channels, len(data), fmt)

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from controller.api.deps import PREFIX, Operator, Services
-from controller.api.models import AUTH_ERRORS, WAV_CONTENT, AudioClipOut, errors
+from controller.api.models import AUTH_ERRORS, RECORDING_CONTENT, AudioClipOut, errors
 from controller.broadcast.program import store_uploaded_audio
 from controller.core.errors import Invalid
 
@@ -20,13 +20,13 @@ router = APIRouter(tags=["broadcasts"])
 
 @router.post(AUDIO_PATH, status_code=201, response_model=AudioClipOut,
              responses=errors(*AUTH_ERRORS, 413, 422),
-             openapi_extra={"requestBody": {"required": True, "content": WAV_CONTENT}})
+             openapi_extra={"requestBody": {"required": True, "content": RECORDING_CONTENT}})
 async def upload_audio(request: Request, actor: Operator, services: Services) -> dict[str, Any]:
-    """Upload a recorded announcement (body: a PCM WAV file); play it with ``audio_id``."""
+    """Upload a recorded announcement (body: a PCM WAV or MP3 file); play it with ``audio_id``."""
     try:
         clip = store_uploaded_audio(await request.body(), services.engine.audio_dir)
     except ValueError as exc:
         raise Invalid(str(exc), "body") from None
     services.store.audit(actor, "audio.upload", clip.audio_id,
-                         {"bytes": clip.bytes, "duration_s": clip.duration_s})
+                         {"bytes": clip.bytes, "duration_s": clip.duration_s, "format": clip.format})
     return asdict(clip)
