@@ -39,7 +39,7 @@ class NationalTownship:
 
 
 def national_township(tmp_path: Path, *, heartbeat_s: float = 1.0, time_scale: float = 10.0,
-                      **national: Any) -> NationalTownship:
+                      health: dict[str, Any] | None = None, **national: Any) -> NationalTownship:
     """Write the township config; ``national`` overrides keys of the ``national_platform`` section."""
     api_port, listen_port, platform_port = free_port(), free_port(), free_port()
     gateway_private, gateway_public = generate_keypair()
@@ -67,6 +67,8 @@ def national_township(tmp_path: Path, *, heartbeat_s: float = 1.0, time_scale: f
     }
     section.update(national)
     data["national_platform"] = section
+    if health:
+        data["health"] = {**data.get("health", {}), **health}
     sim.path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
     sim.data.clear()
     sim.data.update(data)

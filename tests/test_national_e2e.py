@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import socket
 import tarfile
 import time
 from collections.abc import Iterator
@@ -22,7 +23,6 @@ from alertkit import LIUQIAO, OTHER_COUNTY, QIANLI
 from nationalkit import GATEWAY_EBRID, NationalTownship, national_township, platform_for
 from simkit import Daemon, SimProcess, make_token, running_simulator, wait_until
 
-from controller.uplink.national.package import multipart_body
 from simulator.platform_sim import PlatformSim, Received
 
 FINAL = ("succeeded", "failed", "cancelled")
@@ -60,7 +60,7 @@ def broadcasts(api: httpx2.Client) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def town(tmp_path: Path) -> NationalTownship:
-    return national_township(tmp_path)
+    return national_township(tmp_path, health={"offline_after_s": 3.0})
 
 
 def test_county_plays_queries_and_cancels_over_the_national_interface(town: NationalTownship, tmp_path: Path):
@@ -149,13 +149,14 @@ def test_refusals_play_nothing_and_write_nothing(town: NationalTownship, tmp_pat
             answer = platform.send_raw(data)
             assert answer.result_code == code, (answer.result_desc, data[:80])
         # An upload from an address outside the allow-list would get 403; a body over the limit 413.
-        content_type, body = multipart_body("EBDT_1.tar", b"x")
-        too_big = httpx2.post(town.gateway_url, content=body, headers={
-            "Content-Type": content_type, "Content-Length": str(10**12)}, timeout=30)
-        assert too_big.status_code == 413
+        # A body declared over the limit is refused before it is read.
+        with socket.create_connection(("127.0.0.1", town.listen_port), timeout=30) as conn:
+            conn.sendall(b"POST /ebd HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                         b"Content-Length: 1000000000000\r\n\r\n")
+            assert conn.recv(200).startswith(b"HTTP/1.1 413")
 
         assert not [b for b in broadcasts(api) if b["actor"]["via"] == "national"]
-        assert not any(s["audible_now"] for s in (sim.call("audible", device=d) for d in town.ebrids))
+        assert not any(s["audible_now"] for s in (sim.call("audible", device=d) for d in town.ebrids if d != "fm1"))
         assert sorted(p.name for p in (tmp_path / "state").iterdir()) == state_files
         assert api.get("/gateway").status_code == 200  # alive
         assert "Traceback" not in daemon.log()
@@ -167,22 +168,26 @@ def test_reports_survive_a_county_link_outage_in_order(town: NationalTownship, t
         platform.set_down(True)
         time.sleep(1.5)
         before = len(platform.received)
-        # While the link is down: a terminal dies and comes back, and a broadcast plays.
-        sim.fault("dead", device="tcp1")
-        wait_until("tcp1 offline", lambda: not api.get("/devices/tcp1").json()["online"], guard_s=60)
-        sim.call("clear", device="tcp1")
-        wait_until("tcp1 back", lambda: api.get("/devices/tcp1").json()["online"], guard_s=60)
+        # While the link is down: a terminal goes off line and comes back, another gets an amplifier fault.
+        sim.fault("amp_fault", device="rtu1")
+        sim.fault("offline", device="tcp1")
+        wait_until("tcp1 judged off", lambda: api.get("/devices/tcp1").json()["state"] == 2, guard_s=60)
+        sim.fault("offline", device="tcp1", clear=True)
+        wait_until("tcp1 back", lambda: api.get("/devices/tcp1").json()["state"] in (1, 4), guard_s=60)
         assert len(platform.received) == before  # nothing got through
+        back = time.time()
         platform.set_down(False)
-        terminal = platform.wait_for(lambda r: r.ebd_type == "EBRDTState" and
+        terminal = platform.wait_for(lambda r: r.at >= back and r.ebd_type == "EBRDTState" and
                                      r.text("EBRDTState/EBRDT/EBRID") == town.ebrids["tcp1"] and
                                      r.text("EBRDTState/EBRDT/StateCode") in ("1", "4"), timeout=60)
-        reports = [r for r in platform.received if r.ebd_type != "ConnectionCheck"]
+        reports = [r for r in platform.received[before:] if r.ebd_type != "ConnectionCheck"]
         counters = [int(r.ebdid[-8:]) for r in reports]
         assert counters == sorted(counters), "reports arrived out of order"
         tcp1 = [r.text("EBRDTState/EBRDT/StateCode") for r in reports if r.ebd_type == "EBRDTState"
                 and r.text("EBRDTState/EBRDT/EBRID") == town.ebrids["tcp1"]]
         assert tcp1[0] in ("2", "3") and terminal.text("EBRDTState/EBRDT/StateCode") in ("1", "4")
+        assert any(r.text("EBRDTState/EBRDT/EBRID") == town.ebrids["rtu1"] and
+                   r.text("EBRDTState/EBRDT/StateCode") == "3" for r in reports)
         gateway = api.get("/gateway").json()["national_platform"]
         assert gateway["up"] is True and gateway["outbox_depth"] == 0 and gateway["failures"] >= 1
 
