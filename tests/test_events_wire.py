@@ -23,6 +23,7 @@ from controller.core.events import (
     Event,
     EventBus,
     GatewayHealth,
+    PlatformExchange,
 )
 
 BID = "20261129-010151-ede649"
@@ -85,6 +86,12 @@ SAMPLES: list[tuple[Event, str, dict[str, Any]]] = [
                   reason="approved by duty"), "alert.decided",
      {"id": "a-1", "disposition": "broadcast", "by": "duty", "broadcast_id": "b-9",
       "reason": "approved by duty"}),
+    (PlatformExchange(direction="in", ebd_type="EBM", ebdid="10" + "4" * 23 + "2026120300000001",
+                      related_ebdid=None, result_code=1, result_desc="accepted as broadcast b-1",
+                      peer="4" * 23, broadcast_id="b-1"), "national.ebd",
+     {"direction": "in", "ebd_type": "EBM", "ebdid": "10" + "4" * 23 + "2026120300000001",
+      "related_ebdid": None, "result_code": 1, "result_desc": "accepted as broadcast b-1", "peer": "4" * 23,
+      "broadcast_id": "b-1"}),
     (GatewayHealth(snapshot={"gateway": "gw-1", "ts": 1.5, "uptime_s": 60.3, "outbox_depth": 0,
                              "devices": {"total": 21, "online": 21}, "faults": []}), "gateway.health",
      {"gateway": "gw-1", "ts": 1.5, "uptime_s": 60.3, "outbox_depth": 0,

@@ -23,7 +23,7 @@ from alertkit import LIUQIAO, OTHER_COUNTY, QIANLI
 from nationalkit import GATEWAY_EBRID, NationalTownship, national_township, platform_for
 from simkit import Daemon, SimProcess, make_token, running_simulator, wait_until
 
-from simulator.platform_sim import PlatformSim, Received
+from simulator.platform_sim import PlatformSim, Received, make_test_mp3, sm2_sign
 
 FINAL = ("succeeded", "failed", "cancelled")
 LONG_TEXT = "这是县应急广播平台下发的一条较长的测试广播，用来检验取消指令能否立即让所有喇叭停下来。" * 3
@@ -49,9 +49,11 @@ def spans(sim: SimProcess, device: str) -> list[dict[str, Any]]:
 
 def final_state(platform: PlatformSim, ebmid: str) -> Received:
     """The first unsolicited EBMStateResponse with a final BrdStateCode for ``ebmid``."""
-    return platform.wait_for(lambda r: r.ebd_type == "EBMStateResponse" and r.text("EBMStateResponse/EBM/EBMID")
-                             == ebmid and r.text("EBMStateResponse/BrdStateCode") in ("3", "4", "5"),
-                             timeout=120)
+    def final(r: Received) -> bool:
+        return (r.ebd_type == "EBMStateResponse" and r.text("EBMStateResponse/EBM/EBMID") == ebmid
+                and r.text("EBMStateResponse/BrdStateCode") in ("3", "4", "5"))
+
+    return platform.wait_for(final, timeout=120)
 
 
 def broadcasts(api: httpx2.Client) -> list[dict[str, Any]]:
@@ -102,7 +104,7 @@ def test_county_plays_queries_and_cancels_over_the_national_interface(town: Nati
         # OMD requests: the inventory, the live states and the broadcast log.
         states = platform.omd_and_wait("EBRDTState", timeout=30)
         codes = {e.findtext("EBRID"): e.findtext("StateCode") for e in states.all("EBRDTState/EBRDT")}
-        assert set(codes) == set(town.ebrids.values()) and set(codes.values()) <= {"1", "4", "5"}, codes
+        assert set(codes) == set(town.ebrids.values()) and set(codes.values()) <= {"1", "2", "3", "4", "5"}, codes
         infos = platform.omd_and_wait("EBRDTInfo", timeout=30)
         assert len(infos.all("EBRDTInfo/EBRDT")) == len(town.ebrids)
         brd_log = platform.omd_and_wait("EBMBrdLog", timeout=30)
@@ -156,14 +158,15 @@ def test_refusals_play_nothing_and_write_nothing(town: NationalTownship, tmp_pat
             assert conn.recv(200).startswith(b"HTTP/1.1 413")
 
         assert not [b for b in broadcasts(api) if b["actor"]["via"] == "national"]
-        assert not any(s["audible_now"] for s in (sim.call("audible", device=d) for d in town.ebrids if d != "fm1"))
+        terminals = [d for d in town.ebrids if d != "fm1"]
+        assert not any(sim.call("audible", device=d)["audible_now"] for d in terminals)
         assert sorted(p.name for p in (tmp_path / "state").iterdir()) == state_files
         assert api.get("/gateway").status_code == 200  # alive
         assert "Traceback" not in daemon.log()
 
 
 def test_reports_survive_a_county_link_outage_in_order(town: NationalTownship, tmp_path: Path):
-    with platform_for(town) as platform, running(town, tmp_path) as (daemon, sim, api):
+    with platform_for(town) as platform, running(town, tmp_path) as (_, sim, api):
         platform.wait_for(lambda r: r.ebd_type == "EBRDTInfo", timeout=30)
         platform.set_down(True)
         time.sleep(1.5)
@@ -212,3 +215,102 @@ def _tar(members: dict[str, bytes], *, link: str | None = None) -> bytes:
             info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
             tar.addfile(info)
     return buf.getvalue()
+
+
+HAND_BUILT_EBD = """<?xml version="1.0" encoding="UTF-8"?>
+<EBD>
+  <EBDVersion>1</EBDVersion>
+  <EBDID>{ebdid}</EBDID>
+  <EBDType>EBM</EBDType>
+  <SRC><EBRID>{src}</EBRID><URL>http://127.0.0.1:1/ebd</URL></SRC>
+  <DEST><EBRID>{dest}</EBRID></DEST>
+  <EBDTime>{now}</EBDTime>
+  <EBM>
+    <EBMVersion>1</EBMVersion>
+    <EBMID>{ebmid}</EBMID>
+    <MsgBasicInfo>
+      <MsgType>1</MsgType>
+      <SenderName>濉溪县应急广播平台</SenderName>
+      <SenderCode>{src}</SenderCode>
+      <SendTime>{now}</SendTime>
+      <EventType>11B04000</EventType>
+      <Severity>2</Severity>
+      <StartTime>{now}</StartTime>
+      <EndTime>{end}</EndTime>
+    </MsgBasicInfo>
+    <MsgContent>
+      <LanguageCode>zho</LanguageCode>
+      <MsgTitle>暴雨橙色预警</MsgTitle>
+      <MsgDesc>前李村请注意，这是手工编写的应急广播数据包。</MsgDesc>
+      <AreaCode>{area}</AreaCode>
+    </MsgContent>
+  </EBM>
+</EBD>
+"""
+
+HAND_BUILT_SIGNATURE = """<?xml version="1.0" encoding="UTF-8"?>
+<Signature>
+  <Version>1</Version>
+  <RelatedEBD><EBDID>{ebdid}</EBDID></RelatedEBD>
+  <SignatureCert><CertType>01</CertType><IssuerID>{src}</IssuerID><CertSN>PLATFORM-SIM-01</CertSN></SignatureCert>
+  <SignatureTime>{now}</SignatureTime>
+  <DigestAlgorithm>SM3</DigestAlgorithm>
+  <SignatureAlgorithm>SM2</SignatureAlgorithm>
+  <SignatureValue>{value}</SignatureValue>
+</Signature>
+"""
+
+
+def _hand_built_package(town: NationalTownship, platform: PlatformSim, area: str) -> tuple[str, bytes]:
+    """An EBD written out by hand from NATIONAL-PLATFORM.md (literal XML, the older signature form
+    with a hex value, a plain ustar tar) — neither the gateway's encoder nor the stand-in's."""
+    from datetime import datetime, timedelta, timezone
+
+    cst = datetime.now(timezone(timedelta(hours=8)))
+    now, end = cst.strftime("%Y-%m-%d %H:%M:%S"), (cst + timedelta(hours=2)).strftime("%Y-%m-%d %H:%M:%S")
+    ebdid = "10" + platform.ebrid + cst.strftime("%Y%m%d") + "90000001"
+    ebmid = platform.ebrid + cst.strftime("%Y%m%d") + "9001"
+    ebdb = HAND_BUILT_EBD.format(ebdid=ebdid, src=platform.ebrid, dest=GATEWAY_EBRID, now=now, end=end,
+                                 ebmid=ebmid, area=area).encode("utf-8")
+    value = sm2_sign(town.platform_private, platform.public_key, ebdb).hex()
+    ebds = HAND_BUILT_SIGNATURE.format(ebdid=ebdid, src=platform.ebrid, now=now, value=value).encode("utf-8")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in ((f"EBDB_{ebdid}.xml", ebdb), (f"EBDS_EBDB_{ebdid}.xml", ebds)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return ebdid, buf.getvalue()
+
+
+def test_a_hand_built_package_and_an_mp3_auxiliary_play(town: NationalTownship, tmp_path: Path):
+    with platform_for(town) as platform, running(town, tmp_path) as (daemon, sim, api):
+        platform.wait_for(lambda r: r.ebd_type == "ConnectionCheck", timeout=30)
+
+        # Hand-built: accepted, played on 前李村 (rtu3) only; the same EBDID again is not replayed.
+        ebdid, package = _hand_built_package(town, platform, QIANLI)
+        first = platform.send_raw(package, ebdid=ebdid)
+        assert first.result_code == 1, first.result_desc
+        second = platform.send_raw(package, ebdid=ebdid)
+        assert second.result_code == 1 and second.response_xml == first.response_xml
+        (record,) = [b for b in broadcasts(api) if b["actor"]["via"] == "national"]
+        def finished() -> dict[str, Any] | None:
+            now = api.get(f"/broadcasts/{record['id']}").json()
+            return now if now["state"] in FINAL else None
+
+        done = wait_until("the hand-built EBM to finish", finished, guard_s=120)
+        assert done["state"] == "succeeded" and done["request"]["severity"] == 2
+        assert spans(sim, "rtu3") and not spans(sim, "rtu1")
+
+        # An MP3 auxiliary: decoded and played for its length on 刘桥村 (rtu1, rtu2).
+        mp3 = make_test_mp3(4.0, freq=660.0)
+        sent = platform.play(area_codes=[LIUQIAO], title="录音广播", mp3=mp3, severity=3)
+        assert sent.result_code == 1, sent.result_desc
+        final = final_state(platform, sent.ebmid or "")
+        assert final.text("EBMStateResponse/BrdStateCode") == "3", final.xml.decode()
+        mp3_record = next(b for b in broadcasts(api) if b["actor"]["via"] == "national"
+                          and b["request"].get("audio_id"))
+        assert mp3_record["request"]["audio_id"].startswith("clip-")
+        heard = spans(sim, "rtu1")
+        assert heard and max(s["end"] - s["start"] for s in heard) >= 4.0 / 10 * 0.9  # time_scale 10
+        assert "Traceback" not in daemon.log()

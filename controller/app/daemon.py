@@ -29,6 +29,7 @@ from controller.api.app import ApiServices, create_app
 from controller.api.http_protocol import http_protocol
 from controller.app.sd_notify import Notifier
 from controller.broadcast.engine import BroadcastEngine
+from controller.broadcast.program import store_uploaded_audio
 from controller.broadcast.release import Releaser
 from controller.broadcast.scheduler import Scheduler
 from controller.config import Config
@@ -245,7 +246,7 @@ class Daemon:
                 self.national = NationalPlatform(cfg, journal=self.store, engine=self.engine,
                                                  registry=self.registry, bus=self.bus,
                                                  state_dir=self.state_dir,
-                                                 audio_dir=self.engine.audio_dir)
+                                                 store_audio=self._store_audio)
             except (OSError, ValueError) as exc:
                 raise StartupError(f"national_platform: {exc}") from None
         self.scheduler = Scheduler(cfg, self.store, self.engine)
@@ -344,6 +345,10 @@ class Daemon:
                 log.exception("stopping the %s failed", name)
         self._close_storage()
         log.info("stopped")
+
+    def _store_audio(self, data: bytes) -> str:
+        """A recording the national platform attached (WAV or MP3), kept like an uploaded clip."""
+        return store_uploaded_audio(data, self.engine.audio_dir).audio_id
 
     def _close_storage(self) -> None:
         if getattr(self, "national", None) is not None:

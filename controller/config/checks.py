@@ -297,8 +297,9 @@ def resource_codes_valid(cfg: Config) -> list[str]:
             errors.append(f"{where}.ebrid: {exc}")
             continue
         if ebrid.area_code != area:
-            errors.append(f"{where}.ebrid: its area code {ebrid.area_code} is not the "
-                          f"{where.split('[')[0]}'s area_code {area}")
+            owner = "gateway" if is_gateway else "device"
+            errors.append(f"{where}.ebrid: its area code {ebrid.area_code} is not the {owner}'s "
+                          f"area_code {area}")
         if is_gateway and ebrid.level != 5:
             errors.append(f"{where}.ebrid: level digit {ebrid.level} — a township broadcast system "
                           f"is level 5")

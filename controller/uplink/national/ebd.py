@@ -210,7 +210,7 @@ def parse_ebd(xml: bytes) -> Document:
         root = SafeET.fromstring(xml, forbid_dtd=True)
     except DefusedXmlException as e:
         raise EbdError(2, f"XML refused: {type(e).__name__}") from None
-    except (ET.ParseError, ValueError, UnicodeError) as e:
+    except (ET.ParseError, ValueError, UnicodeError, LookupError) as e:  # LookupError: unknown encoding
         raise EbdError(2, f"XML not well-formed: {e}"[:200]) from None
     if root.tag != "EBD":
         raise EbdError(2, f"XML root is {_clip(str(root.tag))}, not EBD")

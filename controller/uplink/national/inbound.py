@@ -22,12 +22,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from controller.broadcast.model import FINAL_STATES, BroadcastState, SourceLevel
 from controller.broadcast.ports import BroadcastPort
-from controller.broadcast.program import store_uploaded_audio
 from controller.config import Config, NationalPlatformSettings
 from controller.core.actors import Actor, Role
 from controller.core.errors import Conflict, Invalid, NotFound, Unavailable
@@ -74,6 +72,8 @@ class Answer:
 
 Respond = Callable[[str | None, int, str], bytes]
 """(the request's EBDID if known, ResultCode, ResultDesc) → the signed EBDResponse package."""
+StoreAudio = Callable[[bytes], str]
+"""A recording (WAV or MP3 bytes) → the clip id to play it by; ValueError says what is wrong with it."""
 Followup = Callable[[str, OmdRequest | EbmStateRequest, str], None]
 """(the request's EBDID, the request, its EBMID's broadcast id or "") → queue the report it asks for."""
 
@@ -82,7 +82,7 @@ class NationalInbound:
     """Checks and dispatches one posted package at a time (callers may run several concurrently)."""
 
     def __init__(self, cfg: Config, settings: NationalPlatformSettings, *, journal: Store,
-                 store: NationalStore, engine: BroadcastPort, bus: EventBus, audio_dir: Path,
+                 store: NationalStore, engine: BroadcastPort, bus: EventBus, store_audio: StoreAudio,
                  verifiers: dict[str, Sm2Verifier], respond: Respond, followup: Followup,
                  broadcast_state: Callable[[str], BroadcastState | None]) -> None:
         self.cfg = cfg
@@ -91,7 +91,7 @@ class NationalInbound:
         self.store = store
         self.engine = engine
         self.bus = bus
-        self.audio_dir = audio_dir
+        self.store_audio = store_audio
         self.verifiers = verifiers
         self.respond = respond
         self.followup = followup
@@ -241,7 +241,7 @@ class NationalInbound:
                 raise Rejected(2, f"EBM/MsgContent/Auxiliary/Size {aux.size} is not the size of "
                                   f"{aux.desc[:80]} ({len(data)} bytes)")
             try:
-                return store_uploaded_audio(data, self.audio_dir).audio_id
+                return self.store_audio(data)
             except ValueError as exc:
                 raise Rejected(2, f"Auxiliary {aux.desc[:80]} ({kind}): {exc}") from None
         return None

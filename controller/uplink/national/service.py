@@ -32,7 +32,7 @@ from controller.devices.registry import DeviceRegistry
 from controller.storage.journal import Store
 from controller.uplink.national import ebd
 from controller.uplink.national.ebd import EbmStateRequest, OmdRequest
-from controller.uplink.national.inbound import NationalInbound
+from controller.uplink.national.inbound import NationalInbound, StoreAudio
 from controller.uplink.national.mapping import broadcast_report, terminal_infos, terminal_states
 from controller.uplink.national.outbound import Envelope, NationalOutbound
 from controller.uplink.national.signature import Sm2Verifier, SoftwareSm2Signer
@@ -52,7 +52,7 @@ class NationalPlatform:
     """The national interface as one part of the daemon (``national_platform`` in the config)."""
 
     def __init__(self, cfg: Config, *, journal: Store, engine: BroadcastPort, registry: DeviceRegistry,
-                 bus: EventBus, state_dir: Path, audio_dir: Path) -> None:
+                 bus: EventBus, state_dir: Path, store_audio: StoreAudio) -> None:
         settings = cfg.national_platform
         assert settings is not None, "national_platform is not configured"
         self.cfg = cfg
@@ -71,7 +71,7 @@ class NationalPlatform:
         self.outbound = NationalOutbound(cfg, settings, self.envelope, state_dir, self.verifiers, bus.publish)
         self.inbound = NationalInbound(cfg, settings, journal=journal, store=self.store, engine=engine,
                                        bus=bus,
-                                       audio_dir=audio_dir, verifiers=self.verifiers,
+                                       store_audio=store_audio, verifiers=self.verifiers,
                                        respond=self.envelope.response, followup=self._followup,
                                        broadcast_state=self._broadcast_state)
         self._networks = [ipaddress.ip_network(a, strict=False) for a in settings.listen.allow]
