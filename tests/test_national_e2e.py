@@ -104,7 +104,8 @@ def test_county_plays_queries_and_cancels_over_the_national_interface(town: Nati
         # OMD requests: the inventory, the live states and the broadcast log.
         states = platform.omd_and_wait("EBRDTState", timeout=30)
         codes = {e.findtext("EBRID"): e.findtext("StateCode") for e in states.all("EBRDTState/EBRDT")}
-        assert set(codes) == set(town.ebrids.values()) and set(codes.values()) <= {"1", "2", "3", "4", "5"}, codes
+        assert set(codes) == set(town.ebrids.values()), codes
+        assert set(codes.values()) <= {"1", "2", "3", "4", "5"}, codes
         infos = platform.omd_and_wait("EBRDTInfo", timeout=30)
         assert len(infos.all("EBRDTInfo/EBRDT")) == len(town.ebrids)
         brd_log = platform.omd_and_wait("EBMBrdLog", timeout=30)

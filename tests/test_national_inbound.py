@@ -25,7 +25,7 @@ from controller.uplink.national import ebd
 from controller.uplink.national.inbound import NationalInbound
 from controller.uplink.national.outbound import Envelope
 from controller.uplink.national.package import multipart_body, read_package
-from controller.uplink.national.signature import SoftwareSm2Signer, Sm2Verifier
+from controller.uplink.national.signature import Sm2Verifier, SoftwareSm2Signer
 from controller.uplink.national.store import NationalStore
 from simulator.platform_sim import PlatformSim, generate_keypair
 
@@ -82,7 +82,8 @@ class Rig:
             followup=lambda ebdid, req, bid: self.followups.append((ebdid, req, bid)),
             broadcast_state=lambda bid: BroadcastState.PLAYING)
         self.platform = PlatformSim(ebrid=PLATFORM, private_key_hex=pf_private)
-        self.platform.register_gateway(self.cfg.gateway.ebrid or "", "http://127.0.0.1:7080/ebd", self.gw_public)
+        self.platform.register_gateway(self.cfg.gateway.ebrid or "", "http://127.0.0.1:7080/ebd",
+                                       self.gw_public)
 
     def post(self, package: bytes, name: str | None = None) -> tuple[int, str, ebd.Document]:
         content_type, body = multipart_body(name or "EBDT_x.tar", package)
@@ -101,7 +102,8 @@ class Rig:
         return {"EBMVersion": "1", "EBMID": body.pop("ebmid", None) or self.platform.next_ebmid(),
                 "MsgBasicInfo": {"MsgType": body.pop("msg_type", "1"), "SenderName": "县平台",
                                  "SenderCode": PLATFORM, "EventType": "11B03000", "Severity": "2"},
-                "MsgContent": {"LanguageCode": "zho", "MsgTitle": "测试", "MsgDesc": "请注意。", "AreaCode": area},
+                "MsgContent": {"LanguageCode": "zho", "MsgTitle": "测试", "MsgDesc": "请注意。",
+                               "AreaCode": area},
                 **body}
 
     def close(self) -> None:
