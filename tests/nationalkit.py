@@ -65,7 +65,7 @@ def national_township(tmp_path: Path, *, heartbeat_s: float = 1.0, time_scale: f
         "signing": {"private_key_file": str(key_file), "cert_sn": "GW-TEST-01"},
         "heartbeat_s": heartbeat_s, "retry_initial_s": 0.2, "retry_max_s": 1.0, "repeat": 1,
     }
-    section.update(national)
+    section.update({key: value for key, value in national.items() if value is not None})
     data["national_platform"] = section
     if health:
         data["health"] = {**data.get("health", {}), **health}

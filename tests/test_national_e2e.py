@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx2
 import pytest
+import yaml
 from alertkit import LIUQIAO, OTHER_COUNTY, QIANLI
 from nationalkit import GATEWAY_EBRID, NationalTownship, national_township, platform_for
 from simkit import Daemon, SimProcess, make_token, running_simulator, wait_until
@@ -31,7 +32,7 @@ LONG_TEXT = "这是县应急广播平台下发的一条较长的测试广播，�
 
 @contextlib.contextmanager
 def running(town: NationalTownship, tmp_path: Path) -> Iterator[tuple[Daemon, SimProcess, httpx2.Client]]:
-    token = make_token(town.sim.path, "viewer-1", "viewer")
+    token = make_token(town.sim.path, f"viewer-{time.monotonic_ns()}", "viewer")
     with running_simulator(town.sim) as sim:
         daemon = Daemon(town.sim.path, town.api_port, tmp_path / "daemon.log", verbose=True).start()
         api = httpx2.Client(base_url=f"http://127.0.0.1:{town.api_port}/api/v1",
@@ -192,8 +193,9 @@ def test_reports_survive_a_county_link_outage_in_order(town: NationalTownship, t
         assert tcp1[0] in ("2", "3") and terminal.text("EBRDTState/EBRDT/StateCode") in ("1", "4")
         assert any(r.text("EBRDTState/EBRDT/EBRID") == town.ebrids["rtu1"] and
                    r.text("EBRDTState/EBRDT/StateCode") == "3" for r in reports)
-        gateway = api.get("/gateway").json()["national_platform"]
-        assert gateway["up"] is True and gateway["outbox_depth"] == 0 and gateway["failures"] >= 1
+        gateway = wait_until("the outbox to drain", lambda: (lambda g: g if g["outbox_depth"] == 0 else None)(
+            api.get("/gateway").json()["national_platform"]), guard_s=60)
+        assert gateway["up"] is True and gateway["failures"] >= 1 and gateway["refused"] == 0
 
 
 def _ebm_body(platform: PlatformSim, area: str) -> dict[str, Any]:
@@ -315,3 +317,71 @@ def test_a_hand_built_package_and_an_mp3_auxiliary_play(town: NationalTownship, 
         heard = spans(sim, "rtu1")
         assert heard and max(s["end"] - s["start"] for s in heard) >= 4.0 / 10 * 0.9  # time_scale 10
         assert "Traceback" not in daemon.log()
+
+
+def test_a_crash_while_the_county_link_is_down_loses_no_report(town: NationalTownship, tmp_path: Path):
+    """kill -9 with reports queued: after the restart they go out first, in order, none repeated."""
+    with platform_for(town) as platform, running_simulator(town.sim) as sim:
+        token = make_token(town.sim.path, "viewer-1", "viewer")
+        first = Daemon(town.sim.path, town.api_port, tmp_path / "daemon.log").start()
+        api = httpx2.Client(base_url=f"http://127.0.0.1:{town.api_port}/api/v1",
+                            headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        try:
+            platform.wait_for(lambda r: r.ebd_type == "EBRDTInfo", timeout=30)
+            platform.set_down(True)
+            time.sleep(1.5)
+            sim.fault("amp_fault", device="rtu2")
+            wait_until("rtu2 judged faulty", lambda: api.get("/devices/rtu2").json()["state"] == 3,
+                       guard_s=60)
+            assert first.proc is not None
+            first.proc.kill()  # kill -9: the queued EBRDTState of rtu2 is only in the outbox file
+            first.proc.wait()
+            second = Daemon(town.sim.path, town.api_port, tmp_path / "daemon.log").start()
+            try:
+                back = time.time()
+                platform.set_down(False)
+                platform.wait_for(lambda r: r.at >= back and r.ebd_type == "EBRDTInfo", timeout=60)
+                reports = [r for r in platform.received if r.at >= back and r.ebd_type != "ConnectionCheck"]
+                faulty = [r for r in reports if r.ebd_type == "EBRDTState" and
+                          r.text("EBRDTState/EBRDT/EBRID") == town.ebrids["rtu2"] and
+                          r.text("EBRDTState/EBRDT/StateCode") == "3"]
+                assert faulty, "the report queued before the crash was lost"
+                ids = [r.ebdid for r in platform.received if r.ebd_type != "ConnectionCheck"]
+                assert len(ids) == len(set(ids)), "an EBDID was used twice across the restart"
+                counters = [int(r.ebdid[-8:]) for r in reports]
+                assert counters == sorted(counters)
+            finally:
+                assert second.stop() == 0, second.log()
+        finally:
+            api.close()
+
+
+def test_tls_listener_and_allow_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from mqttkit import make_tls
+
+    tls = make_tls(tmp_path / "tls")
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls.ca))  # the stand-in's HTTPS client trusts the test CA
+    town = national_township(tmp_path, listen=None)
+    section = town.sim.data["national_platform"]
+    section["listen"] = {"host": "127.0.0.1", "port": town.listen_port, "path": "/ebd",
+                         "allow": ["127.0.0.1/32"], "tls_cert_file": str(tls.server_cert),
+                         "tls_key_file": str(tls.server_key)}
+    town.sim.path.write_text(yaml.safe_dump(town.sim.data, allow_unicode=True, sort_keys=False), "utf-8")
+    https = f"https://127.0.0.1:{town.listen_port}/ebd"
+    with platform_for(town) as platform, running(town, tmp_path) as (_, _sim, api):
+        platform.register_gateway(GATEWAY_EBRID, https, town.gateway_public)
+        sent = platform.play(area_codes=[QIANLI], text="经加密连接下发的测试广播。")
+        assert sent.result_code == 1, sent.result_desc
+        assert final_state(platform, sent.ebmid or "").text("EBMStateResponse/BrdStateCode") == "3"
+        with pytest.raises(httpx2.HTTPError):  # plain HTTP is not served on the TLS port
+            httpx2.post(f"http://127.0.0.1:{town.listen_port}/ebd", content=b"x", timeout=10)
+
+    # An address outside the allow-list gets 403 and nothing is read.
+    section["listen"] = {"host": "127.0.0.1", "port": town.listen_port, "allow": ["10.9.0.0/16"]}
+    town.sim.path.write_text(yaml.safe_dump(town.sim.data, allow_unicode=True, sort_keys=False), "utf-8")
+    with platform_for(town) as platform, running(town, tmp_path) as (_, _sim, api):
+        before = len(broadcasts(api))
+        _, package = platform.build_package("EBM", _ebm_body(platform, QIANLI))
+        refused = httpx2.post(town.gateway_url, files={"file": ("EBDT_1.tar", package)}, timeout=30)
+        assert refused.status_code == 403
+        assert len(broadcasts(api)) == before
