@@ -90,7 +90,11 @@ def _sm3(data: bytes) -> bytes:
 
 
 def _crypt(private_hex: str, public_hex: str) -> sm2.CryptSM2:
-    return sm2.CryptSM2(private_key=private_hex, public_key=public_hex)
+    crypt = sm2.CryptSM2(private_key=private_hex, public_key=public_hex)
+    # gmssl strips a leading "04" with str.lstrip("04"), which also eats a key's own leading 0/4
+    # digits (1 key in ~256 would then never verify): set the 128-digit x‖y key as given.
+    crypt.public_key = public_hex[2:] if len(public_hex) == 130 else public_hex
+    return crypt
 
 
 def public_key_of(private_hex: str) -> str:

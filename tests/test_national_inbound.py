@@ -73,17 +73,22 @@ class Rig:
         self.events: list[PlatformExchange] = []
         self.bus.add_listener(lambda e: self.events.append(e) if isinstance(e, PlatformExchange) else None)
         self.engine = Recorder()
+        self.stored: list[bytes] = []
         self.followups: list[tuple[str, Any, str]] = []
         self.envelope = Envelope(self.cfg, settings_, self.store, SoftwareSm2Signer(gw_private, "GW-1"))
         self.inbound = NationalInbound(
             self.cfg, settings_, journal=self.journal, store=self.store, engine=self.engine, bus=self.bus,
-            store_audio=lambda data: "clip-test",
+            store_audio=self._store_audio,
             verifiers={"PLATFORM-SIM-01": Sm2Verifier(pf_public)}, respond=self.envelope.response,
             followup=lambda ebdid, req, bid: self.followups.append((ebdid, req, bid)),
             broadcast_state=lambda bid: BroadcastState.PLAYING)
         self.platform = PlatformSim(ebrid=PLATFORM, private_key_hex=pf_private)
         self.platform.register_gateway(self.cfg.gateway.ebrid or "", "http://127.0.0.1:7080/ebd",
                                        self.gw_public)
+
+    def _store_audio(self, data: bytes) -> str:
+        self.stored.append(data)
+        return "clip-test"
 
     def post(self, package: bytes, name: str | None = None) -> tuple[int, str, ebd.Document]:
         content_type, body = multipart_body(name or "EBDT_x.tar", package)
@@ -179,9 +184,33 @@ def test_only_the_registered_platform_and_its_key_are_heard(rig: Rig):
     assert got == 4 and rig.engine.submitted == []
 
 
-def test_heartbeats_need_no_signature_but_are_answered(rig: Rig):
-    _, package = rig.platform.build_package("ConnectionCheck", {"RptTime": "2026-12-03 10:00:00"}, sign=False)
-    assert rig.post(package)[0] == 1
+def test_heartbeats_need_no_signature_and_each_gets_a_fresh_answer(rig: Rig):
+    ebdid = rig.platform.heartbeat_ebdid()
+    answers = []
+    for _ in range(2):  # every heartbeat carries the same EBDID
+        _, package = rig.platform.build_package("ConnectionCheck", {"RptTime": "2026-12-03 10:00:00"},
+                                                sign=False, ebdid=ebdid)
+        code, _, reply = rig.post(package)
+        assert code == 1 and reply.header.related_ebdid == ebdid
+        answers.append(reply.header.ebdid)
+    assert answers[0] != answers[1] and rig.inbound.heartbeats == 2
+    assert not [a for a in rig.journal.list_audit(limit=10) if a["action"] == "national.ConnectionCheck"]
+
+
+def test_a_refused_ebm_keeps_no_attachment_and_an_accepted_one_plays_it(rig: Rig):
+    mp3 = b"ID3" + bytes(200)
+    body = rig.ebm(area="340622000000")  # not this township
+    body["MsgContent"]["Auxiliary"] = {"AuxiliaryType": "2", "AuxiliaryDesc": "a.mp3", "Size": str(len(mp3))}
+    got, desc, _ = rig.post(rig.platform.build_package("EBM", body, media={"a.mp3": mp3})[1])
+    assert got == 5 and "AreaCode" in desc and rig.stored == []
+    body = rig.ebm()
+    body["MsgContent"]["Auxiliary"] = {"AuxiliaryType": "2", "AuxiliaryDesc": "a.mp3", "Size": str(len(mp3))}
+    got, desc, _ = rig.post(rig.platform.build_package("EBM", body, media={"a.mp3": mp3})[1])
+    assert got == 1 and rig.stored == [mp3] and rig.engine.submitted[-1].audio_id == "clip-test", desc
+    body = rig.ebm()
+    body["MsgContent"]["Auxiliary"] = {"AuxiliaryType": "2", "AuxiliaryDesc": "missing.mp3"}
+    got, desc, _ = rig.post(rig.platform.build_package("EBM", body)[1])
+    assert got == 3 and "missing.mp3" in desc
 
 
 def test_state_and_omd_requests_are_answered_and_followed_up(rig: Rig):

@@ -118,7 +118,13 @@ def test_keygen_writes_an_owner_only_key_and_never_overwrites(tmp_path: Path):
     public = out.stdout.rsplit(":", 1)[1].strip()
     assert len(public) == 128
     again = _run_cli("platform", "keygen", "--out", str(key))
-    assert again.returncode != 0 and "exists" in again.stderr.lower()
+    assert again.returncode == 1 and "exists; a key is never overwritten" in again.stderr
+    assert "Traceback" not in again.stderr
+
+
+def test_platform_sim_help_is_its_own():
+    out = _run_cli("platform-sim", "--help")
+    assert out.returncode == 0 and "serve" in out.stdout and "demo" in out.stdout
 
 
 # -- EBM → broadcast request ------------------------------------------------------------------------
@@ -164,6 +170,7 @@ def test_an_ebm_maps_to_a_county_emergency_on_its_area(cfg: Config):
     assert _request(cfg, event_type="31000000").repeat == cfg.national_platform.repeat  # no plan
     # A whole county's code reaches our terminals; an area beyond ours is dropped from the targets.
     assert _request(cfg, area_codes=("340621000000", "340622000000")).targets.area_codes == ["340621000000"]
+    assert _request(cfg, area_codes=("000000000000",)).targets.area_codes == ["000000000000"]  # the nation
 
 
 @pytest.mark.parametrize(("severity", "klass", "level"), [(1, "emergency", 1), (4, "emergency", 4),

@@ -101,7 +101,15 @@ def _cmd_platform_codes(args: argparse.Namespace) -> int:
 def _cmd_platform_keygen(args: argparse.Namespace) -> int:
     from controller.app.national import write_keypair
 
-    print(write_keypair(Path(args.out)))
+    try:
+        print(write_keypair(Path(args.out)))
+    except FileExistsError:
+        print(f"ebc platform keygen: {args.out} exists; a key is never overwritten (move it away first)",
+              file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"ebc platform keygen: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -179,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["platform-sim"]:  # its own parser, --help included
+        from simulator.platform_sim import main as platform_sim_main
+
+        return platform_sim_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

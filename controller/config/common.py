@@ -24,7 +24,10 @@ def check_area_code(value: str) -> str:
 
 
 def area_prefix(code: str) -> str:
-    """The significant part of a hierarchical area code (trailing zero groups cover the region)."""
+    """The significant part of a hierarchical area code (trailing zero groups cover the region;
+    all zeros is the whole country)."""
+    if code == "0" * 12:
+        return ""
     for width in (2, 4, 6, 9):
         if code[width:] == "0" * (12 - width):
             return code[:width]

@@ -29,6 +29,9 @@ class NationalListen(Strict):
                       description="URL path (not standardised; vendors use e.g. /linkage/access)")
     allow: list[str] = Field(min_length=1, description="IP addresses or networks (CIDR) that may post; "
                                                        "everything else gets 403")
+    public_url: str | None = Field(default=None, pattern=r"^https?://\S+$",
+                                   description="The URL the platform reaches this listener by (announced as "
+                                               "SRC/URL; default: built from host, port and path)")
     tls_cert_file: str | None = Field(default=None, description="PEM certificate: serve HTTPS")
     tls_key_file: str | None = Field(default=None, description="PEM private key of tls_cert_file")
     max_package_mb: float = Field(default=64, gt=0, le=512, description="Largest EBDT tar accepted")

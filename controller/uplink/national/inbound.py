@@ -9,11 +9,13 @@ Checks come before any action, in this order, and the first failure is the answe
 3. ``SRC/EBRID`` is the configured upper platform, ``DEST/EBRID`` (if given) is this gateway (5);
 4. the signature file verifies over the EBDB bytes with the platform's key of its CertSN (4) —
    heartbeats only when ``verify_heartbeats``;
-5. an EBDID answered before gets the same answer again and nothing is replayed.
+5. an EBDID answered before gets the same answer again and nothing is replayed (heartbeats, which
+   all share one EBDID, are answered afresh each time).
 
 Only then is the request dispatched: EBM play (journalled by the engine before the answer) or
 cancel, EBMStateRequest and OMDRequest (answered now, the report follows as its own EBD through
-the outbox), ConnectionCheck. Every decision is audited and published as ``national.ebd``.
+the outbox), ConnectionCheck. Every decision is audited and published as ``national.ebd`` — except
+accepted heartbeats, which are only counted (one every few seconds would bury the audit trail).
 """
 
 from __future__ import annotations
@@ -101,6 +103,8 @@ class NationalInbound:
                                     max_media_bytes=int(settings.listen.max_package_mb * 1024 * 1024))
         self.upper_level = SOURCE_LEVEL_OF_EBRID_LEVEL.get(parse_ebrid(settings.upper.ebrid).level,
                                                             SourceLevel.COUNTY)
+        self.heartbeats = 0
+        """Heartbeats answered since start (they are not audited one by one)."""
         self.submitting: tuple[str, str] | None = None
         """(EBMID, EBDID) while an EBM's broadcast is being submitted, so its first report carries it."""
         self._lock = asyncio.Lock()  # one dispatch at a time: duplicates are seen, EBMIDs linked in order
@@ -108,6 +112,7 @@ class NationalInbound:
     async def handle(self, content_type: str, body: bytes, peer: str) -> Answer:
         """Check, act, answer; never raises for anything the platform sent."""
         ebdid: str | None = None
+        related: str | None = None
         ebd_type = "?"
         src = peer
         try:
@@ -115,15 +120,22 @@ class NationalInbound:
             ebdid = package.ebdid
             document = ebd.parse_ebd(package.ebdb)
             ebdid, ebd_type, src = document.header.ebdid, document.header.ebd_type, document.header.src_ebrid
+            related = document.header.related_ebdid
             if document.header.ebdid != package.ebdid:
                 raise Rejected(2, f"EBD/EBDID {document.header.ebdid} is not the EBDID "
                                   f"{package.ebdid} of its file name EBDB_{package.ebdid}.xml")
             self._check_peers(document)
             await asyncio.to_thread(self._check_signature, document, package)
+            if isinstance(document.body, ebd.ConnectionCheck):
+                # Heartbeats all carry one EBDID ("01" + EBRID + zeros): answer each afresh, and keep
+                # them out of the audit trail (one every few seconds); refusals are audited below.
+                self.heartbeats += 1
+                return Answer(1, "connection ok", self.respond(ebdid, 1, "connection ok"))
             async with self._lock:
                 previous = self.store.seen(ebdid)
                 if previous is not None:
-                    self._record(document, 1, "duplicate EBDID: answered again, not replayed", src, None)
+                    self._audit(ebd_type, ebdid, 1, "duplicate EBDID: answered again, not replayed", src,
+                                None, document.header.related_ebdid)
                     return Answer(1, "duplicate", previous)
                 code, desc, broadcast_id = await self._dispatch(document, package)
                 answer = self.respond(ebdid, code, desc)
@@ -132,14 +144,14 @@ class NationalInbound:
             code = exc.result_code
             desc = str(getattr(exc, "desc", exc))
             answer = self.respond(ebdid, code, desc)
-            self._audit(ebd_type, ebdid, code, desc, src, None)
+            self._audit(ebd_type, ebdid, code, desc, src, None, related)
             return Answer(code, desc, answer)
         except Exception as exc:  # a bug must still be answered and audited, never a 500 with no EBD
             log.exception("handling an EBD from %s failed", peer)
             code, desc = 5, f"internal error handling {ebd_type}: {type(exc).__name__}"
-            self._audit(ebd_type, ebdid, code, desc, src, None)
+            self._audit(ebd_type, ebdid, code, desc, src, None, related)
             return Answer(code, desc, self.respond(ebdid, code, desc))
-        self._audit(ebd_type, ebdid, code, desc, src, broadcast_id)
+        self._audit(ebd_type, ebdid, code, desc, src, broadcast_id, related)
         return Answer(code, desc, answer, broadcast_id)
 
     # -- checks ------------------------------------------------------------------------------------
@@ -201,8 +213,6 @@ class NationalInbound:
                                   f"broadcast system (served: {', '.join(OMD_TYPES)})")
             self.followup(document.header.ebdid, body, "")
             return 1, f"{body.omd_type} follows", None
-        if isinstance(body, ebd.ConnectionCheck):
-            return 1, "connection ok", None
         if isinstance(body, ebd.EbdResponse):
             return 1, "response noted", None
         raise Rejected(5, f"EBD/EBDType {document.header.ebd_type[:40]} is not handled by a township "
@@ -212,8 +222,13 @@ class NationalInbound:
         existing = self.store.broadcast_of(ebm.ebmid)
         if existing is not None:
             return 1, f"EBMID already received as broadcast {existing}: not played again", existing
-        audio_id = await asyncio.to_thread(self._auxiliary_audio, ebm, package)
-        request = ebm_request(ebm, self.cfg, self.settings, source_level=self.upper_level, audio_id=audio_id)
+        has_audio = any(aux.type in self.settings.auxiliary_types for aux in ebm.auxiliaries)
+        # Every rule is checked before an attachment is kept: a refused EBM leaves nothing on disk.
+        request = ebm_request(ebm, self.cfg, self.settings, source_level=self.upper_level,
+                              audio_id="pending-attachment" if has_audio else None)
+        if has_audio:
+            audio_id = await asyncio.to_thread(self._auxiliary_audio, ebm, package)
+            request = request.model_copy(update={"audio_id": audio_id})
         actor = Actor(name=f"platform:{document.header.src_ebrid}", role=Role.OPERATOR, via="national")
         self.submitting = (ebm.ebmid, document.header.ebdid)
         try:
@@ -227,7 +242,7 @@ class NationalInbound:
         self.store.link_ebm(ebm.ebmid, broadcast_id, document.header.ebdid)
         return 1, f"accepted as broadcast {broadcast_id}", broadcast_id
 
-    def _auxiliary_audio(self, ebm: Ebm, package: Package) -> str | None:
+    def _auxiliary_audio(self, ebm: Ebm, package: Package) -> str:
         """The first Auxiliary of a known audio type, stored as an uploaded clip (checked like one)."""
         for aux in ebm.auxiliaries:
             kind = self.settings.auxiliary_types.get(aux.type)
@@ -244,7 +259,7 @@ class NationalInbound:
                 return self.store_audio(data)
             except ValueError as exc:
                 raise Rejected(2, f"Auxiliary {aux.desc[:80]} ({kind}): {exc}") from None
-        return None
+        raise Rejected(3, "EBM/MsgContent/Auxiliary: no attachment of a known AuxiliaryType")
 
     async def _cancel(self, ebm: Ebm) -> tuple[int, str, str | None]:
         ebmid = ebm.related_ebmid or ebm.ebmid
@@ -267,11 +282,8 @@ class NationalInbound:
 
     # -- records -----------------------------------------------------------------------------------
 
-    def _record(self, document: Document, code: int, desc: str, src: str, broadcast_id: str | None) -> None:
-        self._audit(document.header.ebd_type, document.header.ebdid, code, desc, src, broadcast_id)
-
     def _audit(self, ebd_type: str, ebdid: str | None, code: int, desc: str, src: str,
-               broadcast_id: str | None) -> None:
+               broadcast_id: str | None, related: str | None = None) -> None:
         actor = Actor(name=f"platform:{src}"[:80], via="national")
         details: dict[str, Any] = {"ebd_type": ebd_type, "result_code": code, "result_desc": desc}
         if broadcast_id:
@@ -281,6 +293,6 @@ class NationalInbound:
         except Exception:
             log.exception("cannot audit the EBD %s", ebdid)
         self.bus.publish(PlatformExchange(direction="in", ebd_type=ebd_type, ebdid=ebdid or "",
-                                          related_ebdid=None, result_code=code, result_desc=desc, peer=src,
+                                          related_ebdid=related, result_code=code, result_desc=desc, peer=src,
                                           broadcast_id=broadcast_id))
 

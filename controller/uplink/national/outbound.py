@@ -92,9 +92,13 @@ class Envelope:
         self.own_url = self._own_url()
 
     def _own_url(self) -> str:
+        """Where the platform reaches us (SRC/URL): ``listen.public_url``, else the listen address."""
         listen = self.settings.listen
+        if listen.public_url:
+            return listen.public_url
         scheme = "https" if listen.tls_cert_file else "http"
         host = self.cfg.gateway.id if listen.host in ("0.0.0.0", "::") else listen.host
+        host = f"[{host}]" if ":" in host else host
         return f"{scheme}://{host}:{listen.port}{listen.path}"
 
     def ebdb(self, ebd_type: str, body: ET.Element, *, ebdid: str | None = None,

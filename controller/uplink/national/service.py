@@ -27,7 +27,8 @@ from starlette.routing import Route
 from controller.broadcast.model import BroadcastState
 from controller.broadcast.ports import BroadcastPort
 from controller.config import Config
-from controller.core.events import BroadcastStateChanged, DeviceState, Event, EventBus
+from controller.core.actors import Actor
+from controller.core.events import BroadcastStateChanged, DeviceState, Event, EventBus, PlatformExchange
 from controller.devices.registry import DeviceRegistry
 from controller.storage.journal import Store
 from controller.uplink.national import ebd
@@ -68,7 +69,8 @@ class NationalPlatform:
         self.verifiers = {key.cert_sn: Sm2Verifier(key.key_text(base), settings.upper.user_id)
                           for key in settings.upper.keys}
         self.envelope = Envelope(cfg, settings, self.store, signer)
-        self.outbound = NationalOutbound(cfg, settings, self.envelope, state_dir, self.verifiers, bus.publish)
+        self.outbound = NationalOutbound(cfg, settings, self.envelope, state_dir, self.verifiers,
+                                         self._on_refused)
         self.inbound = NationalInbound(cfg, settings, journal=journal, store=self.store, engine=engine,
                                        bus=bus,
                                        store_audio=store_audio, verifiers=self.verifiers,
@@ -79,7 +81,6 @@ class NationalPlatform:
         self._sock: socket.socket | None = None
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
-        self._submitting: tuple[str, str] | None = None
         bus.add_listener(self._on_event)  # reports are queued from here on, durably, in order
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -143,7 +144,18 @@ class NationalPlatform:
     def status(self) -> dict[str, Any]:
         """For ``GET /api/v1/gateway`` and the console."""
         return {"ebrid": self.cfg.gateway.ebrid, "upper": self.settings.upper.ebrid,
-                "url": self.settings.upper.url, **self.outbound.status.as_dict(self.outbound.outbox.depth)}
+                "url": self.settings.upper.url, "heartbeats_received": self.inbound.heartbeats,
+                **self.outbound.status.as_dict(self.outbound.outbox.depth)}
+
+    def _on_refused(self, event: PlatformExchange) -> None:
+        """A report the platform answered with ResultCode 2–5: audited and published (not retried)."""
+        try:
+            self.journal.audit(Actor.system("ebc national"), f"national.{event.ebd_type}.refused"[:64],
+                               event.ebdid, {"result_code": event.result_code,
+                                             "result_desc": event.result_desc})
+        except Exception:
+            log.exception("cannot audit the refused report %s", event.ebdid)
+        self.bus.publish(event)
 
     # -- the listener ------------------------------------------------------------------------------
 
@@ -179,7 +191,8 @@ class NationalPlatform:
     # -- reports -----------------------------------------------------------------------------------
 
     def _queue_inventory(self) -> None:
-        """At start: the inventory (EBRDTInfo Sync), the system itself and every device's state."""
+        """At start: the system itself (EBRBSInfo) and the inventory (EBRDTInfo Sync); device states
+        follow as the health monitor judges each device."""
         gw = self.cfg.gateway
         now = datetime.now(UTC)
         self.outbound.enqueue("EBRBSInfo", self._ebrbs_info(now))

@@ -56,6 +56,7 @@ addStrings({
     "hist.via.schedule": "定时计划",
     "hist.via.county": "县级平台",
     "hist.via.cap": "预警信息",
+    "hist.via.national": "应急广播平台接口",
     "hist.via.system": "系统",
   },
   en: {
@@ -103,6 +104,7 @@ addStrings({
     "hist.via.schedule": "schedule",
     "hist.via.county": "county centre",
     "hist.via.cap": "alert feed",
+    "hist.via.national": "platform interface",
     "hist.via.system": "system",
   },
 });
