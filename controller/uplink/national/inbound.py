@@ -130,7 +130,8 @@ class NationalInbound:
                 # Heartbeats all carry one EBDID ("01" + EBRID + zeros): answer each afresh, and keep
                 # them out of the audit trail (one every few seconds); refusals are audited below.
                 self.heartbeats += 1
-                return Answer(1, "connection ok", self.respond(ebdid, 1, "connection ok"))
+                answer = await asyncio.to_thread(self.respond, ebdid, 1, "connection ok")
+                return Answer(1, "connection ok", answer)
             async with self._lock:
                 previous = self.store.seen(ebdid)
                 if previous is not None:
@@ -138,19 +139,19 @@ class NationalInbound:
                                 None, document.header.related_ebdid)
                     return Answer(1, "duplicate", previous)
                 code, desc, broadcast_id = await self._dispatch(document, package)
-                answer = self.respond(ebdid, code, desc)
+                answer = await asyncio.to_thread(self.respond, ebdid, code, desc)
                 self.store.remember(ebdid, ebd_type, code, answer)
         except (PackageError, EbdError, MappingError, Rejected) as exc:
             code = exc.result_code
             desc = str(getattr(exc, "desc", exc))
-            answer = self.respond(ebdid, code, desc)
+            answer = await asyncio.to_thread(self.respond, ebdid, code, desc)
             self._audit(ebd_type, ebdid, code, desc, src, None, related)
             return Answer(code, desc, answer)
         except Exception as exc:  # a bug must still be answered and audited, never a 500 with no EBD
             log.exception("handling an EBD from %s failed", peer)
             code, desc = 5, f"internal error handling {ebd_type}: {type(exc).__name__}"
             self._audit(ebd_type, ebdid, code, desc, src, None, related)
-            return Answer(code, desc, self.respond(ebdid, code, desc))
+            return Answer(code, desc, await asyncio.to_thread(self.respond, ebdid, code, desc))
         self._audit(ebd_type, ebdid, code, desc, src, broadcast_id, related)
         return Answer(code, desc, answer, broadcast_id)
 
