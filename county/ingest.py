@@ -1,0 +1,440 @@
+"""MQTT → the county picture and history: one paho client for every gateway (docs/mqtt.md).
+
+Subscriptions (QoS 1): ``<prefix>/+/status``, ``+/birth`` and ``+/devices/+/state`` — the retained
+picture, which every instance receives in full — and ``+/events``, ``+/broadcasts/+`` and
+``+/health`` — the history, through ``$share/<share_group>/…`` when several instances share it —
+and ``+/cmd/+/response``, handed to :attr:`Ingest.on_response` (the commands module).
+
+paho runs its network loop in its own thread; its message callback only appends to a deque and
+wakes the event loop once per burst (``call_soon_threadsafe``), where messages are parsed, applied
+to the picture at once (a fault is visible before it is written down) and queued for the writer.
+The writer stores a burst in one transaction in a worker thread, keeps only reports whose
+(gateway, seq) is new (the database's unique key decides, across restarts and instances; an
+in-memory window of recent seqs spares it obvious duplicates), then looks for gaps in seq.
+
+A malformed message is logged and counted for its gateway; it never stops the ingest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from county.config import Broker, CountyConfig
+from county.gaps import GapScanner
+from county.picture import Picture
+from county.store import Store
+
+log = logging.getLogger(__name__)
+
+CONNACK_TIMEOUT_S = 15.0
+RECONNECT_MIN_S = 0.5
+RECONNECT_MAX_S = 30.0
+RECENT_SEQS = 4096
+"""Per gateway, how many recent seqs are remembered to drop duplicates before the database."""
+SETTLE_SHARED_S = 5.0
+"""With a share group: how old a report must be before a hole before it counts as a gap."""
+MALFORMED_LOGGED = 10
+"""Malformed messages logged per gateway at warning level; the rest at debug (still counted)."""
+
+
+class Malformed(ValueError):
+    """A message that does not follow docs/mqtt.md; the text says what is wrong."""
+
+
+@dataclass
+class IngestStats:
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    malformed: int = 0
+    malformed_by_gateway: dict[str, int] = field(default_factory=dict)
+    connects: int = 0
+
+
+@dataclass
+class _Recent:
+    """A bounded window of seqs already seen from one gateway."""
+
+    order: collections.deque[int] = field(default_factory=lambda: collections.deque(maxlen=RECENT_SEQS))
+    seqs: set[int] = field(default_factory=set)
+
+    def add(self, seq: int) -> bool:
+        if seq in self.seqs:
+            return False
+        if len(self.order) == self.order.maxlen:
+            self.seqs.discard(self.order[0])
+        self.order.append(seq)
+        self.seqs.add(seq)
+        return True
+
+
+def _report(payload: bytes) -> dict[str, Any]:
+    """An outbox report: ``seq``, ``historical``, ``kind``, ``ts``, ``data``."""
+    doc = _json_object(payload)
+    seq = doc.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise Malformed("seq: must be a non-negative integer")
+    if not isinstance(doc.get("kind"), str):
+        raise Malformed("kind: must be a string")
+    ts = doc.get("ts")
+    if ts is not None and (not isinstance(ts, int | float) or isinstance(ts, bool)):
+        raise Malformed("ts: must be a number")
+    if not isinstance(doc.get("historical", False), bool):
+        raise Malformed("historical: must be true or false")
+    if not isinstance(doc.get("data", {}), dict):
+        raise Malformed("data: must be an object")
+    return {"seq": seq, "kind": doc["kind"], "ts": ts, "historical": doc.get("historical", False),
+            "data": doc.get("data", {})}
+
+
+def _json_object(payload: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Malformed(f"not JSON ({exc.__class__.__name__})") from None
+    if not isinstance(doc, dict):
+        raise Malformed("not a JSON object")
+    return doc
+
+
+def _birth(payload: bytes) -> dict[str, Any]:
+    doc = _json_object(payload)
+    if not isinstance(doc.get("gateway", {}), dict):
+        raise Malformed("gateway: must be an object")
+    devices = doc.get("devices", [])
+    if not isinstance(devices, list):
+        raise Malformed("devices: must be a list")
+    for i, dev in enumerate(devices):
+        if not isinstance(dev, dict) or not isinstance(dev.get("id"), str) or not dev["id"]:
+            raise Malformed(f"devices[{i}].id: must be a non-empty string")
+    return doc
+
+
+def _state(payload: bytes, device: str) -> dict[str, Any]:
+    doc = _json_object(payload)
+    if doc.setdefault("id", device) != device:
+        raise Malformed(f"id: {str(doc['id'])[:64]!r} does not match the topic's device {device!r}")
+    if not isinstance(doc.get("faults") or [], list):
+        raise Malformed("faults: must be a list")
+    return doc
+
+
+class Ingest:
+    """See the module docstring. ``await start()``, ``await stop()``; ``publish`` for commands."""
+
+    def __init__(self, cfg: CountyConfig, store: Store, picture: Picture, *,
+                 on_response: Callable[[str, str, bytes], None] | None = None) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.picture = picture
+        self.on_response = on_response
+        """(gateway, command name, payload) of every ``cmd/<name>/response``, on the event loop."""
+        self.prefix = cfg.mqtt.prefix
+        self.client_id = cfg.client_id
+        self.persistent = cfg.mqtt.client_id is not None
+        self.brokers: list[Broker] = cfg.mqtt.addresses()
+        self.stats = IngestStats()
+        self.gaps = GapScanner(store, SETTLE_SHARED_S if cfg.mqtt.share_group else 0.0)
+        self._recent: dict[str, _Recent] = {}
+        self._inbox: collections.deque[tuple[str, bytes, bool]] = collections.deque()
+        self._drain_due = False
+        self._ops: list[tuple[Any, ...]] = []
+        self._write_due = asyncio.Event()
+        self._db = ThreadPoolExecutor(1, thread_name_prefix="county-db")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: paho.Client | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.connected = asyncio.Event()
+        """Set while subscribed to a broker."""
+        self.writes_done = 0
+        """Writer bursts completed (tests wait on it)."""
+
+    # -- life cycle -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._tasks = [asyncio.create_task(self._supervise(), name="county mqtt"),
+                       asyncio.create_task(self._writer(), name="county writer")]
+
+    async def stop(self) -> None:
+        self._stopping = True
+        client = self._client
+        if client is not None:
+            client.disconnect()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        self._drain()
+        if self._ops:  # what was received is stored before we go
+            await self._write_burst()
+        self._db.shutdown(wait=True)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
+        """Publish on the current connection (county commands); False when not connected."""
+        client = self._client
+        if client is None or not self.connected.is_set():
+            return False
+        return client.publish(topic, payload, qos=qos, retain=retain).rc == paho.MQTT_ERR_SUCCESS
+
+    def subscriptions(self) -> list[str]:
+        p = self.prefix
+        share = f"$share/{self.cfg.mqtt.share_group}/" if self.cfg.mqtt.share_group else ""
+        return [f"{p}/+/status", f"{p}/+/birth", f"{p}/+/devices/+/state", f"{share}{p}/+/events",
+                f"{share}{p}/+/broadcasts/+", f"{share}{p}/+/health", f"{p}/+/cmd/+/response"]
+
+    # -- connection -------------------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay, index = RECONNECT_MIN_S, 0
+        while not self._stopping:
+            broker = self.brokers[index % len(self.brokers)]
+            ended = asyncio.Event()
+            client = self._client = self._make_client(ended)
+            worked = False
+            try:
+                await loop.run_in_executor(None, client.connect, broker.host, broker.port,
+                                           self.cfg.mqtt.keepalive_s)
+                client.loop_start()
+                try:
+                    async with asyncio.timeout(CONNACK_TIMEOUT_S):
+                        await self.connected.wait()
+                    worked = True
+                    await ended.wait()
+                except TimeoutError:
+                    log.warning("MQTT %s: no CONNACK within %g s", broker.url, CONNACK_TIMEOUT_S)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                log.warning("MQTT %s: cannot connect (%s)", broker.url, exc)
+            finally:
+                self.connected.clear()
+                self._client = None
+                with contextlib.suppress(Exception):
+                    client.disconnect()
+                await asyncio.shield(loop.run_in_executor(None, client.loop_stop))
+            if self._stopping:
+                return
+            delay = RECONNECT_MIN_S if worked else min(delay * 2, RECONNECT_MAX_S)
+            index += 1
+            await asyncio.sleep(delay)
+
+    def _make_client(self, ended: asyncio.Event) -> paho.Client:
+        m = self.cfg.mqtt
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             clean_session=not self.persistent, protocol=paho.MQTTv311,
+                             reconnect_on_failure=False)
+        client.max_queued_messages_set(0)
+        if m.username is not None:
+            client.username_pw_set(m.username, self.cfg.read_password())
+        if self.brokers[0].tls:
+            ca = self.cfg.file(m.ca_file)
+            client.tls_set(ca_certs=str(ca) if ca else None, cert_reqs=ssl.CERT_REQUIRED)
+        loop = self._loop
+        assert loop is not None
+
+        def on_connect(c: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+            if reason.is_failure:
+                log.warning("MQTT connection refused: %s", reason)
+                return
+            c.subscribe([(topic, 1) for topic in self.subscriptions()])
+
+        def on_subscribe(c: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+            failed = [r for r in reasons if r.is_failure]
+            if failed:
+                log.error("MQTT subscription refused: %s", failed)
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._on_subscribed)
+
+        def on_disconnect(c: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(ended.set)
+
+        def on_message(c: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+            self._inbox.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+            if not self._drain_due:
+                self._drain_due = True
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(self._drain)
+
+        client.on_connect = on_connect
+        client.on_subscribe = on_subscribe
+        client.on_disconnect = on_disconnect
+        client.on_message = on_message
+        return client
+
+    def _on_subscribed(self) -> None:
+        self.stats.connects += 1
+        self.connected.set()
+        log.info("county ingest subscribed to %s as %s", self.brokers, self.client_id)
+
+    # -- parsing (on the event loop) --------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        self._drain_due = False
+        while self._inbox:
+            topic, payload, retain = self._inbox.popleft()
+            self.handle(topic, payload, retain)
+
+    def handle(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """One message from the broker; never raises."""
+        self.stats.received += 1
+        gateway: str | None = None
+        try:
+            if not topic.startswith(self.prefix + "/"):
+                raise Malformed("topic outside the prefix")
+            parts = topic[len(self.prefix) + 1:].split("/")
+            gateway, tail = parts[0], parts[1:]
+            if not gateway:
+                gateway = None
+                raise Malformed("empty gateway id")
+            self._route(gateway, tail, payload, time.time())
+        except Malformed as exc:
+            self._malformed(gateway, topic, str(exc))
+        except Exception:  # a bug must not stop the ingest either
+            log.exception("county ingest failed on %r", topic[:200])
+            self._malformed(gateway, topic, "internal error (see log)")
+
+    def _route(self, gw: str, tail: list[str], payload: bytes, now: float) -> None:
+        if tail[:1] == ["cmd"] and len(tail) == 3 and tail[2] == "response":
+            if self.on_response is not None:
+                self.on_response(gw, tail[1], payload)
+            return
+        if not payload and (tail in (["status"], ["birth"]) or tail[:1] == ["devices"]):
+            return  # a retained message being cleared: nothing to apply
+        self.picture.seen(gw, now)
+        self._ops.append(("seen", gw, now))
+        if tail == ["status"]:
+            text = payload.decode("utf-8", "replace").strip()
+            if text not in ("online", "offline"):
+                raise Malformed("status: must be 'online' or 'offline'")
+            self.picture.set_status(gw, text, now)
+            self._queue(("status", gw, text, now))
+        elif tail == ["birth"]:
+            birth = _birth(payload)
+            self.picture.set_birth(gw, birth)
+            self._queue(("birth", gw, birth, now))
+        elif len(tail) == 3 and tail[0] == "devices" and tail[2] == "state":
+            doc = _state(payload, tail[1])
+            self.picture.set_device_state(gw, doc, now)
+            self._queue(("state", gw, doc, now))
+        elif tail in (["events"], ["health"]) or (len(tail) == 2 and tail[0] == "broadcasts"):
+            report = _report(payload)
+            data, kind = report["data"], report["kind"]
+            if kind in ("broadcast.state", "broadcast.outcome") and (
+                    "id" not in data or (kind == "broadcast.outcome" and "device" not in data)):
+                raise Malformed("data: a broadcast report needs id (and device for an outcome)")
+            if not self._recent.setdefault(gw, _Recent()).add(report["seq"]):
+                self.stats.duplicates += 1
+                return
+            self._queue(("report", gw, tail[0], report, now))
+        else:
+            raise Malformed("unknown topic")
+
+    def _queue(self, op: tuple[Any, ...]) -> None:
+        self._ops.append(op)
+        self._write_due.set()
+
+    def _malformed(self, gw: str | None, topic: str, why: str) -> None:
+        self.stats.malformed += 1
+        if gw is not None:
+            count = self.stats.malformed_by_gateway[gw] = self.stats.malformed_by_gateway.get(gw, 0) + 1
+            self.picture.count_malformed(gw)
+        else:
+            count = self.stats.malformed
+        level = logging.WARNING if count <= MALFORMED_LOGGED else logging.DEBUG
+        log.log(level, "malformed MQTT message on %r: %s", topic[:200], why)
+
+    # -- writing (worker thread) ------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        while True:
+            await self._write_due.wait()
+            self._write_due.clear()
+            await self._write_burst()
+
+    async def _write_burst(self) -> None:
+        ops, self._ops = self._ops, []
+        if not ops:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            new, gaps = await loop.run_in_executor(self._db, self._write, ops)
+        except Exception:
+            log.exception("cannot store %d county updates; retrying in 1 s", len(ops))
+            self._ops = ops + self._ops
+            await asyncio.sleep(1.0)
+            self._write_due.set()
+            return
+        for gw, event in new:
+            self.picture.add_event(gw, event)
+        for gw, (unexplained, explained) in gaps.items():
+            self.picture.set_gaps(gw, unexplained, explained)
+        self.writes_done += 1
+
+    def _write(self, ops: list[tuple[Any, ...]]) -> tuple[list[tuple[str, dict[str, Any]]],
+                                                          dict[str, tuple[int, int]]]:
+        """Apply a burst in one transaction; (new reports, gap counts of gateways whose gaps changed)."""
+        new: list[tuple[str, dict[str, Any]]] = []
+        seen: dict[str, float] = {}
+        touched: set[str] = set()
+        with self.store.batch():
+            for op in ops:
+                kind, gw = op[0], op[1]
+                if kind == "seen":
+                    seen[gw] = max(seen.get(gw, 0.0), op[2])
+                elif kind == "status":
+                    self.store.set_status(gw, op[2], op[3])
+                elif kind == "birth":
+                    self.store.save_birth(gw, op[2], op[3])
+                elif kind == "state":
+                    self.store.save_device_state(gw, op[2], op[3])
+                elif kind == "report":
+                    topic, r, at = op[2], op[3], op[4]
+                    if self.store.insert_event(gw, r["seq"], r["kind"], r["ts"], r["historical"], r["data"],
+                                               at):
+                        self.stats.stored += 1
+                        new.append((gw, {**r, "topic": topic, "received_at": at}))
+                        touched.add(gw)
+                        if r["kind"] == "broadcast.state":
+                            self.store.save_broadcast_state(gw, r["seq"], r["data"], at)
+                        elif r["kind"] == "broadcast.outcome":
+                            self.store.save_broadcast_outcome(gw, r["seq"], r["data"], at)
+                    else:
+                        self.stats.duplicates += 1
+            for gw, at in seen.items():
+                self.store.touch(gw, at)
+        return new, self._scan(touched)
+
+    def _scan(self, gateways: set[str]) -> dict[str, tuple[int, int]]:
+        out = {}
+        for gw in gateways:
+            with self.store.batch():
+                if not self.gaps.scan(gw):
+                    continue
+                rows = self.store.gaps(gw)
+            unexplained = sum(1 for g in rows if g["explained_by"] == "unexplained")
+            out[gw] = (unexplained, len(rows) - unexplained)
+        return out
+
+    async def rescan(self) -> None:
+        """Scan every gateway for gaps (periodically with a share group: reports settle in the database)."""
+        loop = asyncio.get_running_loop()
+        gaps = await loop.run_in_executor(self._db, self._scan, set(self.picture.gateways))
+        for gw, (unexplained, explained) in gaps.items():
+            self.picture.set_gaps(gw, unexplained, explained)

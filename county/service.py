@@ -1,0 +1,140 @@
+"""The county service: the store, the picture rebuilt from it, the MQTT ingest, the API and retention.
+
+``CountyService(cfg)``; ``await start()`` (the API listens on its own socket before it returns,
+so ``port`` is known even when the config asks for port 0), ``await stop()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import uvicorn
+from fastapi import APIRouter, FastAPI
+
+from county.api import ApiContext, create_app
+from county.config import CountyConfig
+from county.ingest import SETTLE_SHARED_S, Ingest
+from county.picture import Picture
+from county.store import Store, open_store
+
+log = logging.getLogger(__name__)
+
+RETENTION_INTERVAL_S = 3600.0
+
+
+class CountyService:
+    """See the module docstring. ``routers`` are added to the API (e.g. the commands module's);
+    ``on_response`` gets every gateway's command response (gateway, command, payload)."""
+
+    def __init__(self, cfg: CountyConfig, *, routers: Sequence[APIRouter] = (),
+                 on_response: Callable[[str, str, bytes], None] | None = None) -> None:
+        self.cfg = cfg
+        self.routers = list(routers)
+        self.on_response = on_response
+        self.picture = Picture()
+        self.store: Store | None = None
+        self.ingest: Ingest | None = None
+        self.app: FastAPI | None = None
+        self.context: ApiContext | None = None
+        self._server: uvicorn.Server | None = None
+        self._socket: socket.socket | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    @property
+    def port(self) -> int:
+        assert self._socket is not None, "not started"
+        return int(self._socket.getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.cfg.api.host}:{self.port}"
+
+    async def start(self) -> None:
+        store = self.store = await asyncio.to_thread(open_store, self.cfg)
+        await asyncio.to_thread(self.picture.rebuild, store)
+        ingest = self.ingest = Ingest(self.cfg, store, self.picture, on_response=self.on_response)
+        await ingest.start()
+        self.context = ApiContext(self.cfg, store, self.picture, mqtt_connected=ingest.connected.is_set,
+                                  stats=lambda: {k: v for k, v in asdict(ingest.stats).items()
+                                                 if k != "malformed_by_gateway"})
+        app = self.app = create_app(self.context)
+        for router in self.routers:
+            app.include_router(router)
+        family = socket.AF_INET6 if ":" in self.cfg.api.host else socket.AF_INET
+        sock = self._socket = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.cfg.api.host, self.cfg.api.port))
+        sock.listen(128)
+        sock.setblocking(False)
+        server = self._server = uvicorn.Server(uvicorn.Config(
+            app, log_level="warning", lifespan="off", timeout_graceful_shutdown=3, access_log=False))
+        self._tasks.append(asyncio.create_task(server.serve(sockets=[sock]), name="county api"))
+        while not server.started:
+            if self._tasks[0].done():
+                self._tasks[0].result()  # raises why it could not start
+                raise RuntimeError("the county API server stopped at start")
+            await asyncio.sleep(0.02)
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="county retention"))
+        log.info("county %s: API on %s, brokers %s, storage %s", self.cfg.county.id, self.url,
+                 ", ".join(self.cfg.mqtt.brokers), store.dialect)
+
+    async def _housekeeping(self) -> None:
+        """Retention every hour; with a share group, gap scans of reports other instances stored."""
+        assert self.store is not None and self.ingest is not None
+        next_prune = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            if loop.time() >= next_prune:
+                try:
+                    deleted = await asyncio.to_thread(self.store.prune, self.cfg.storage.retention_days)
+                    if any(deleted.values()):
+                        log.info("retention (%d days): deleted %s", self.cfg.storage.retention_days, deleted)
+                except Exception:
+                    log.exception("retention pruning failed")
+                next_prune = loop.time() + RETENTION_INTERVAL_S
+            if self.cfg.mqtt.share_group:
+                try:
+                    await self.ingest.rescan()
+                except Exception:
+                    log.exception("gap scan failed")
+            await asyncio.sleep(SETTLE_SHARED_S if self.cfg.mqtt.share_group else RETENTION_INTERVAL_S)
+
+    async def stop(self) -> None:
+        if self.context is not None:
+            self.context.stopping.set()  # SSE streams end, so the server can
+        if self._server is not None:
+            self._server.should_exit = True
+        for task in self._tasks[1:]:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._socket is not None:
+            self._socket.close()
+        if self.ingest is not None:
+            await self.ingest.stop()
+        if self.store is not None:
+            self.store.close()
+
+
+async def run_service(cfg: CountyConfig) -> None:
+    """Run until SIGTERM or SIGINT."""
+    service = CountyService(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    print(f"county {cfg.county.id}: API on {service.url}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()
