@@ -374,23 +374,27 @@ class Ingest:
             return
         loop = asyncio.get_running_loop()
         try:
-            new, gaps = await loop.run_in_executor(self._db, self._write, ops)
+            new, duplicates, gaps = await loop.run_in_executor(self._db, self._write, ops)
         except Exception:
             log.exception("cannot store %d county updates; retrying in 1 s", len(ops))
             self._ops = ops + self._ops
             await asyncio.sleep(1.0)
             self._write_due.set()
             return
+        self.stats.stored += len(new)  # counted here, on the loop: the stats have one writer
+        self.stats.duplicates += duplicates
         for gw, event in new:
             self.picture.add_event(gw, event)
         for gw, (unexplained, explained) in gaps.items():
             self.picture.set_gaps(gw, unexplained, explained)
         self.writes_done += 1
 
-    def _write(self, ops: list[tuple[Any, ...]]) -> tuple[list[tuple[str, dict[str, Any]]],
+    def _write(self, ops: list[tuple[Any, ...]]) -> tuple[list[tuple[str, dict[str, Any]]], int,
                                                           dict[str, tuple[int, int]]]:
-        """Apply a burst in one transaction; (new reports, gap counts of gateways whose gaps changed)."""
+        """Apply a burst in one transaction (worker thread); the new reports, how many were already
+        stored, and the gap counts of gateways whose gaps changed."""
         new: list[tuple[str, dict[str, Any]]] = []
+        duplicates = 0
         seen: dict[str, float] = {}
         touched: set[str] = set()
         with self.store.batch():
@@ -408,7 +412,6 @@ class Ingest:
                     topic, r, at = op[2], op[3], op[4]
                     if self.store.insert_event(gw, r["seq"], r["kind"], r["ts"], r["historical"], r["data"],
                                                at):
-                        self.stats.stored += 1
                         new.append((gw, {**r, "topic": topic, "received_at": at}))
                         touched.add(gw)
                         if r["kind"] == "broadcast.state":
@@ -416,10 +419,10 @@ class Ingest:
                         elif r["kind"] == "broadcast.outcome":
                             self.store.save_broadcast_outcome(gw, r["seq"], r["data"], at)
                     else:
-                        self.stats.duplicates += 1
+                        duplicates += 1
             for gw, at in seen.items():
                 self.store.touch(gw, at)
-        return new, self._scan(touched)
+        return new, duplicates, self._scan(touched)
 
     def _scan(self, gateways: set[str]) -> dict[str, tuple[int, int]]:
         out = {}
