@@ -1,0 +1,1 @@
+"""The county centre: watches every township gateway over MQTT and sends it signed commands."""
