@@ -18,8 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
+import yaml
 from cryptography.hazmat.primitives import serialization
+from mqttkit import HANG_GUARD_S, Broker
+from paho.mqtt.enums import CallbackAPIVersion
+from simkit import Daemon, SimConfig, SimProcess, free_port, wait_until, write_sim_config
 
 from controller.uplink.signing import load_public_key, signed_bytes
 from county.commands import (
@@ -372,3 +377,196 @@ def test_no_answer_is_retried_and_given_up_after_max_attempts():
     row = bc.report()["gateways"][0]
     assert len(wire.to("gw-106")) == 2 and row["state"] == "undelivered"
     assert row["command"]["refusal"]["error"] == "no_answer"
+
+
+# -- end to end: real gateways (``ebc run`` on the simulator) behind a real Mosquitto ---------------------
+
+PREFIX = "ebc"
+TOWNS = {"gw-340621105": "340621105000", "gw-340621106": "340621106000", "gw-340621107": "340621107000"}
+COUNTY_CODE = "340621000000"
+
+
+def township(root: Path, broker: Broker, gw_id: str, town: str, keys: list[dict[str, Any]]
+             ) -> tuple[SimConfig, Path, int]:
+    """Two loudspeaker terminals in two villages of ``town``, reporting to ``broker``, trusting ``keys``."""
+    root.mkdir()
+    sim = write_sim_config(root, rtu_terminals=2, tcp_terminals=0, fm=False, time_scale=10.0)
+    data = dict(sim.data)
+    data["gateway"] = {**data["gateway"], "id": gw_id, "area_code": town}
+    for i, dev in enumerate(data["devices"]):
+        dev["area_code"] = f"{town[:9]}{201 + i:03d}"
+    port = free_port()
+    data.update(state_dir=str(root / "state"), api={"host": "127.0.0.1", "port": port},
+                audio_output={"sink": "sim_line", "time_scale": 5.0},
+                health={"offline_after_s": 3, "line_check_interval_s": 0, "fault_recovered_hold_s": 1,
+                        "report_interval_s": 3600},
+                mqtt={"brokers": [broker.url], "prefix": PREFIX, "reconnect_min_s": 0.2,
+                      "reconnect_max_s": 1.0, "health_interval_s": 60},
+                county={"max_skew_s": 300, "keys": keys})
+    sim.path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    sim.data.clear()
+    sim.data.update(data)
+    return sim, sim.path, port
+
+
+class County:
+    """What the county service does with paho: status, birth, answers and reports fed to the commands
+    module, and a timer for its retries."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"county-{time.monotonic_ns()}")
+        self.tracker = CommandTracker(lambda topic, payload: self.client.publish(topic, payload, qos=1),
+                                      PREFIX)
+        self.status: dict[str, str] = {}
+        self.births: dict[str, dict[str, Any]] = {}
+        self.broadcasts: list[CountyBroadcast] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self._stop = threading.Event()
+        self.client.on_connect = lambda c, *a: c.subscribe(
+            [(f"{PREFIX}/+/{t}", 1) for t in ("status", "birth", "cmd/+/response", "broadcasts/+")])
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", broker.port, keepalive=30)
+        self.client.loop_start()
+        assert self._subscribed.wait(HANG_GUARD_S)
+        self._ticker = threading.Thread(target=self._tick, daemon=True)
+        self._ticker.start()
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        parts = msg.topic.split("/")
+        gw, payload = parts[1], bytes(msg.payload)
+        with self._lock:
+            active = list(self.broadcasts)
+        if parts[2:] == ["status"]:
+            self.status[gw] = payload.decode()
+            for bc in active:
+                (bc.on_gateway_online if payload == b"online" else bc.on_gateway_offline)(gw)
+        elif parts[2:] == ["birth"]:
+            self.births[gw] = json.loads(payload)
+        elif parts[2] == "cmd" and parts[4:] == ["response"]:
+            self.tracker.on_response(gw, parts[3], payload)
+            for bc in active:
+                if parts[3] == "broadcast":
+                    bc.on_response(gw, payload)
+        elif parts[2] == "broadcasts":
+            for bc in active:
+                bc.on_broadcast_report(gw, parts[3], payload)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(0.2):
+            with self._lock:
+                active = list(self.broadcasts)
+            for bc in active:
+                bc.tick()
+
+    def online(self, gw: str) -> bool:
+        return self.status.get(gw) == "online"
+
+    def broadcast(self, request: dict[str, Any], signer: CountySigner) -> CountyBroadcast:
+        inventory = {gw: birth["devices"] for gw, birth in self.births.items()}
+        bc = CountyBroadcast(request, signer=signer, tracker=self.tracker, inventory=inventory,
+                             is_online=self.online, retry_after_s=0.5)
+        with self._lock:
+            self.broadcasts.append(bc)
+        bc.start()
+        return bc
+
+    def close(self) -> None:
+        self._stop.set()
+        self._ticker.join()
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def rows(bc: CountyBroadcast) -> dict[str, dict[str, Any]]:
+    return {r["gateway"]: r for r in bc.report()["gateways"]}
+
+
+@pytest.mark.timeout(300)
+def test_county_wide_broadcast_to_real_gateways(tmp_path: Path):
+    """Three townships; refusals first (a key they do not know, a forged one), then one warning for the
+    whole county while one township is stopped: it gets it when it is back, coverage 1.0 by the
+    simulators' own ears."""
+    county_sm2 = CountySigner("sm2", "county-sm2", keygen_text("sm2", tmp_path / "sm2.key"))
+    county_ed = CountySigner("ed25519", "county-ed", keygen_text("ed25519", tmp_path / "ed.key"))
+    keys = [{"id": "county-sm2", "type": "sm2", "public_key": county_sm2.public_key_text},
+            {"id": "county-ed", "type": "ed25519", "public_key": county_ed.public_key_text}]
+    broker = Broker(tmp_path / "broker").start()
+    towns = {gw: township(tmp_path / gw, broker, gw, town, keys) for gw, town in TOWNS.items()}
+    sims = {gw: SimProcess(sim).start() for gw, (sim, _, _) in towns.items()}
+    daemons = {gw: Daemon(path, port, tmp_path / f"{gw}.log", verbose=True)
+               for gw, (_, path, port) in towns.items()}
+    county: County | None = None
+    try:
+        for d in daemons.values():
+            d.start()
+        county = County(broker)
+        wait_until("every gateway online with its inventory", lambda: all(
+            county.online(gw) and gw in county.births for gw in TOWNS))
+        warning = {"text": "濉溪县应急管理局：这是一次全县应急广播系统测试。", "class": "emergency",
+                   "severity": 3, "title": "全县测试", "repeat": 1, "targets": [COUNTY_CODE]}
+
+        # refused: a key nobody configured, and a forged signature under a known key id
+        rogue = CountySigner("ed25519", "county-rogue", keygen_text("ed25519", tmp_path / "rogue.key"))
+        forged = CountySigner("ed25519", "county-ed", keygen_text("ed25519", tmp_path / "forged.key"))
+        refused_rogue = county.broadcast({**warning, "targets": ["gw-340621105", "gw-340621106"]}, rogue)
+        refused_forged = county.broadcast({**warning, "targets": ["gw-340621107"]}, forged)
+        wait_until("both refusals", lambda: refused_rogue.report()["state"] == "done"
+                   and refused_forged.report()["state"] == "done")
+        for row in rows(refused_rogue).values():
+            assert row["state"] == "refused" and row["command"]["refusal"]["error"] == "unknown_key", row
+            assert row["broadcast_id"] is None and row["terminals"]["succeeded"] == 0
+        forged_row = rows(refused_forged)["gw-340621107"]
+        assert forged_row["command"]["refusal"]["error"] == "bad_signature", forged_row
+        assert refused_rogue.report()["coverage"] == 0.0
+
+        # one township is down when the county sends
+        assert daemons["gw-340621107"].stop() == 0
+        wait_until("gw-340621107 offline", lambda: county.status.get("gw-340621107") == "offline")
+        sent_at = time.time()
+        bc = county.broadcast(warning, county_sm2)
+        assert bc.gateways == list(TOWNS)
+        assert [r["targets"] for r in rows(bc).values()] == [{"area_codes": [COUNTY_CODE]}] * 3
+        first = rows(bc)["gw-340621107"]
+        assert first["state"] == "offline" and first["online"] is False and first["command"]["attempts"] == 0
+        wait_until("the two townships that are up to finish", lambda: all(
+            rows(bc)[gw]["state"] == "succeeded" for gw in ("gw-340621105", "gw-340621106")))
+        assert rows(bc)["gw-340621107"]["command"]["attempts"] == 0
+        assert bc.report()["state"] == "in_progress"
+
+        back_at = time.time()
+        daemons["gw-340621107"].start()
+        wait_until("the whole county broadcast to finish", lambda: bc.report()["state"] == "done")
+        doc = bc.report()
+        late = rows(bc)["gw-340621107"]
+        assert late["state"] == "succeeded" and late["command"]["acked"] and late["broadcast_id"], late
+        assert late["command"]["sent_at"] >= back_at
+        assert doc["terminals"] == {"targeted": 6, "succeeded": 6, "partial": 0, "failed": 0,
+                                    "unreachable": 0, "pending": 0}, doc
+        assert doc["coverage"] == 1.0 and doc["by_state"] == {"succeeded": 3}
+        for row in rows(bc).values():
+            assert set(row["devices"]) == {"rtu1", "rtu2"} and row["gateway_coverage"] == 1.0, row
+        # what the loudspeakers did, by the simulators' own evidence
+        for gw, sim in sims.items():
+            since = back_at if gw == "gw-340621107" else sent_at
+            for dev in ("rtu1", "rtu2"):
+                heard = [s for s in sim.call("audible", device=dev)["spans"] if s["end"] > since]
+                assert heard, f"{gw}/{dev} was never audible"
+        # the refused commands played nothing: before this broadcast, no terminal had sounded
+        for gw, sim in sims.items():
+            for dev in ("rtu1", "rtu2"):
+                assert all(s["start"] >= sent_at for s in sim.call("audible", device=dev)["spans"]), (gw, dev)
+    finally:
+        if county is not None:
+            county.close()
+        for d in daemons.values():
+            d.stop()
+        for sim in sims.values():
+            sim.stop()
+        broker.stop()
+
+
+def keygen_text(key_type: str, path: Path) -> str:
+    keygen(key_type, path)  # type: ignore[arg-type]
+    return path.read_text()
