@@ -230,8 +230,9 @@ class CommandTracker:
             pending = self._commands.get(correlation_id)
             if pending is None or pending.gateway != gateway or pending.command != command:
                 return None
-            first = pending.result is None
-            if first or (doc.get("ok") is True and pending.result.get("error") == "replayed"):
+            previous = pending.result
+            first = previous is None
+            if previous is None or (doc.get("ok") is True and previous.get("error") == "replayed"):
                 pending.result = doc
             if first:
                 wake, pending.waiters = pending.waiters, []
