@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 APT_PACKAGES=(mbpoll mosquitto mosquitto-clients alsa-utils)
 # Only for the tests: the web console is tested in Debian's Chromium (driven by Playwright), and a
 # CJK font makes the console's screenshots readable.
-TEST_APT_PACKAGES=(chromium fonts-wqy-microhei)
+TEST_APT_PACKAGES=(chromium fonts-wqy-microhei postgresql)
 
 install_system_packages() {
     local missing=()

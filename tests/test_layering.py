@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-FORBIDDEN = {"drivers": {"controller"}, "simulator": {"controller", "drivers"}}
+FORBIDDEN = {"drivers": {"controller", "county"}, "simulator": {"controller", "drivers", "county"},
+             "controller": {"county"}}
+"""The gateway and the county centre are separate services: the gateway never imports the county
+(only the one ``ebc`` command line, controller/app/cli.py, dispatches ``ebc county`` to it)."""
+ENTRY_POINT = "controller/app/cli.py"
+COUNTY_MAY_IMPORT = {"controller.uplink.signing"}
+"""The county centre reaches gateways only through the MQTT contract and the signed-command format;
+from the gateway's code it shares only the signing module (the exact signed bytes, key loading)."""
 
 
 def _imported_packages(path: Path) -> set[str]:
@@ -26,8 +33,25 @@ def _imported_packages(path: Path) -> set[str]:
 def test_package_does_not_import_forbidden_layers(package: str):
     files = sorted((REPO / package).rglob("*.py"))
     assert files, f"{package}/ has no modules"
-    offenders = {str(f.relative_to(REPO)): sorted(_imported_packages(f) & FORBIDDEN[package]) for f in files}
+    offenders = {str(f.relative_to(REPO)): sorted(_imported_packages(f) & FORBIDDEN[package]) for f in files
+                 if str(f.relative_to(REPO)) != ENTRY_POINT}
     assert {f: bad for f, bad in offenders.items() if bad} == {}
+
+
+def test_the_county_centre_imports_no_gateway_internals():
+    offenders = {}
+    for path in sorted((REPO / "county").rglob("*.py")):
+        modules: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                modules.add(node.module)
+        bad = sorted(m for m in modules if m.split(".")[0] in {"controller", "drivers"}
+                     and m not in COUNTY_MAY_IMPORT)
+        if bad:
+            offenders[str(path.relative_to(REPO))] = bad
+    assert offenders == {}
 
 
 # ---------------------------------------------------------------------------------------------

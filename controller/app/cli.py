@@ -175,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "public key printed for the platform")
     n.add_argument("--out", required=True, help="private key file to write (refuses to overwrite)")
     n.set_defaults(func=_cmd_platform_keygen)
+    sub.add_parser("county", help="the county centre: run, token, keygen (county/cli.py; docs/county.md)",
+                   add_help=False)
+    sub.add_parser("fleet-sim", help="N virtual gateways speaking docs/mqtt.md (simulator/fleet.py)",
+                   add_help=False)
     p = sub.add_parser("platform-sim", help="a stand-in of the county platform (simulator/platform_sim.py)",
                        add_help=False)
     p.add_argument("sim_args", nargs=argparse.REMAINDER)
@@ -192,6 +196,14 @@ def main(argv: list[str] | None = None) -> int:
         from simulator.platform_sim import main as platform_sim_main
 
         return platform_sim_main(argv[1:])
+    if argv[:1] == ["county"]:  # the county centre (county/), a separate service with its own CLI
+        from county.cli import main as county_main
+
+        return county_main(argv[1:])
+    if argv[:1] == ["fleet-sim"]:  # virtual gateways for the county centre's tests and benches
+        from simulator.fleet import main as fleet_main
+
+        return fleet_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
