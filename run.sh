@@ -50,6 +50,10 @@ case "${1:-}" in
         shift
         exec .venv/bin/ebc demo "$@"
         ;;
+    county-demo)
+        shift
+        exec .venv/bin/ebc county demo "$@"
+        ;;
     test)
         shift
         .venv/bin/ruff check .
@@ -57,7 +61,7 @@ case "${1:-}" in
         exec .venv/bin/pytest --junitxml=test-output/junit.xml "$@"
         ;;
     *)
-        echo "usage: ./run.sh demo | ./run.sh test [pytest args]" >&2
+        echo "usage: ./run.sh demo | ./run.sh county-demo | ./run.sh test [pytest args]" >&2
         exit 2
         ;;
 esac

@@ -196,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         from simulator.platform_sim import main as platform_sim_main
 
         return platform_sim_main(argv[1:])
+    if argv[:2] == ["county", "demo"]:
+        from county.demo import main as county_demo_main
+
+        return county_demo_main(argv[2:])
     if argv[:1] == ["county"]:  # the county centre (county/), a separate service with its own CLI
         from county.cli import main as county_main
 
