@@ -56,6 +56,7 @@ def install_console(app: FastAPI, static_dir: Path = STATIC_DIR) -> None:
         if not index.is_file():
             return JSONResponse({"detail": f"the county console is not installed ({index} is missing)",
                                  "field": None}, status_code=503)
-        return FileResponse(index, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"})
+        return FileResponse(index, media_type="text/html; charset=utf-8",
+                            headers={"Cache-Control": "no-store"})
 
     app.mount(ASSETS_PATH, _Assets(directory=static_dir, check_dir=False), name="county-console")

@@ -14,14 +14,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
-from browserkit import browser, context, page  # noqa: F401  (fixtures)
-from browserkit import by_testid
+from browserkit import browser, by_testid, context, page, screenshot  # noqa: F401  (fixtures)
 from countykit import TAMPER, FakeGateway, device, write_county_config
 from mqttkit import HANG_GUARD_S, Broker
 from playwright.sync_api import Page, expect
@@ -50,8 +48,8 @@ class County:
         return self.service.url
 
     def get(self, path: str, role: str = "viewer") -> Any:
-        response = httpx.get(f"{self.url}/api/v1{path}", headers={"Authorization": f"Bearer {self.tokens[role]}"},
-                             timeout=HANG_GUARD_S)
+        response = httpx.get(f"{self.url}/api/v1{path}", timeout=HANG_GUARD_S,
+                             headers={"Authorization": f"Bearer {self.tokens[role]}"})
         response.raise_for_status()
         return response.json()
 
@@ -132,7 +130,8 @@ def login(page: Page, county: County, role: str) -> None:
 
 
 def test_console_is_served_with_a_strict_policy(county: County) -> None:
-    for path, kind in (("/", "text/html"), ("/ui/js/app.js", "text/javascript"), ("/ui/county.css", "text/css")):
+    for path, kind in (("/", "text/html"), ("/ui/js/app.js", "text/javascript"),
+                       ("/ui/county.css", "text/css")):
         response = httpx.get(f"{county.url}{path}", timeout=HANG_GUARD_S)
         assert response.status_code == 200, path
         assert response.headers["content-type"].startswith(kind), path
@@ -162,6 +161,7 @@ def test_overview_counts_match_the_api(county: County, page: Page) -> None:
                           ("ov-count-normal", 6), ("ov-count-fault", 1)):
         expect(page.locator(by_testid(testid))).to_have_attribute("data-n", str(value))
     assert page.evaluate("sessionStorage.getItem('ebc.county.token')") == county.tokens["viewer"]
+    screenshot(page, "county-overview")
 
 
 def test_map_has_one_mark_per_terminal_coloured_by_state(county: County, page: Page) -> None:
@@ -178,6 +178,7 @@ def test_map_has_one_mark_per_terminal_coloured_by_state(county: County, page: P
     ys = {dev: float(page.locator(by_testid(f"mark-{gw}-{dev}")).get_attribute("cy") or 0)
           for gw, dev in (("gw-c", "v02"), ("gw-b", "u01"))}
     assert ys["v02"] < ys["u01"]
+    screenshot(page, "county-map")
 
 
 def test_a_new_fault_appears_without_reload(county: County, page: Page) -> None:
@@ -225,6 +226,7 @@ def test_drill_down_to_a_gateway_board(county: County, page: Page) -> None:
     expect(page.locator("[data-testid=gw-devices] article")).to_have_count(2)
     expect(page.locator(by_testid("state-u02"))).to_have_attribute("data-state", "normal")
     expect(page.locator(by_testid("gw-events"))).to_be_visible()  # the fault and recovery reports
+    screenshot(page, "county-gateway-board")
 
 
 def test_english_switch(county: County, page: Page) -> None:
@@ -279,6 +281,7 @@ def test_compose_checks_then_confirms(county: County, page: Page) -> None:
     expect(page.locator(by_testid("confirm-areas"))).to_have_text("340621107000")
     expect(page.locator(by_testid("confirm-repeat"))).to_have_text("3")
     expect(page.locator(by_testid("confirm-text"))).to_have_text(f"防汛演练 {HOSTILE}")
+    screenshot(page, "county-compose-confirm")
     assert page.locator("#app img").count() == 0
     # back keeps the draft
     page.locator(by_testid("compose-back")).click()
