@@ -23,6 +23,7 @@ from county.config import CountyConfig
 from county.ingest import SETTLE_SHARED_S, Ingest
 from county.picture import Picture
 from county.store import Store, open_store
+from county.web import install_console
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class CountyService:
         app = self.app = create_app(self.context)
         for router in self.routers:
             app.include_router(router)
+        install_console(app)
         family = socket.AF_INET6 if ":" in self.cfg.api.host else socket.AF_INET
         sock = self._socket = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
