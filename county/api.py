@@ -2,10 +2,10 @@
 
 Everything except ``/api/v1/health`` needs ``Authorization: Bearer <token>`` (``ebc county token
 create``; only the token's SHA-256 is stored). Roles viewer < operator < admin: reading the picture
-needs viewer, the audit log admin. Errors are JSON ``{"detail": …, "field": …}`` where ``detail``
-names the field at fault. Every response carries the gateway API's hardening headers (strict CSP,
-no framing, no sniffing, no caching of API answers): the county console will be the same kind of
-target the gateway's is.
+needs viewer, sending or cancelling a county-wide broadcast operator, the audit log admin. Errors
+are JSON ``{"detail": …, "field": …}`` where ``detail`` names the field at fault. Every response
+carries the gateway API's hardening headers (strict CSP, no framing, no sniffing, no caching of
+API answers): the county console will be the same kind of target the gateway's is.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from county.config import CountyConfig
+from county.countywide import CountyBroadcasts, NoSigningKey, RequestError
 from county.picture import Picture
 from county.store import ROLES, Store, TokenInfo
 
@@ -56,6 +57,7 @@ class ApiContext:
     mqtt_connected: Callable[[], bool] = lambda: False
     stats: Callable[[], dict[str, Any]] = dict
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    broadcasts: CountyBroadcasts | None = None
     keepalive_s: float = 15.0
     token_check_s: float = 10.0
 
@@ -127,6 +129,7 @@ def require(role: str) -> Callable[[Request], Awaitable[TokenInfo]]:
 
 
 Viewer = Annotated[TokenInfo, Depends(require("viewer"))]
+Operator = Annotated[TokenInfo, Depends(require("operator"))]
 Admin = Annotated[TokenInfo, Depends(require("admin"))]
 Ctx = Annotated[ApiContext, Depends(_context)]
 
@@ -248,6 +251,52 @@ def create_app(ctx: ApiContext) -> FastAPI:
         """Broadcast history across gateways, newest first, with per-terminal outcomes."""
         return {"broadcasts": await run_in_threadpool(ctx.store.broadcasts, None, limit)}
 
+    @app.post(f"{PREFIX}/county-broadcasts", status_code=201)
+    async def county_broadcast_create(request: Request, token: Operator, ctx: Ctx) -> Any:
+        """Send one warning to several townships (signed ``broadcast`` commands); the first report.
+
+        Body: ``{"targets": {"gateways": [...], "area_codes": [...]}, "class", "severity", "title",
+        "text", "tone", "repeat", "expires_at", "confirm": true}``. 409 without a signing key."""
+        broadcasts = _broadcasts(ctx)
+        if broadcasts.signer is None:
+            return _no_key()
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            return _error(413, f"body: larger than {MAX_BODY} bytes", "body")
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return _error(422, "body: not valid JSON", "body")
+        try:
+            return await broadcasts.create(doc, token.name)
+        except RequestError as exc:
+            return _error(422, str(exc), exc.field)
+        except NoSigningKey:
+            return _no_key()
+
+    @app.get(f"{PREFIX}/county-broadcasts")
+    async def county_broadcast_list(_: Viewer, ctx: Ctx,
+                                    limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+        """County-wide broadcasts, newest first, each with its report (``live`` while followed)."""
+        return {"broadcasts": await _broadcasts(ctx).list(limit)}
+
+    @app.get(f"{PREFIX}/county-broadcasts/{{broadcast_id}}")
+    async def county_broadcast_get(broadcast_id: str, _: Viewer, ctx: Ctx) -> Any:
+        report = await _broadcasts(ctx).get(broadcast_id)
+        return _no_broadcast(broadcast_id) if report is None else report
+
+    @app.post(f"{PREFIX}/county-broadcasts/{{broadcast_id}}/cancel")
+    async def county_broadcast_cancel(broadcast_id: str, token: Operator, ctx: Ctx) -> Any:
+        """Stop sending it, and send a signed ``cancel`` to every gateway that accepted it and is not
+        done. Cancelling twice is harmless (the report, unchanged)."""
+        try:
+            report = await _broadcasts(ctx).cancel(broadcast_id, token.name)
+        except NoSigningKey:
+            return _no_key()
+        except RequestError as exc:
+            return _error(409, str(exc), exc.field)
+        return _no_broadcast(broadcast_id) if report is None else report
+
     @app.get(f"{PREFIX}/events", response_class=StreamingResponse)
     async def events(token: Viewer, ctx: Ctx) -> StreamingResponse:
         """Server-Sent Events of picture changes (``event: <type>``, JSON data); fetch() with the header."""
@@ -261,6 +310,24 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return {"audit": await run_in_threadpool(ctx.store.list_audit, limit, offset)}
 
     return app
+
+
+MAX_BODY = 64 * 1024
+"""What a county broadcast request may weigh (the gateways refuse commands over 64 KiB anyway)."""
+
+
+def _broadcasts(ctx: ApiContext) -> CountyBroadcasts:
+    assert ctx.broadcasts is not None, "the service wires the county broadcasts"
+    return ctx.broadcasts
+
+
+def _no_key() -> JSONResponse:
+    return _error(409, "signing: no signing key is configured, so the county cannot send commands "
+                       "(`ebc county keygen`, then signing: in county.yaml)", "signing")
+
+
+def _no_broadcast(broadcast_id: str) -> JSONResponse:
+    return _error(404, f"broadcast_id: no county broadcast '{broadcast_id[:64]}'", "broadcast_id")
 
 
 def _history(store: Store, gateway: str, events: int) -> tuple[list[Any], list[Any], list[Any]]:

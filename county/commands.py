@@ -387,6 +387,8 @@ class CountyBroadcast:
             self._gateways[gw_id] = _Gateway(gw_id, gw_args, estimated)
         self._by_cid: dict[str, str] = {}
         self.started = False
+        self.cancelled_at: float | None = None
+        self._to_cancel: list[tuple[str, str]] = []
 
     @property
     def gateways(self) -> list[str]:
@@ -411,10 +413,32 @@ class CountyBroadcast:
         """The gateway's ``status`` went ``online``: send what it has not acknowledged yet."""
         with self._lock:
             gw = self._gateways.get(gateway)
-            if gw is None or not self.started:
+            if gw is None or not self.started or self.cancelled_at is not None:
                 return
             if gw.state == "offline":  # a command in flight was moved here by on_gateway_offline
                 self._send(gw)
+
+    def cancel(self) -> list[tuple[str, str]]:
+        """Stop: nothing more is sent, a gateway that has not accepted it is ``cancelled`` at once.
+        Returns (gateway, its broadcast id) for each gateway that accepted it and has not finished:
+        the caller sends those a signed ``cancel``. A command still in flight that is accepted later
+        shows up in :meth:`take_cancels`."""
+        with self._lock:
+            if self.cancelled_at is None:
+                self.cancelled_at = self._clock()
+                for gw in self._gateways.values():
+                    if gw.broadcast_id is None:
+                        if gw.state not in FINAL_GATEWAY_STATES:
+                            gw.state = "cancelled"
+                    elif gw.broadcast_state not in ("succeeded", "failed", "cancelled"):
+                        self._to_cancel.append((gw.id, gw.broadcast_id))
+            return self.take_cancels()
+
+    def take_cancels(self) -> list[tuple[str, str]]:
+        """(gateway, broadcast id) accepted since :meth:`cancel` and not yet handed out."""
+        with self._lock:
+            out, self._to_cancel = self._to_cancel, []
+            return out
 
     def on_gateway_offline(self, gateway: str) -> None:
         """The gateway's Will (or a clean stop): a command not yet answered waits for it to return."""
@@ -427,7 +451,7 @@ class CountyBroadcast:
         """Retries: a retryable refusal after ``retry_after_s``, no answer after ``answer_timeout_s``;
         marks what can no longer be delivered as expired."""
         with self._lock:
-            if not self.started:
+            if not self.started or self.cancelled_at is not None:
                 return
             now = self._clock()
             for gw in self._gateways.values():
@@ -474,6 +498,8 @@ class CountyBroadcast:
                 bid = doc["broadcast_id"]
                 if gw.broadcast_id is None:
                     gw.broadcast_id = bid
+                    if self.cancelled_at is not None:  # accepted after the county cancelled it
+                        self._to_cancel.append((gateway, bid))
                     gw.error = None
                     gw.answered_at = self._clock()
                     if gw.state not in FINAL_GATEWAY_STATES:
@@ -491,6 +517,8 @@ class CountyBroadcast:
                 return True  # a QoS 1 duplicate: the "ok" for the same command comes (or came) separately
             gw.answered_at = self._clock()
             gw.error = {k: doc.get(k) for k in ("error", "message", "field") if doc.get(k) is not None}
+            if self.cancelled_at is not None:
+                return True  # it stays cancelled; the refusal is shown
             if doc.get("error") in RETRYABLE:
                 gw.state = "retrying"
                 gw.retry_at = self._clock() + self._retry_after_s
@@ -548,6 +576,7 @@ class CountyBroadcast:
             "created_at": self.created_at,
             "expires_at": self.expires_at,
             "expired": now >= self.expires_at,
+            "cancelled_at": self.cancelled_at,
             "request": self.request,
             "state": "done" if all(s in FINAL_GATEWAY_STATES for s in states) else
                      ("not_started" if not self.started else "in_progress"),

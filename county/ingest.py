@@ -136,12 +136,19 @@ class Ingest:
     """See the module docstring. ``await start()``, ``await stop()``; ``publish`` for commands."""
 
     def __init__(self, cfg: CountyConfig, store: Store, picture: Picture, *,
-                 on_response: Callable[[str, str, bytes], None] | None = None) -> None:
+                 on_response: Callable[[str, str, bytes], None] | None = None,
+                 on_report: Callable[[str, str, bytes], None] | None = None,
+                 on_status: Callable[[str, str], None] | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.picture = picture
         self.on_response = on_response
         """(gateway, command name, payload) of every ``cmd/<name>/response``, on the event loop."""
+        self.on_report = on_report
+        """(gateway, broadcast id, payload) of every well-formed ``broadcasts/<id>`` report, duplicates
+        included (the county broadcasts keep the latest by seq themselves), on the event loop."""
+        self.on_status = on_status
+        """(gateway, ``online``/``offline``) of every ``status`` message, on the event loop."""
         self.prefix = cfg.mqtt.prefix
         self.client_id = cfg.client_id
         self.persistent = cfg.mqtt.client_id is not None
@@ -325,6 +332,8 @@ class Ingest:
                 raise Malformed("status: must be 'online' or 'offline'")
             self.picture.set_status(gw, text, now)
             self._queue(("status", gw, text, now))
+            if self.on_status is not None:
+                self.on_status(gw, text)
         elif tail == ["birth"]:
             birth = _birth(payload)
             self.picture.set_birth(gw, birth)
@@ -339,6 +348,8 @@ class Ingest:
             if kind in ("broadcast.state", "broadcast.outcome") and (
                     "id" not in data or (kind == "broadcast.outcome" and "device" not in data)):
                 raise Malformed("data: a broadcast report needs id (and device for an outcome)")
+            if tail[0] == "broadcasts" and self.on_report is not None:
+                self.on_report(gw, tail[1], payload)
             if not self._recent.setdefault(gw, _Recent()).add(report["seq"]):
                 self.stats.duplicates += 1
                 return

@@ -195,6 +195,10 @@ class Picture:
 
     # -- change stream ----------------------------------------------------------------------------------
 
+    def notify(self, change: dict[str, Any]) -> None:
+        """A change that is not the picture's own (a county broadcast's report) for the SSE clients."""
+        self._emit(change)
+
     def _emit(self, change: dict[str, Any]) -> None:
         change.setdefault("at", time.time())
         for queue in list(self._subscribers):

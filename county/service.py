@@ -1,4 +1,5 @@
-"""The county service: the store, the picture rebuilt from it, the MQTT ingest, the API and retention.
+"""The county service: the store, the picture rebuilt from it, the MQTT ingest, the API and retention,
+and the county-wide broadcasts (:mod:`county.countywide`) signed with the configured key.
 
 ``CountyService(cfg)``; ``await start()`` (the API listens on its own socket before it returns,
 so ``port`` is known even when the config asks for port 0), ``await stop()``.
@@ -19,7 +20,9 @@ import uvicorn
 from fastapi import APIRouter, FastAPI
 
 from county.api import ApiContext, create_app
-from county.config import CountyConfig
+from county.commands import CountySigner, SigningKeyError
+from county.config import CountyConfig, CountyConfigError
+from county.countywide import CountyBroadcasts
 from county.ingest import SETTLE_SHARED_S, Ingest
 from county.picture import Picture
 from county.store import Store, open_store
@@ -32,16 +35,20 @@ RETENTION_INTERVAL_S = 3600.0
 
 class CountyService:
     """See the module docstring. ``routers`` are added to the API (e.g. the commands module's);
-    ``on_response`` gets every gateway's command response (gateway, command, payload)."""
+    ``on_response`` also gets every gateway's command response (gateway, command, payload);
+    ``answer_timeout_s`` and ``retry_after_s`` are the county broadcasts' resend delays."""
 
     def __init__(self, cfg: CountyConfig, *, routers: Sequence[APIRouter] = (),
-                 on_response: Callable[[str, str, bytes], None] | None = None) -> None:
+                 on_response: Callable[[str, str, bytes], None] | None = None,
+                 answer_timeout_s: float = 15.0, retry_after_s: float = 2.0) -> None:
         self.cfg = cfg
         self.routers = list(routers)
         self.on_response = on_response
         self.picture = Picture()
         self.store: Store | None = None
         self.ingest: Ingest | None = None
+        self.broadcasts: CountyBroadcasts | None = None
+        self._timing = {"answer_timeout_s": answer_timeout_s, "retry_after_s": retry_after_s}
         self.app: FastAPI | None = None
         self.context: ApiContext | None = None
         self._server: uvicorn.Server | None = None
@@ -57,14 +64,45 @@ class CountyService:
     def url(self) -> str:
         return f"http://{self.cfg.api.host}:{self.port}"
 
+    def signer(self) -> CountySigner | None:
+        """The county's key from ``signing``; CountyConfigError naming the key file if unusable."""
+        signing = self.cfg.signing
+        if signing is None:
+            return None
+        path = self.cfg.file(signing.private_key_file)
+        assert path is not None
+        try:
+            return CountySigner(signing.type, signing.key_id, path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, SigningKeyError) as exc:
+            raise CountyConfigError("signing", [f"signing.private_key_file: {path}: {exc}"]) from None
+
+    def _on_response(self, gateway: str, command: str, payload: bytes) -> None:
+        if self.broadcasts is not None:
+            self.broadcasts.on_response(gateway, command, payload)
+        if self.on_response is not None:
+            self.on_response(gateway, command, payload)
+
+    def _on_report(self, gateway: str, broadcast_id: str, payload: bytes) -> None:
+        if self.broadcasts is not None:
+            self.broadcasts.on_report(gateway, broadcast_id, payload)
+
+    def _on_status(self, gateway: str, status: str) -> None:
+        if self.broadcasts is not None:
+            self.broadcasts.on_status(gateway, status)
+
     async def start(self) -> None:
+        signer = await asyncio.to_thread(self.signer)
         store = self.store = await asyncio.to_thread(open_store, self.cfg)
         await asyncio.to_thread(self.picture.rebuild, store)
-        ingest = self.ingest = Ingest(self.cfg, store, self.picture, on_response=self.on_response)
+        ingest = self.ingest = Ingest(self.cfg, store, self.picture, on_response=self._on_response,
+                                      on_report=self._on_report, on_status=self._on_status)
+        broadcasts = self.broadcasts = CountyBroadcasts(store, self.picture, ingest.publish,
+                                                        self.cfg.mqtt.prefix, signer, **self._timing)
         await ingest.start()
         self.context = ApiContext(self.cfg, store, self.picture, mqtt_connected=ingest.connected.is_set,
                                   stats=lambda: {k: v for k, v in asdict(ingest.stats).items()
-                                                 if k != "malformed_by_gateway"})
+                                                 if k != "malformed_by_gateway"},
+                                  broadcasts=broadcasts)
         app = self.app = create_app(self.context)
         for router in self.routers:
             app.include_router(router)
@@ -84,6 +122,7 @@ class CountyService:
                 raise RuntimeError("the county API server stopped at start")
             await asyncio.sleep(0.02)
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="county retention"))
+        self._tasks.append(asyncio.create_task(broadcasts.run(), name="county broadcasts"))
         log.info("county %s: API on %s, brokers %s, storage %s", self.cfg.county.id, self.url,
                  ", ".join(self.cfg.mqtt.brokers), store.dialect)
 

@@ -67,6 +67,12 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
              action TEXT NOT NULL, target TEXT, details TEXT)""",
         "CREATE INDEX audit_ts ON audit (ts)",
     ]),
+    (2, "county-wide broadcasts", [
+        """CREATE TABLE county_broadcasts (id TEXT PRIMARY KEY, request TEXT NOT NULL,
+             created_by TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, report TEXT NOT NULL,
+             updated_at DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX county_broadcasts_created ON county_broadcasts (created_at)",
+    ]),
 ]
 """Numbered schema steps, applied in order; add new ones at the end, never edit an applied one."""
 
@@ -418,6 +424,31 @@ class Store:
                         "outcomes": {o["device"]: _loads(o["data"]) for o in outcomes}})
         return out
 
+    # -- county-wide broadcasts ---------------------------------------------------------------------------
+
+    def save_county_broadcast(self, broadcast_id: str, request: Any, created_by: str, created_at: float,
+                              report: Any) -> None:
+        self._exec("""INSERT INTO county_broadcasts (id, request, created_by, created_at, report, updated_at)
+                      VALUES (?, ?, ?, ?, ?, ?)""",
+                   (broadcast_id, _dumps(request), created_by, created_at, _dumps(report), time.time()))
+
+    def update_county_broadcast(self, broadcast_id: str, report: Any) -> None:
+        self._exec("UPDATE county_broadcasts SET report = ?, updated_at = ? WHERE id = ?",
+                   (_dumps(report), time.time(), broadcast_id))
+
+    def county_broadcasts(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Newest first: id, request, created_by, created_at, report (the last one stored), updated_at."""
+        rows = self._query("SELECT * FROM county_broadcasts ORDER BY created_at DESC, id LIMIT ?", (limit,))
+        return [self._county_broadcast(r) for r in rows]
+
+    def county_broadcast(self, broadcast_id: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM county_broadcasts WHERE id = ?", (broadcast_id,))
+        return self._county_broadcast(rows[0]) if rows else None
+
+    @staticmethod
+    def _county_broadcast(row: dict[str, Any]) -> dict[str, Any]:
+        return {**row, "request": _loads(row["request"]), "report": _loads(row["report"])}
+
     # -- gaps -------------------------------------------------------------------------------------------
 
     def scan_state(self) -> dict[str, int]:
@@ -522,7 +553,7 @@ class Store:
         with self.batch():
             for table, column in (("events", "received_at"), ("broadcasts", "updated_at"),
                                   ("broadcast_outcomes", "updated_at"), ("gaps", "detected_at"),
-                                  ("audit", "ts")):
+                                  ("audit", "ts"), ("county_broadcasts", "updated_at")):
                 deleted[table] = self._exec(f"DELETE FROM {table} WHERE {column} < ?", (cutoff,))
         return deleted
 

@@ -1,5 +1,6 @@
 """Test helpers for the county centre: a gateway that speaks docs/mqtt.md, a PostgreSQL server,
-county configs, and an async wait with a hang guard.
+county configs, an async wait with a hang guard, and real townships (``ebc run`` on the simulator)
+trusting given county keys.
 
 ``FakeGateway`` is a paho client that publishes exactly what docs/mqtt.md shows: the Will
 ``offline`` (retained), ``online``, the retained birth and device states, then reports with a
@@ -30,7 +31,7 @@ import paho.mqtt.client as paho
 import yaml
 from mqttkit import HANG_GUARD_S, Broker
 from paho.mqtt.enums import CallbackAPIVersion
-from simkit import free_port
+from simkit import SimConfig, free_port, write_sim_config
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -179,7 +180,9 @@ class FakeGateway:
 
 def write_county_config(folder: Path, broker: Broker, *, storage_url: str | None = None,
                         client_id: str | None = None, share_group: str | None = None,
-                        outline: dict[str, Any] | None = None) -> Path:
+                        outline: dict[str, Any] | None = None,
+                        signing: dict[str, Any] | None = None) -> Path:
+    """A county config; ``signing`` as in county.yaml (its key file relative to ``folder``)."""
     folder.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {
         "county": {"id": "suixi", "name": "濉溪县应急广播中心", "area_code": "340621000000"},
@@ -188,6 +191,8 @@ def write_county_config(folder: Path, broker: Broker, *, storage_url: str | None
         "storage": {"url": storage_url or "sqlite://county.sqlite3", "retention_days": 30},
         "api": {"host": "127.0.0.1", "port": 0},
     }
+    if signing is not None:
+        data["signing"] = signing
     if outline is not None:
         (folder / "outline.geojson").write_text(json.dumps(outline), encoding="utf-8")
         data["map"] = {"outline_geojson": "outline.geojson"}
@@ -254,3 +259,48 @@ def postgres_available() -> str | None:
     except ImportError:
         return "psycopg is not installed (pip install 'psycopg[binary]')"
     return None
+
+
+# -- real townships -----------------------------------------------------------------------------------
+
+PREFIX = "ebc"
+TOWNS = {"gw-340621105": "340621105000", "gw-340621106": "340621106000", "gw-340621107": "340621107000"}
+COUNTY_CODE = "340621000000"
+
+
+def township(root: Path, broker: Broker, gw_id: str, town: str, keys: list[dict[str, Any]]
+             ) -> tuple[SimConfig, Path, int]:
+    """Two loudspeaker terminals in two villages of ``town``, reporting to ``broker``, trusting ``keys``
+    (run it with simkit's ``SimProcess(sim)`` and ``Daemon(path, port, log)``)."""
+    root.mkdir()
+    sim = write_sim_config(root, rtu_terminals=2, tcp_terminals=0, fm=False, time_scale=10.0)
+    data = dict(sim.data)
+    data["gateway"] = {**data["gateway"], "id": gw_id, "area_code": town}
+    for i, dev in enumerate(data["devices"]):
+        dev["area_code"] = f"{town[:9]}{201 + i:03d}"
+    port = free_port()
+    data.update(state_dir=str(root / "state"), api={"host": "127.0.0.1", "port": port},
+                audio_output={"sink": "sim_line", "time_scale": 5.0},
+                health={"offline_after_s": 3, "line_check_interval_s": 0, "fault_recovered_hold_s": 1,
+                        "report_interval_s": 3600},
+                mqtt={"brokers": [broker.url], "prefix": PREFIX, "reconnect_min_s": 0.2,
+                      "reconnect_max_s": 1.0, "health_interval_s": 60},
+                county={"max_skew_s": 300, "keys": keys})
+    sim.data.clear()
+    sim.data.update(data)
+    set_county_keys(sim, keys)
+    return sim, sim.path, port
+
+
+def set_county_keys(sim: SimConfig, keys: list[dict[str, Any]]) -> None:
+    """Rewrite the gateway's ``county.keys`` (it reads them when it starts)."""
+    sim.data["county"] = {"max_skew_s": 300, "keys": keys}
+    sim.path.write_text(yaml.safe_dump(sim.data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+
+
+def keygen_text(key_type: str, path: Path) -> str:
+    """A new county private key written to ``path``; its text."""
+    from county.commands import keygen
+
+    keygen(key_type, path)  # type: ignore[arg-type]
+    return path.read_text()

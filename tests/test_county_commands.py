@@ -20,11 +20,11 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-import yaml
+from countykit import COUNTY_CODE, PREFIX, TOWNS, keygen_text, township
 from cryptography.hazmat.primitives import serialization
 from mqttkit import HANG_GUARD_S, Broker
 from paho.mqtt.enums import CallbackAPIVersion
-from simkit import Daemon, SimConfig, SimProcess, free_port, wait_until, write_sim_config
+from simkit import Daemon, SimProcess, wait_until
 
 from controller.uplink.signing import load_public_key, signed_bytes
 from county.commands import (
@@ -381,34 +381,6 @@ def test_no_answer_is_retried_and_given_up_after_max_attempts():
 
 # -- end to end: real gateways (``ebc run`` on the simulator) behind a real Mosquitto ---------------------
 
-PREFIX = "ebc"
-TOWNS = {"gw-340621105": "340621105000", "gw-340621106": "340621106000", "gw-340621107": "340621107000"}
-COUNTY_CODE = "340621000000"
-
-
-def township(root: Path, broker: Broker, gw_id: str, town: str, keys: list[dict[str, Any]]
-             ) -> tuple[SimConfig, Path, int]:
-    """Two loudspeaker terminals in two villages of ``town``, reporting to ``broker``, trusting ``keys``."""
-    root.mkdir()
-    sim = write_sim_config(root, rtu_terminals=2, tcp_terminals=0, fm=False, time_scale=10.0)
-    data = dict(sim.data)
-    data["gateway"] = {**data["gateway"], "id": gw_id, "area_code": town}
-    for i, dev in enumerate(data["devices"]):
-        dev["area_code"] = f"{town[:9]}{201 + i:03d}"
-    port = free_port()
-    data.update(state_dir=str(root / "state"), api={"host": "127.0.0.1", "port": port},
-                audio_output={"sink": "sim_line", "time_scale": 5.0},
-                health={"offline_after_s": 3, "line_check_interval_s": 0, "fault_recovered_hold_s": 1,
-                        "report_interval_s": 3600},
-                mqtt={"brokers": [broker.url], "prefix": PREFIX, "reconnect_min_s": 0.2,
-                      "reconnect_max_s": 1.0, "health_interval_s": 60},
-                county={"max_skew_s": 300, "keys": keys})
-    sim.path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    sim.data.clear()
-    sim.data.update(data)
-    return sim, sim.path, port
-
-
 class County:
     """What the county service does with paho: status, birth, answers and reports fed to the commands
     module, and a timer for its retries."""
@@ -565,8 +537,3 @@ def test_county_wide_broadcast_to_real_gateways(tmp_path: Path):
         for sim in sims.values():
             sim.stop()
         broker.stop()
-
-
-def keygen_text(key_type: str, path: Path) -> str:
-    keygen(key_type, path)  # type: ignore[arg-type]
-    return path.read_text()
