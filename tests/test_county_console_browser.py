@@ -291,9 +291,7 @@ def test_compose_checks_then_confirms(county: County, page: Page) -> None:
 
 
 def test_compose_sends_and_shows_the_report(county: County, page: Page) -> None:
-    if not county.has_endpoint("post", "/county-broadcasts"):
-        pytest.skip("POST /api/v1/county-broadcasts comes from branch i14-svc; the integrator removes this "
-                    "skip after merging it")
+    assert county.has_endpoint("post", "/county-broadcasts")
     login(page, county, "operator")
     _fill_compose(page, county)
     page.locator(by_testid("compose-review")).click()

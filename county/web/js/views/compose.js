@@ -115,7 +115,8 @@ function requestBody() {
   return {
     targets: { gateways: [...draft.gateways], area_codes: areas },
     class: draft.cls,
-    severity: draft.severity === "none" ? null : Number(draft.severity),
+    // a level belongs to emergencies only (the gateways refuse it on a drill or a daily broadcast)
+    severity: draft.cls !== "emergency" || draft.severity === "none" ? null : Number(draft.severity),
     title: draft.title.trim(),
     text: draft.text.trim(),
     tone: draft.tone === "auto" ? null : draft.tone,
