@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 AREA_CODE = re.compile(r"^\d{12}$")
 IDENT = r"^[a-z0-9][a-z0-9_-]{0,31}$"  # ids end up in MQTT topics and URLs
@@ -32,6 +33,28 @@ def area_prefix(code: str) -> str:
         if code[width:] == "0" * (12 - width):
             return code[:width]
     return code
+
+
+class KeySource(Strict):
+    """A public key given in the config or in a file next to it (county and platform keys)."""
+
+    public_key: str | None = Field(default=None,
+                                   description="PEM public key, or the raw key in hex or base64")
+    public_key_file: str | None = Field(default=None,
+                                        description="File holding the public key (relative to this file)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> KeySource:
+        if (self.public_key is None) == (self.public_key_file is None):
+            raise ValueError("give exactly one of public_key and public_key_file")
+        return self
+
+    def key_text(self, base: Path) -> str:
+        """The key as written in the config or read from ``public_key_file`` (relative to ``base``)."""
+        if self.public_key is not None:
+            return self.public_key
+        path = Path(self.public_key_file or "")
+        return (path if path.is_absolute() else base / path).read_text(encoding="utf-8")
 
 
 class Location(Strict):

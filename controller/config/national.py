@@ -9,13 +9,12 @@ choice most vendors make as its default, rather than a guess in the code.
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from controller.broadcast.model import BroadcastClass, Tone
-from controller.config.common import Strict
+from controller.config.common import KeySource, Strict
 
 EBRID_PATTERN = r"^\d{23}$"
 
@@ -54,24 +53,10 @@ class NationalListen(Strict):
         return self
 
 
-class PlatformKey(Strict):
+class PlatformKey(KeySource):
     """One SM2 public key of the upper platform; a signature file names it by its CertSN."""
 
     cert_sn: str = Field(min_length=1, max_length=64, description="CertSN the platform's signatures carry")
-    public_key: str | None = Field(default=None, description="PEM public key, or the point in hex/base64")
-    public_key_file: str | None = Field(default=None, description="File holding it (relative to this file)")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> PlatformKey:
-        if (self.public_key is None) == (self.public_key_file is None):
-            raise ValueError("give exactly one of public_key and public_key_file")
-        return self
-
-    def key_text(self, base: Path) -> str:
-        if self.public_key is not None:
-            return self.public_key
-        path = Path(self.public_key_file or "")
-        return (path if path.is_absolute() else base / path).read_text(encoding="utf-8")
 
 
 class UpperPlatform(Strict):

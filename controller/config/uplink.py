@@ -12,39 +12,21 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from controller.config.common import Strict
+from controller.config.common import KeySource, Strict
 
 CountyCommand = Literal["broadcast", "cancel", "rebirth", "line_check", "alert"]
 """Commands the county centre may send on ``<prefix>/<gw>/cmd/<name>`` (docs/county-commands.md)."""
 
 
-class CountyKey(Strict):
+class CountyKey(KeySource):
     """One public key of the county centre; a command names it in ``key_id``."""
 
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$",
                     description="Key id the county puts in a command's key_id")
     # signing.KeyType, spelt out: importing signing would load cryptography for every config read
     type: Literal["ed25519", "sm2"] = Field(description="ed25519, or sm2 (SM2 over SM3, 国密)")
-    public_key: str | None = Field(default=None,
-                                   description="PEM public key, or the raw key in hex or base64")
-    public_key_file: str | None = Field(default=None,
-                                        description="File holding the public key (relative to this file)")
     commands: list[CountyCommand] | None = Field(
         default=None, description="Commands this key may give (default: all); least privilege")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> CountyKey:
-        if (self.public_key is None) == (self.public_key_file is None):
-            raise ValueError("give exactly one of public_key and public_key_file")
-        return self
-
-    def key_text(self, base: Path) -> str:
-        """The key as written in the config or read from ``public_key_file`` (relative to ``base``)."""
-        if self.public_key is not None:
-            return self.public_key
-        path = Path(self.public_key_file or "")
-        return (path if path.is_absolute() else base / path).read_text(encoding="utf-8")
-
 
 class CountySettings(Strict):
     """Signed commands from the county centre: whose keys, how fresh, how long nonces are kept."""

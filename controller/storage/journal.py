@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import sqlite3
 import threading
@@ -23,6 +22,7 @@ from typing import Any
 
 from controller.broadcast.model import BroadcastState, TerminalOutcome
 from controller.core.actors import TOKEN_PREFIX, Actor, Role, TokenInfo
+from controller.storage.sqlite_file import open_wal
 
 DB_NAME = "ebc.sqlite3"
 
@@ -172,24 +172,12 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if not self.path.exists():  # owner-only from the first byte: it holds token hashes and audit
-                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-        except OSError as exc:
-            raise StoreError(f"{self.path}: cannot create the state database ({exc.strerror})") from None
         self._lock = threading.Lock()
-        try:
-            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._conn.row_factory = sqlite3.Row
-            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: not a usable SQLite database ({exc})") from None
-        if mode.lower() != "wal":
-            raise StoreError(f"{self.path}: cannot switch to WAL mode (got {mode})")
+        # owner-only from the first byte: it holds token hashes and the audit trail
+        self._conn = open_wal(self.path, "state database", StoreError)
+        self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.execute("PRAGMA busy_timeout=5000")
         self._migrate()
 
     @classmethod

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -43,6 +42,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from controller.storage.sqlite_file import open_wal
 
 log = logging.getLogger(__name__)
 
@@ -124,20 +125,12 @@ class Outbox:
     def __init__(self, path: str | Path, limits: OutboxLimits | None = None) -> None:
         self.path = Path(path)
         self.limits = limits or OutboxLimits()
+        self._conn = open_wal(self.path, "outbox", OutboxError)  # owner-only, like the journal
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if not self.path.exists():  # owner-only from the first byte, like the journal
-                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            self._conn.execute("PRAGMA busy_timeout=5000")
             self._conn.executescript(SCHEMA)
-        except OSError as exc:
-            raise OutboxError(f"{self.path}: cannot create the outbox ({exc.strerror})") from None
         except sqlite3.DatabaseError as exc:
+            self._conn.close()
             raise OutboxError(f"{self.path}: not a usable SQLite database ({exc})") from None
-        if mode.lower() != "wal":
-            raise OutboxError(f"{self.path}: cannot switch to WAL mode (got {mode})")
         self._lock = threading.Lock()
         self._sync = ""
         with self._tx(durable=True) as conn:

@@ -21,7 +21,6 @@ Design decisions, as in controller/uplink/outbox.py:
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import threading
 import time
@@ -30,6 +29,7 @@ from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from controller.storage.sqlite_file import open_wal
 from controller.uplink.national.codes import EBRID_RE, MAX_EBDID_COUNTER, MAX_EBMID_COUNTER, ebdid, ebmid
 
 DB_NAME = "national.sqlite3"
@@ -91,23 +91,13 @@ class NationalStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._conn = open_wal(self.path, "national-platform store", NationalStoreError)
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if not self.path.exists():  # owner-only from the first byte, like the journal and outbox
-                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            self._conn.execute("PRAGMA busy_timeout=5000")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(SCHEMA)
-        except OSError as exc:
-            raise NationalStoreError(f"{self.path}: cannot create the national-platform store "
-                                     f"({exc.strerror})") from None
         except sqlite3.DatabaseError as exc:
-            raise NationalStoreError(f"{self.path}: not a usable SQLite database ({exc})") from None
-        if mode.lower() != "wal":
             self._conn.close()
-            raise NationalStoreError(f"{self.path}: cannot switch to WAL mode (got {mode})")
+            raise NationalStoreError(f"{self.path}: not a usable SQLite database ({exc})") from None
         self._lock = threading.Lock()
         with self._tx() as conn:
             conn.execute("DELETE FROM seen WHERE at < ?", (time.time() - SEEN_RETENTION_S,))
