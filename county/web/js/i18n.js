@@ -1,65 +1,10 @@
-// Strings in Chinese (default) and English. Each view adds its own table at import with addStrings().
-const KEY = "ebc.county.lang";
-const tables = { zh: {}, en: {} };
-const listeners = new Set();
+// This console's shell strings, in Chinese (default) and English; the mechanism (t, lang, setLang,
+// addStrings) is shared with the gateway console: webcommon/static/js/i18n.js.
+import { addStrings, useStorageKey } from "/ui/common/js/i18n.js";
 
-function stored() {
-  try {
-    const v = localStorage.getItem(KEY);
-    return v === "en" || v === "zh" ? v : "zh";
-  } catch {
-    return "zh";
-  }
-}
+export * from "/ui/common/js/i18n.js";
 
-let current = stored();
-
-/** "zh" | "en" (default zh; remembered in localStorage "ebc.county.lang"). */
-export function lang() {
-  return current;
-}
-
-/** Switch language, remember it and tell every listener (views re-render). */
-export function setLang(value) {
-  const next = value === "en" ? "en" : "zh";
-  try {
-    localStorage.setItem(KEY, next);
-  } catch {
-    // private mode: the choice lasts for this page only
-  }
-  if (next === current) return;
-  current = next;
-  document.documentElement.lang = next === "zh" ? "zh-CN" : "en";
-  for (const fn of [...listeners]) {
-    try {
-      fn(next);
-    } catch (err) {
-      console.error("language listener failed", err);
-    }
-  }
-}
-
-/** Call fn(lang) after every switch; returns an unsubscribe function. */
-export function onLangChange(fn) {
-  listeners.add(fn);
-  return () => listeners.delete(fn);
-}
-
-/** Merge {zh: {key: text}, en: {key: text}} into the tables (later additions win). */
-export function addStrings(table) {
-  for (const code of Object.keys(tables)) Object.assign(tables[code], table?.[code] || {});
-}
-
-/** The text for key in the current language ("{name}" placeholders from vars); missing → zh → key. */
-export function t(key, vars = {}) {
-  let text = tables[current][key];
-  if (text === undefined) text = tables.zh[key];
-  if (text === undefined) return key;
-  return text.replace(/\{(\w+)\}/g, (whole, name) =>
-    vars[name] === undefined || vars[name] === null ? whole : String(vars[name]));
-}
-
-document.documentElement.lang = current === "zh" ? "zh-CN" : "en";
+useStorageKey("ebc.county.lang");
 
 addStrings({
   zh: {
