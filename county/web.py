@@ -1,9 +1,11 @@
 """The county console's delivery: ``GET /`` is its page, its files are under ``/ui/``, and who am I.
 
-The console is plain ES modules and CSS in ``county/web/`` (package data, no build step), built like
-the gateway's console and under the same rules: every response of the county service already carries
-the strict Content-Security-Policy and hardening headers of :mod:`county.api` (scripts and styles from
-this origin only, nothing inline, never framed), which this module relies on and does not weaken.
+The console is plain ES modules and CSS in ``county/web/`` (package data, no build step), on the
+front-end core it shares with the gateway's console (``webcommon/static/``, served under
+``/ui/common/``: shell, DOM helpers, i18n, API client, base stylesheet) and under the same rules:
+every response of the county service already carries the strict Content-Security-Policy and
+hardening headers of :mod:`county.api` (scripts and styles from this origin only, nothing inline,
+never framed), which this module relies on and does not weaken.
 
 ``GET /api/v1/session`` tells the page the name and role of its token, so it shows an operator the
 compose button and a viewer none (the API refuses a viewer's broadcast anyway).
@@ -20,6 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
+import webcommon
 from county.api import PREFIX, Viewer
 
 STATIC_DIR = Path(__file__).resolve().parent / "web"
@@ -42,7 +45,7 @@ class _Assets(StaticFiles):
 
 
 def install_console(app: FastAPI, static_dir: Path = STATIC_DIR) -> None:
-    """Serve the console on ``app``: ``/`` (never cached), ``/ui/…`` and ``/api/v1/session``."""
+    """Serve the console on ``app``: ``/`` (never cached), ``/ui/…`` (and ``/ui/common/…``), the session."""
     index = static_dir / "index.html"
 
     @app.get(f"{PREFIX}/session")
@@ -59,4 +62,7 @@ def install_console(app: FastAPI, static_dir: Path = STATIC_DIR) -> None:
         return FileResponse(index, media_type="text/html; charset=utf-8",
                             headers={"Cache-Control": "no-store"})
 
+    # The shared files first: the mount at /ui would otherwise answer /ui/common/… with a 404.
+    app.mount(webcommon.ASSETS_PATH, _Assets(directory=webcommon.STATIC_DIR, check_dir=False),
+              name="county-console-common")
     app.mount(ASSETS_PATH, _Assets(directory=static_dir, check_dir=False), name="county-console")

@@ -1,7 +1,9 @@
 """The web console's delivery: static files from the package, and security headers on every response.
 
 The console is plain ES modules and CSS in ``controller/web/static/`` (package data, no build step):
-``GET /`` is its index.html, everything else is under ``/ui/``. Web consoles are where emergency
+``GET /`` is its index.html, everything else is under ``/ui/``; the front-end core it shares with the
+county console (shell, DOM helpers, i18n, API client, base stylesheet) is ``webcommon/static/``,
+served under ``/ui/common/``. Web consoles are where emergency
 alerting systems were broken into (the 2022 DASDEC advisories were XSS), so every response of the
 daemon — API, console, errors, 404s and the SSE stream alike — carries a strict
 Content-Security-Policy (scripts and styles only from this origin, no inline code, no framing) and
@@ -22,6 +24,8 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import webcommon
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 """The console's files, shipped inside the package (pyproject: tool.setuptools.package-data)."""
@@ -115,7 +119,8 @@ class _Assets(StaticFiles):
 
 
 def install_console(app: FastAPI, static_dir: Path = STATIC_DIR) -> None:
-    """Serve the console: ``GET /`` is index.html (never cached), its files are under ``/ui/``."""
+    """Serve the console: ``GET /`` is index.html (never cached), its files under ``/ui/``, the shared
+    ones (webcommon) under ``/ui/common/``."""
     index = static_dir / "index.html"
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
@@ -127,4 +132,7 @@ def install_console(app: FastAPI, static_dir: Path = STATIC_DIR) -> None:
         return FileResponse(index, media_type="text/html; charset=utf-8",
                             headers={"Cache-Control": "no-store"})
 
+    # The shared files first: the mount at /ui would otherwise answer /ui/common/… with a 404.
+    app.mount(webcommon.ASSETS_PATH, _Assets(directory=webcommon.STATIC_DIR, check_dir=False),
+              name="console-common")
     app.mount(ASSETS_PATH, _Assets(directory=static_dir, check_dir=False), name="console-assets")

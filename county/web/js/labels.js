@@ -3,6 +3,7 @@
 import { ApiError, onEvent } from "./api.js";
 import { fmtAgo, fmtTime, h, since } from "./dom.js";
 import { addStrings, lang, t } from "./i18n.js";
+import { stateClass } from "/ui/common/js/terminal.js";
 
 addStrings({
   zh: {
@@ -61,22 +62,11 @@ addStrings({
   },
 });
 
+export { stateClass }; // the terminal state → display class, shared with the gateway console
+
 export const STATE_CLASSES = ["normal", "playing", "fault", "recovered", "stopped", "offline", "unknown"];
 const SYMBOL = { normal: "●", stopped: "■", fault: "✖", recovered: "▲", playing: "♪", offline: "○",
   unknown: "?" };
-
-/** The display class of a terminal: fault wins, then offline, then the state code (as on the gateway). */
-export function stateClass(dev) {
-  if (dev.state === 3) return "fault";
-  if (dev.online === false) return "offline";
-  switch (dev.state) {
-    case 1: return "normal";
-    case 2: return "stopped";
-    case 4: return "recovered";
-    case 5: return "playing";
-    default: return "unknown";
-  }
-}
 
 /** A state code key of /overview's by_state ("1".."5", "unknown") → display class. */
 export function codeClass(code) {

@@ -4,6 +4,7 @@ import { fmtAgo, fmtTime, h, mount } from "../dom.js";
 import { addStrings, t } from "../i18n.js";
 import { api, onEvent } from "../api.js";
 import { errorText, faultText, fmtNumber } from "../labels.js";
+import { stateClass } from "/ui/common/js/terminal.js";
 
 addStrings({
   zh: {
@@ -94,19 +95,6 @@ const REFRESH_MS = 15000; // last-seen and measured values are not in every even
 
 // Filters survive re-renders (language switch, coming back to the board).
 const filters = { village: "", state: "all", q: "" };
-
-/** The display class of a device: fault wins, then offline, then the state code. */
-export function stateClass(dev) {
-  if (dev.state === 3) return "fault";
-  if (dev.online === false) return "offline";
-  switch (dev.state) {
-    case 1: return "normal";
-    case 2: return "stopped";
-    case 4: return "recovered";
-    case 5: return "playing";
-    default: return "unknown";
-  }
-}
 
 function audible(dev) {
   const v = dev.values || {};
