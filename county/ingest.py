@@ -294,9 +294,12 @@ class Ingest:
 
     def _drain(self) -> None:
         self._drain_due = False
-        while self._inbox:
-            topic, payload, retain = self._inbox.popleft()
-            self.handle(topic, payload, retain)
+        try:
+            while self._inbox:
+                topic, payload, retain = self._inbox.popleft()
+                self.handle(topic, payload, retain)
+        finally:
+            self.picture.end_quiet()  # retained states re-read: one resync, not one change each
 
     def handle(self, topic: str, payload: bytes, retain: bool = False) -> None:
         """One message from the broker; never raises."""
@@ -310,14 +313,14 @@ class Ingest:
             if not gateway:
                 gateway = None
                 raise Malformed("empty gateway id")
-            self._route(gateway, tail, payload, time.time())
+            self._route(gateway, tail, payload, time.time(), retain)
         except Malformed as exc:
             self._malformed(gateway, topic, str(exc))
         except Exception:  # a bug must not stop the ingest either
             log.exception("county ingest failed on %r", topic[:200])
             self._malformed(gateway, topic, "internal error (see log)")
 
-    def _route(self, gw: str, tail: list[str], payload: bytes, now: float) -> None:
+    def _route(self, gw: str, tail: list[str], payload: bytes, now: float, retain: bool = False) -> None:
         if tail[:1] == ["cmd"] and len(tail) == 3 and tail[2] == "response":
             if self.on_response is not None:
                 self.on_response(gw, tail[1], payload)
@@ -340,7 +343,7 @@ class Ingest:
             self._queue(("birth", gw, birth, now))
         elif len(tail) == 3 and tail[0] == "devices" and tail[2] == "state":
             doc = _state(payload, tail[1])
-            self.picture.set_device_state(gw, doc, now)
+            self.picture.set_device_state(gw, doc, now, quiet=retain)
             self._queue(("state", gw, doc, now))
         elif tail in (["events"], ["health"]) or (len(tail) == 2 and tail[0] == "broadcasts"):
             report = _report(payload)
