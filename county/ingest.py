@@ -8,9 +8,11 @@ and ``+/cmd/+/response``, handed to :attr:`Ingest.on_response` (the commands mod
 paho runs its network loop in its own thread; its message callback only appends to a deque and
 wakes the event loop once per burst (``call_soon_threadsafe``), where messages are parsed, applied
 to the picture at once (a fault is visible before it is written down) and queued for the writer.
-The writer stores a burst in one transaction in a worker thread, keeps only reports whose
-(gateway, seq) is new (the database's unique key decides, across restarts and instances; an
-in-memory window of recent seqs spares it obvious duplicates), then looks for gaps in seq.
+The writer stores a burst in one transaction in a worker thread (the burst's reports in one
+``executemany``, its device states in another), keeps only reports whose (gateway, seq) is new
+(the database's unique key decides, across restarts and instances; an in-memory window of recent
+seqs spares it obvious duplicates), then looks for gaps in seq: in the gateways that received
+reports, each at most once per :data:`GAP_SCAN_INTERVAL_S` (a later burst or a timer does the rest).
 
 A malformed message is logged and counted for its gateway; it never stops the ingest.
 """
@@ -46,6 +48,8 @@ RECENT_SEQS = 4096
 """Per gateway, how many recent seqs are remembered to drop duplicates before the database."""
 SETTLE_SHARED_S = 5.0
 """With a share group: how old a report must be before a hole before it counts as a gap."""
+GAP_SCAN_INTERVAL_S = 1.0
+"""A gateway's gaps are looked for at most this often (each scan costs queries)."""
 MALFORMED_LOGGED = 10
 """Malformed messages logged per gateway at warning level; the rest at debug (still counted)."""
 
@@ -161,6 +165,9 @@ class Ingest:
         self._ops: list[tuple[Any, ...]] = []
         self._write_due = asyncio.Event()
         self._db = ThreadPoolExecutor(1, thread_name_prefix="county-db")
+        self._scan_pending: set[str] = set()
+        """Gateways with reports stored since their last gap scan (the writer thread's)."""
+        self._scanned_at: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: paho.Client | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -378,13 +385,18 @@ class Ingest:
 
     async def _writer(self) -> None:
         while True:
-            await self._write_due.wait()
+            if self._scan_pending:  # scans held back: come back for them even without new reports
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(GAP_SCAN_INTERVAL_S):
+                        await self._write_due.wait()
+            else:
+                await self._write_due.wait()
             self._write_due.clear()
             await self._write_burst()
 
     async def _write_burst(self) -> None:
         ops, self._ops = self._ops, []
-        if not ops:
+        if not ops and not self._scan_pending:
             return
         loop = asyncio.get_running_loop()
         try:
@@ -410,33 +422,49 @@ class Ingest:
         new: list[tuple[str, dict[str, Any]]] = []
         duplicates = 0
         seen: dict[str, float] = {}
-        touched: set[str] = set()
+        states: list[tuple[str, dict[str, Any], float]] = []
+        reports: list[tuple[Any, ...]] = []
         with self.store.batch():
             for op in ops:
                 kind, gw = op[0], op[1]
                 if kind == "seen":
                     seen[gw] = max(seen.get(gw, 0.0), op[2])
-                elif kind == "status":
-                    self.store.set_status(gw, op[2], op[3])
-                elif kind == "birth":
-                    self.store.save_birth(gw, op[2], op[3])
                 elif kind == "state":
-                    self.store.save_device_state(gw, op[2], op[3])
+                    states.append((gw, op[2], op[3]))
                 elif kind == "report":
-                    topic, r, at = op[2], op[3], op[4]
-                    if self.store.insert_event(gw, r["seq"], r["kind"], r["ts"], r["historical"], r["data"],
-                                               at):
-                        new.append((gw, {**r, "topic": topic, "received_at": at}))
-                        touched.add(gw)
-                        if r["kind"] == "broadcast.state":
-                            self.store.save_broadcast_state(gw, r["seq"], r["data"], at)
-                        elif r["kind"] == "broadcast.outcome":
-                            self.store.save_broadcast_outcome(gw, r["seq"], r["data"], at)
-                    else:
-                        duplicates += 1
+                    reports.append(op)
+                else:  # status, birth: in order with the device states (a birth forgets devices)
+                    self.store.save_device_states(states)
+                    states = []
+                    if kind == "status":
+                        self.store.set_status(gw, op[2], op[3])
+                    elif kind == "birth":
+                        self.store.save_birth(gw, op[2], op[3])
+            self.store.save_device_states(states)
+            stored = self.store.insert_events([(op[1], op[3]["seq"], op[3]["kind"], op[3]["ts"],
+                                                op[3]["historical"], op[3]["data"], op[4]) for op in reports])
+            for (_, gw, topic, r, at), is_new in zip(reports, stored, strict=True):
+                if not is_new:
+                    duplicates += 1
+                    continue
+                new.append((gw, {**r, "topic": topic, "received_at": at}))
+                self._scan_pending.add(gw)
+                if r["kind"] == "broadcast.state":
+                    self.store.save_broadcast_state(gw, r["seq"], r["data"], at)
+                elif r["kind"] == "broadcast.outcome":
+                    self.store.save_broadcast_outcome(gw, r["seq"], r["data"], at)
             for gw, at in seen.items():
                 self.store.touch(gw, at)
-        return new, duplicates, self._scan(touched)
+        return new, duplicates, self._scan(self._scan_due())
+
+    def _scan_due(self) -> set[str]:
+        """The gateways with new reports whose last gap scan is old enough (writer thread)."""
+        now = time.monotonic()
+        due = {gw for gw in self._scan_pending if now - self._scanned_at.get(gw, -1e9) >= GAP_SCAN_INTERVAL_S}
+        self._scan_pending -= due
+        for gw in due:
+            self._scanned_at[gw] = now
+        return due
 
     def _scan(self, gateways: set[str]) -> dict[str, tuple[int, int]]:
         out = {}
