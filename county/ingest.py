@@ -127,13 +127,19 @@ def _birth(payload: bytes) -> dict[str, Any]:
     return doc
 
 
-def _state(payload: bytes, device: str) -> dict[str, Any]:
+def _state(payload: bytes, device: str) -> tuple[dict[str, Any], str | None]:
+    """The state document, and its text as received when that is what would be stored (it names its
+    device and is UTF-8), so the writer need not encode it again."""
     doc = _json_object(payload)
+    text = None
+    if "id" in doc:
+        with contextlib.suppress(UnicodeDecodeError):
+            text = payload.decode("utf-8")
     if doc.setdefault("id", device) != device:
         raise Malformed(f"id: {str(doc['id'])[:64]!r} does not match the topic's device {device!r}")
     if not isinstance(doc.get("faults") or [], list):
         raise Malformed("faults: must be a list")
-    return doc
+    return doc, text
 
 
 class Ingest:
@@ -163,11 +169,14 @@ class Ingest:
         self._inbox: collections.deque[tuple[str, bytes, bool]] = collections.deque()
         self._drain_due = False
         self._ops: list[tuple[Any, ...]] = []
+        self._seen: dict[str, float] = {}
+        """Per gateway, when a message from it was last received (written with the next burst)."""
         self._write_due = asyncio.Event()
         self._db = ThreadPoolExecutor(1, thread_name_prefix="county-db")
         self._scan_pending: set[str] = set()
         """Gateways with reports stored since their last gap scan (the writer thread's)."""
         self._scanned_at: dict[str, float] = {}
+        self._scan_pass = -1e9
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: paho.Client | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -196,7 +205,7 @@ class Ingest:
                 await task
         self._tasks = []
         self._drain()
-        if self._ops:  # what was received is stored before we go
+        if self._ops or self._seen:  # what was received is stored before we go
             await self._write_burst()
         self._db.shutdown(wait=True)
 
@@ -335,7 +344,7 @@ class Ingest:
         if not payload and (tail in (["status"], ["birth"]) or tail[:1] == ["devices"]):
             return  # a retained message being cleared: nothing to apply
         self.picture.seen(gw, now)
-        self._ops.append(("seen", gw, now))
+        self._seen[gw] = now
         if tail == ["status"]:
             text = payload.decode("utf-8", "replace").strip()
             if text not in ("online", "offline"):
@@ -349,9 +358,9 @@ class Ingest:
             self.picture.set_birth(gw, birth)
             self._queue(("birth", gw, birth, now))
         elif len(tail) == 3 and tail[0] == "devices" and tail[2] == "state":
-            doc = _state(payload, tail[1])
+            doc, text = _state(payload, tail[1])
             self.picture.set_device_state(gw, doc, now, quiet=retain)
-            self._queue(("state", gw, doc, now))
+            self._queue(("state", gw, doc, now, text))
         elif tail in (["events"], ["health"]) or (len(tail) == 2 and tail[0] == "broadcasts"):
             report = _report(payload)
             data, kind = report["data"], report["kind"]
@@ -396,14 +405,17 @@ class Ingest:
 
     async def _write_burst(self) -> None:
         ops, self._ops = self._ops, []
-        if not ops and not self._scan_pending:
+        seen, self._seen = self._seen, {}
+        if not ops and not seen and not self._scan_pending:
             return
         loop = asyncio.get_running_loop()
         try:
-            new, duplicates, gaps = await loop.run_in_executor(self._db, self._write, ops)
+            new, duplicates, gaps = await loop.run_in_executor(self._db, self._write, ops, seen)
         except Exception:
             log.exception("cannot store %d county updates; retrying in 1 s", len(ops))
             self._ops = ops + self._ops
+            for gw, at in seen.items():
+                self._seen[gw] = max(at, self._seen.get(gw, at))
             await asyncio.sleep(1.0)
             self._write_due.set()
             return
@@ -415,22 +427,19 @@ class Ingest:
             self.picture.set_gaps(gw, unexplained, explained)
         self.writes_done += 1
 
-    def _write(self, ops: list[tuple[Any, ...]]) -> tuple[list[tuple[str, dict[str, Any]]], int,
-                                                          dict[str, tuple[int, int]]]:
+    def _write(self, ops: list[tuple[Any, ...]], seen: dict[str, float]
+               ) -> tuple[list[tuple[str, dict[str, Any]]], int, dict[str, tuple[int, int]]]:
         """Apply a burst in one transaction (worker thread); the new reports, how many were already
         stored, and the gap counts of gateways whose gaps changed."""
         new: list[tuple[str, dict[str, Any]]] = []
         duplicates = 0
-        seen: dict[str, float] = {}
-        states: list[tuple[str, dict[str, Any], float]] = []
+        states: list[tuple[str, dict[str, Any], float, str | None]] = []
         reports: list[tuple[Any, ...]] = []
         with self.store.batch():
             for op in ops:
                 kind, gw = op[0], op[1]
-                if kind == "seen":
-                    seen[gw] = max(seen.get(gw, 0.0), op[2])
-                elif kind == "state":
-                    states.append((gw, op[2], op[3]))
+                if kind == "state":
+                    states.append((gw, op[2], op[3], op[4]))
                 elif kind == "report":
                     reports.append(op)
                 else:  # status, birth: in order with the device states (a birth forgets devices)
@@ -453,13 +462,16 @@ class Ingest:
                     self.store.save_broadcast_state(gw, r["seq"], r["data"], at)
                 elif r["kind"] == "broadcast.outcome":
                     self.store.save_broadcast_outcome(gw, r["seq"], r["data"], at)
-            for gw, at in seen.items():
-                self.store.touch(gw, at)
+            self.store.touch_many(seen)
         return new, duplicates, self._scan(self._scan_due())
 
     def _scan_due(self) -> set[str]:
-        """The gateways with new reports whose last gap scan is old enough (writer thread)."""
+        """The gateways with new reports whose last gap scan is old enough (writer thread); looked for
+        at most every tenth of the interval, not after every burst."""
         now = time.monotonic()
+        if now - self._scan_pass < GAP_SCAN_INTERVAL_S / 10:
+            return set()
+        self._scan_pass = now
         due = {gw for gw in self._scan_pending if now - self._scanned_at.get(gw, -1e9) >= GAP_SCAN_INTERVAL_S}
         self._scan_pending -= due
         for gw in due:

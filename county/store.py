@@ -320,11 +320,18 @@ class Store:
                         updated_at = excluded.updated_at""",
                    (gateway, status, at, at, at))
 
+    _TOUCH = """INSERT INTO gateways (id, last_seen, updated_at) VALUES (?, ?, ?)
+                ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen
+                WHERE gateways.last_seen IS NULL OR gateways.last_seen < excluded.last_seen"""
+
     def touch(self, gateway: str, at: float) -> None:
-        self._exec("""INSERT INTO gateways (id, last_seen, updated_at) VALUES (?, ?, ?)
-                      ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen
-                      WHERE gateways.last_seen IS NULL OR gateways.last_seen < excluded.last_seen""",
-                   (gateway, at, at))
+        self._exec(self._TOUCH, (gateway, at, at))
+
+    def touch_many(self, seen: dict[str, float]) -> None:
+        """:meth:`touch` for every (gateway, last seen) in one statement."""
+        if seen:
+            with self._lock:
+                self.db.executemany(self._TOUCH, [(gw, at, at) for gw, at in seen.items()])
 
     def save_birth(self, gateway: str, birth: dict[str, Any], at: float) -> None:
         """The inventory replaces the previous one: devices not in it are forgotten."""
@@ -364,19 +371,21 @@ class Store:
                         data = excluded.data, updated_at = excluded.updated_at"""
 
     @staticmethod
-    def _state_row(gateway: str, doc: dict[str, Any], at: float) -> tuple[Any, ...]:
+    def _state_row(gateway: str, doc: dict[str, Any], at: float, text: str | None = None) -> tuple[Any, ...]:
+        """``text``: the document's JSON as received, stored as is instead of encoding ``doc`` again."""
         online = doc.get("online")
         return (gateway, doc["id"], doc.get("name"), doc.get("village"), doc.get("area_code"),
                 doc.get("kind"), doc.get("state"), doc.get("state_name"),
                 None if online is None else int(bool(online)), _dumps(doc.get("faults") or []),
-                _dumps(doc), at)
+                _dumps(doc) if text is None else text, at)
 
     def save_device_state(self, gateway: str, doc: dict[str, Any], at: float) -> None:
         """One device's retained state (docs/mqtt.md ``devices/<dev>/state``)."""
         self._exec(self._SAVE_STATE, self._state_row(gateway, doc, at))
 
-    def save_device_states(self, states: Sequence[tuple[str, dict[str, Any], float]]) -> None:
-        """Several (gateway, state, at) in one statement, in order (a later one for a device wins)."""
+    def save_device_states(self, states: Sequence[tuple[Any, ...]]) -> None:
+        """Several (gateway, state, at[, text as received]) in one statement, in order (a later one for
+        a device wins)."""
         if states:
             with self._lock:
                 self.db.executemany(self._SAVE_STATE, [self._state_row(*s) for s in states])
