@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from county.config import CountyConfig
 from county.countywide import CountyBroadcasts, NoSigningKey, RequestError
-from county.picture import Picture
+from county.picture import Change, Picture
 from county.store import ROLES, Store, TokenInfo
 
 log = logging.getLogger(__name__)
@@ -158,9 +158,9 @@ async def _on_crash(request: Request, exc: Exception) -> JSONResponse:
     return _error(500, "internal error; see the county service log")
 
 
-def _sse(change: dict[str, Any], seq: int) -> str:
-    data = json.dumps(change, ensure_ascii=False, default=str, separators=(",", ":"))
-    return f"id: {seq}\nevent: {change.get('type', 'change')}\ndata: {data}\n\n"
+def _sse(change: Change, seq: int) -> str:
+    kind, data = change  # encoded once by the picture for every client
+    return f"id: {seq}\nevent: {kind}\ndata: {data}\n\n"
 
 
 async def _stream(ctx: ApiContext, token: TokenInfo) -> AsyncIterator[str]:

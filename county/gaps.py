@@ -16,7 +16,8 @@ A gap is ``unexplained`` until a report accounts for it:
   lost reports.
 
 Explanations can come after the gap is found (the health report follows it), so unexplained gaps
-are looked at again on every scan of their gateway.
+are looked at again on every scan of their gateway (and only then: the scanner remembers which
+gateways have unexplained gaps and spares the others the query).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class GapScanner:
         self.store = store
         self.settle_s = settle_s
         self.scanned: dict[str, int] = store.scan_state()
+        self.open: set[str] = store.gateways_with_unexplained_gaps()
+        """Gateways that may have unexplained gaps (found here or in the database at start)."""
 
     def scan(self, gateway: str, now: float | None = None) -> bool:
         """Find new gaps and explain old ones; True if anything changed."""
@@ -57,6 +60,7 @@ class GapScanner:
         for seq in seqs:
             if prev is not None and seq > prev + 1:
                 changed |= self.store.add_gap(gateway, prev + 1, seq - 1, now)
+                self.open.add(gateway)
             prev = seq
         if prev is not None and prev != last:
             self.store.set_scanned(gateway, prev)
@@ -64,8 +68,11 @@ class GapScanner:
         return self.explain(gateway) or changed
 
     def explain(self, gateway: str) -> bool:
+        if gateway not in self.open:
+            return False
         open_gaps = self.store.gaps(gateway, unexplained_only=True)
         if not open_gaps:
+            self.open.discard(gateway)
             return False
         changed = False
         overflows = [e["data"] for e in self.store.events_of_kind(gateway, "outbox.overflow")

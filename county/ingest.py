@@ -8,9 +8,11 @@ and ``+/cmd/+/response``, handed to :attr:`Ingest.on_response` (the commands mod
 paho runs its network loop in its own thread; its message callback only appends to a deque and
 wakes the event loop once per burst (``call_soon_threadsafe``), where messages are parsed, applied
 to the picture at once (a fault is visible before it is written down) and queued for the writer.
-The writer stores a burst in one transaction in a worker thread, keeps only reports whose
-(gateway, seq) is new (the database's unique key decides, across restarts and instances; an
-in-memory window of recent seqs spares it obvious duplicates), then looks for gaps in seq.
+The writer stores a burst in one transaction in a worker thread (the burst's reports in one
+``executemany``, its device states in another), keeps only reports whose (gateway, seq) is new
+(the database's unique key decides, across restarts and instances; an in-memory window of recent
+seqs spares it obvious duplicates), then looks for gaps in seq: in the gateways that received
+reports, each at most once per :data:`GAP_SCAN_INTERVAL_S` (a later burst or a timer does the rest).
 
 A malformed message is logged and counted for its gateway; it never stops the ingest.
 """
@@ -46,6 +48,8 @@ RECENT_SEQS = 4096
 """Per gateway, how many recent seqs are remembered to drop duplicates before the database."""
 SETTLE_SHARED_S = 5.0
 """With a share group: how old a report must be before a hole before it counts as a gap."""
+GAP_SCAN_INTERVAL_S = 1.0
+"""A gateway's gaps are looked for at most this often (each scan costs queries)."""
 MALFORMED_LOGGED = 10
 """Malformed messages logged per gateway at warning level; the rest at debug (still counted)."""
 
@@ -123,13 +127,19 @@ def _birth(payload: bytes) -> dict[str, Any]:
     return doc
 
 
-def _state(payload: bytes, device: str) -> dict[str, Any]:
+def _state(payload: bytes, device: str) -> tuple[dict[str, Any], str | None]:
+    """The state document, and its text as received when that is what would be stored (it names its
+    device and is UTF-8), so the writer need not encode it again."""
     doc = _json_object(payload)
+    text = None
+    if "id" in doc:
+        with contextlib.suppress(UnicodeDecodeError):
+            text = payload.decode("utf-8")
     if doc.setdefault("id", device) != device:
         raise Malformed(f"id: {str(doc['id'])[:64]!r} does not match the topic's device {device!r}")
     if not isinstance(doc.get("faults") or [], list):
         raise Malformed("faults: must be a list")
-    return doc
+    return doc, text
 
 
 class Ingest:
@@ -159,8 +169,14 @@ class Ingest:
         self._inbox: collections.deque[tuple[str, bytes, bool]] = collections.deque()
         self._drain_due = False
         self._ops: list[tuple[Any, ...]] = []
+        self._seen: dict[str, float] = {}
+        """Per gateway, when a message from it was last received (written with the next burst)."""
         self._write_due = asyncio.Event()
         self._db = ThreadPoolExecutor(1, thread_name_prefix="county-db")
+        self._scan_pending: set[str] = set()
+        """Gateways with reports stored since their last gap scan (the writer thread's)."""
+        self._scanned_at: dict[str, float] = {}
+        self._scan_pass = -1e9
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: paho.Client | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -189,7 +205,7 @@ class Ingest:
                 await task
         self._tasks = []
         self._drain()
-        if self._ops:  # what was received is stored before we go
+        if self._ops or self._seen:  # what was received is stored before we go
             await self._write_burst()
         self._db.shutdown(wait=True)
 
@@ -294,9 +310,12 @@ class Ingest:
 
     def _drain(self) -> None:
         self._drain_due = False
-        while self._inbox:
-            topic, payload, retain = self._inbox.popleft()
-            self.handle(topic, payload, retain)
+        try:
+            while self._inbox:
+                topic, payload, retain = self._inbox.popleft()
+                self.handle(topic, payload, retain)
+        finally:
+            self.picture.end_quiet()  # retained states re-read: one resync, not one change each
 
     def handle(self, topic: str, payload: bytes, retain: bool = False) -> None:
         """One message from the broker; never raises."""
@@ -310,14 +329,14 @@ class Ingest:
             if not gateway:
                 gateway = None
                 raise Malformed("empty gateway id")
-            self._route(gateway, tail, payload, time.time())
+            self._route(gateway, tail, payload, time.time(), retain)
         except Malformed as exc:
             self._malformed(gateway, topic, str(exc))
         except Exception:  # a bug must not stop the ingest either
             log.exception("county ingest failed on %r", topic[:200])
             self._malformed(gateway, topic, "internal error (see log)")
 
-    def _route(self, gw: str, tail: list[str], payload: bytes, now: float) -> None:
+    def _route(self, gw: str, tail: list[str], payload: bytes, now: float, retain: bool = False) -> None:
         if tail[:1] == ["cmd"] and len(tail) == 3 and tail[2] == "response":
             if self.on_response is not None:
                 self.on_response(gw, tail[1], payload)
@@ -325,7 +344,7 @@ class Ingest:
         if not payload and (tail in (["status"], ["birth"]) or tail[:1] == ["devices"]):
             return  # a retained message being cleared: nothing to apply
         self.picture.seen(gw, now)
-        self._ops.append(("seen", gw, now))
+        self._seen[gw] = now
         if tail == ["status"]:
             text = payload.decode("utf-8", "replace").strip()
             if text not in ("online", "offline"):
@@ -339,9 +358,9 @@ class Ingest:
             self.picture.set_birth(gw, birth)
             self._queue(("birth", gw, birth, now))
         elif len(tail) == 3 and tail[0] == "devices" and tail[2] == "state":
-            doc = _state(payload, tail[1])
-            self.picture.set_device_state(gw, doc, now)
-            self._queue(("state", gw, doc, now))
+            doc, text = _state(payload, tail[1])
+            self.picture.set_device_state(gw, doc, now, quiet=retain)
+            self._queue(("state", gw, doc, now, text))
         elif tail in (["events"], ["health"]) or (len(tail) == 2 and tail[0] == "broadcasts"):
             report = _report(payload)
             data, kind = report["data"], report["kind"]
@@ -375,20 +394,28 @@ class Ingest:
 
     async def _writer(self) -> None:
         while True:
-            await self._write_due.wait()
+            if self._scan_pending:  # scans held back: come back for them even without new reports
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(GAP_SCAN_INTERVAL_S):
+                        await self._write_due.wait()
+            else:
+                await self._write_due.wait()
             self._write_due.clear()
             await self._write_burst()
 
     async def _write_burst(self) -> None:
         ops, self._ops = self._ops, []
-        if not ops:
+        seen, self._seen = self._seen, {}
+        if not ops and not seen and not self._scan_pending:
             return
         loop = asyncio.get_running_loop()
         try:
-            new, duplicates, gaps = await loop.run_in_executor(self._db, self._write, ops)
+            new, duplicates, gaps = await loop.run_in_executor(self._db, self._write, ops, seen)
         except Exception:
             log.exception("cannot store %d county updates; retrying in 1 s", len(ops))
             self._ops = ops + self._ops
+            for gw, at in seen.items():
+                self._seen[gw] = max(at, self._seen.get(gw, at))
             await asyncio.sleep(1.0)
             self._write_due.set()
             return
@@ -400,40 +427,56 @@ class Ingest:
             self.picture.set_gaps(gw, unexplained, explained)
         self.writes_done += 1
 
-    def _write(self, ops: list[tuple[Any, ...]]) -> tuple[list[tuple[str, dict[str, Any]]], int,
-                                                          dict[str, tuple[int, int]]]:
+    def _write(self, ops: list[tuple[Any, ...]], seen: dict[str, float]
+               ) -> tuple[list[tuple[str, dict[str, Any]]], int, dict[str, tuple[int, int]]]:
         """Apply a burst in one transaction (worker thread); the new reports, how many were already
         stored, and the gap counts of gateways whose gaps changed."""
         new: list[tuple[str, dict[str, Any]]] = []
         duplicates = 0
-        seen: dict[str, float] = {}
-        touched: set[str] = set()
+        states: list[tuple[str, dict[str, Any], float, str | None]] = []
+        reports: list[tuple[Any, ...]] = []
         with self.store.batch():
             for op in ops:
                 kind, gw = op[0], op[1]
-                if kind == "seen":
-                    seen[gw] = max(seen.get(gw, 0.0), op[2])
-                elif kind == "status":
-                    self.store.set_status(gw, op[2], op[3])
-                elif kind == "birth":
-                    self.store.save_birth(gw, op[2], op[3])
-                elif kind == "state":
-                    self.store.save_device_state(gw, op[2], op[3])
+                if kind == "state":
+                    states.append((gw, op[2], op[3], op[4]))
                 elif kind == "report":
-                    topic, r, at = op[2], op[3], op[4]
-                    if self.store.insert_event(gw, r["seq"], r["kind"], r["ts"], r["historical"], r["data"],
-                                               at):
-                        new.append((gw, {**r, "topic": topic, "received_at": at}))
-                        touched.add(gw)
-                        if r["kind"] == "broadcast.state":
-                            self.store.save_broadcast_state(gw, r["seq"], r["data"], at)
-                        elif r["kind"] == "broadcast.outcome":
-                            self.store.save_broadcast_outcome(gw, r["seq"], r["data"], at)
-                    else:
-                        duplicates += 1
-            for gw, at in seen.items():
-                self.store.touch(gw, at)
-        return new, duplicates, self._scan(touched)
+                    reports.append(op)
+                else:  # status, birth: in order with the device states (a birth forgets devices)
+                    self.store.save_device_states(states)
+                    states = []
+                    if kind == "status":
+                        self.store.set_status(gw, op[2], op[3])
+                    elif kind == "birth":
+                        self.store.save_birth(gw, op[2], op[3])
+            self.store.save_device_states(states)
+            stored = self.store.insert_events([(op[1], op[3]["seq"], op[3]["kind"], op[3]["ts"],
+                                                op[3]["historical"], op[3]["data"], op[4]) for op in reports])
+            for (_, gw, topic, r, at), is_new in zip(reports, stored, strict=True):
+                if not is_new:
+                    duplicates += 1
+                    continue
+                new.append((gw, {**r, "topic": topic, "received_at": at}))
+                self._scan_pending.add(gw)
+                if r["kind"] == "broadcast.state":
+                    self.store.save_broadcast_state(gw, r["seq"], r["data"], at)
+                elif r["kind"] == "broadcast.outcome":
+                    self.store.save_broadcast_outcome(gw, r["seq"], r["data"], at)
+            self.store.touch_many(seen)
+        return new, duplicates, self._scan(self._scan_due())
+
+    def _scan_due(self) -> set[str]:
+        """The gateways with new reports whose last gap scan is old enough (writer thread); looked for
+        at most every tenth of the interval, not after every burst."""
+        now = time.monotonic()
+        if now - self._scan_pass < GAP_SCAN_INTERVAL_S / 10:
+            return set()
+        self._scan_pass = now
+        due = {gw for gw in self._scan_pending if now - self._scanned_at.get(gw, -1e9) >= GAP_SCAN_INTERVAL_S}
+        self._scan_pending -= due
+        for gw in due:
+            self._scanned_at[gw] = now
+        return due
 
     def _scan(self, gateways: set[str]) -> dict[str, tuple[int, int]]:
         out = {}

@@ -3,13 +3,20 @@
 Rebuilt at start from the database (what the last run knew), then kept current by the ingest from
 the retained topics (status, birth, device states) and the stored history. Lives on the event loop
 thread: the ingest calls it there, the API reads it there. Every change is also put on the
-subscribers' queues (:meth:`Picture.subscribe`), which the API streams as Server-Sent Events.
+subscribers' queues (:meth:`Picture.subscriber_queue`), which the API streams as Server-Sent Events.
+
+Each change is JSON-encoded once, for every client, and only when a client is connected. The stream
+carries what the console uses, compact: a stored report's ``event`` omits the ``data`` of health
+snapshots (the console reloads the gateway's board from the API), and the retained device states
+re-read after a (re)subscription are applied quietly (``quiet=True``), followed by one ``resync``
+per burst (:meth:`Picture.end_quiet`) instead of one ``device.state`` per terminal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +41,17 @@ UNKNOWN_SEVERITY = 50
 
 SUBSCRIBER_QUEUE = 1000
 """Changes queued per SSE client; a client that falls this far behind gets a ``resync`` instead."""
+
+QUIET_KINDS = frozenset({"gateway.health"})
+"""Report kinds whose ``data`` is left out of the SSE ``event`` (large, and the console does not read it)."""
+
+Change = tuple[str, str]
+"""One change as queued for the SSE clients: (event type, its JSON text, encoded once for all)."""
+
+
+def encode(change: dict[str, Any]) -> Change:
+    return (str(change.get("type", "change")),
+            json.dumps(change, ensure_ascii=False, default=str, separators=(",", ":")))
 
 
 @dataclass
@@ -98,7 +116,8 @@ class Picture:
 
     def __init__(self) -> None:
         self.gateways: dict[str, GatewayView] = {}
-        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._subscribers: set[asyncio.Queue[Change]] = set()
+        self._hushed = False
 
     # -- building ---------------------------------------------------------------------------------------
 
@@ -159,7 +178,8 @@ class Picture:
         gw.devices = devices
         self._emit({"type": "gateway.birth", "gateway": gw_id, "devices": len(devices)})
 
-    def set_device_state(self, gw_id: str, doc: dict[str, Any], at: float) -> None:
+    def set_device_state(self, gw_id: str, doc: dict[str, Any], at: float, quiet: bool = False) -> None:
+        """One device's state; ``quiet``: no ``device.state`` now, a ``resync`` at :meth:`end_quiet`."""
         gw = self.gateway(gw_id)
         dev = gw.devices.get(doc["id"])
         if dev is None:
@@ -173,13 +193,20 @@ class Picture:
         dev.online = doc.get("online") if isinstance(doc.get("online"), bool) else None
         dev.faults = [f for f in doc.get("faults") or [] if isinstance(f, dict)]
         dev.updated_at = at
-        self._emit({"type": "device.state", "gateway": gw_id, "device": dev.as_dict()})
+        if quiet:
+            self._hushed = True
+        elif self._subscribers:
+            self._emit({"type": "device.state", "gateway": gw_id, "device": dev.as_dict()})
 
     def add_event(self, gw_id: str, event: dict[str, Any]) -> None:
         """A report stored for the first time (never a duplicate)."""
         gw = self.gateway(gw_id)
         if gw.last_seq is None or event["seq"] > gw.last_seq:
             gw.last_seq = event["seq"]
+        if not self._subscribers:
+            return
+        if event.get("kind") in QUIET_KINDS:
+            event = {k: v for k, v in event.items() if k != "data"}
         self._emit({"type": "event", "gateway": gw_id, **event})
 
     def set_gaps(self, gw_id: str, unexplained: int, explained: int) -> None:
@@ -199,24 +226,34 @@ class Picture:
         """A change that is not the picture's own (a county broadcast's report) for the SSE clients."""
         self._emit(change)
 
+    def end_quiet(self) -> None:
+        """After a burst of quiet device states: one ``resync`` for the clients if there were any."""
+        if self._hushed:
+            self._hushed = False
+            if self._subscribers:
+                self._emit({"type": "resync"})
+
     def _emit(self, change: dict[str, Any]) -> None:
-        change.setdefault("at", time.time())
+        if not self._subscribers:
+            return
+        at = change.setdefault("at", time.time())
+        encoded = encode(change)
         for queue in list(self._subscribers):
             if queue.full():  # a slow client: tell it to reload instead of growing without bound
                 with contextlib.suppress(asyncio.QueueEmpty):
                     while True:
                         queue.get_nowait()
-                queue.put_nowait({"type": "resync", "at": change["at"]})
+                queue.put_nowait(encode({"type": "resync", "at": at}))
             else:
-                queue.put_nowait(change)
+                queue.put_nowait(encoded)
 
-    def subscriber_queue(self) -> asyncio.Queue[dict[str, Any]]:
-        """A raw queue of changes (remove it with :meth:`unsubscribe`)."""
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(SUBSCRIBER_QUEUE)
+    def subscriber_queue(self) -> asyncio.Queue[Change]:
+        """A raw queue of encoded changes (remove it with :meth:`unsubscribe`)."""
+        queue: asyncio.Queue[Change] = asyncio.Queue(SUBSCRIBER_QUEUE)
         self._subscribers.add(queue)
         return queue
 
-    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+    def unsubscribe(self, queue: asyncio.Queue[Change]) -> None:
         self._subscribers.discard(queue)
 
     # -- snapshots for the API --------------------------------------------------------------------------

@@ -85,6 +85,10 @@ def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
+class _NotAllNew(Exception):
+    """Some of the reports of an ``executemany`` were already stored (undo it, go one by one)."""
+
+
 def token_hash(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
 
@@ -112,10 +116,18 @@ class _Db:
         """Run one statement; the number of rows it changed."""
         raise NotImplementedError
 
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        """Run one statement for every row; the number of rows changed in all."""
+        raise NotImplementedError
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         raise NotImplementedError
 
     def transaction(self) -> contextlib.AbstractContextManager[None]:
+        raise NotImplementedError
+
+    def savepoint(self) -> contextlib.AbstractContextManager[None]:
+        """Inside a transaction: what the block did is undone if it raises."""
         raise NotImplementedError
 
     def migration_lock(self) -> contextlib.AbstractContextManager[None]:
@@ -139,6 +151,9 @@ class _Sqlite(_Db):
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         return self.conn.execute(sql, params).rowcount
 
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        return self.conn.executemany(sql, rows).rowcount
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return self.conn.execute(sql, params).fetchall()
 
@@ -151,6 +166,17 @@ class _Sqlite(_Db):
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        self.conn.execute("SAVEPOINT ebc_many")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK TO ebc_many")
+            self.conn.execute("RELEASE ebc_many")
+            raise
+        self.conn.execute("RELEASE ebc_many")
 
     def close(self) -> None:
         self.conn.close()
@@ -173,12 +199,22 @@ class _Postgres(_Db):
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         return self.conn.execute(self._sql(sql), params).rowcount  # type: ignore[arg-type]
 
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        with self.conn.cursor() as cur:
+            cur.executemany(self._sql(sql), rows)  # type: ignore[arg-type]
+            return cur.rowcount
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return self.conn.execute(self._sql(sql), params).fetchall()  # type: ignore[arg-type,return-value]
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         with self.conn.transaction():
+            yield
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        with self.conn.transaction():  # nested in a transaction: a savepoint
             yield
 
     @contextlib.contextmanager
@@ -284,11 +320,18 @@ class Store:
                         updated_at = excluded.updated_at""",
                    (gateway, status, at, at, at))
 
+    _TOUCH = """INSERT INTO gateways (id, last_seen, updated_at) VALUES (?, ?, ?)
+                ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen
+                WHERE gateways.last_seen IS NULL OR gateways.last_seen < excluded.last_seen"""
+
     def touch(self, gateway: str, at: float) -> None:
-        self._exec("""INSERT INTO gateways (id, last_seen, updated_at) VALUES (?, ?, ?)
-                      ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen
-                      WHERE gateways.last_seen IS NULL OR gateways.last_seen < excluded.last_seen""",
-                   (gateway, at, at))
+        self._exec(self._TOUCH, (gateway, at, at))
+
+    def touch_many(self, seen: dict[str, float]) -> None:
+        """:meth:`touch` for every (gateway, last seen) in one statement."""
+        if seen:
+            with self._lock:
+                self.db.executemany(self._TOUCH, [(gw, at, at) for gw, at in seen.items()])
 
     def save_birth(self, gateway: str, birth: dict[str, Any], at: float) -> None:
         """The inventory replaces the previous one: devices not in it are forgotten."""
@@ -317,10 +360,7 @@ class Store:
             for gone in known - set(ids):
                 self._exec("DELETE FROM devices WHERE gateway = ? AND device = ?", (gateway, gone))
 
-    def save_device_state(self, gateway: str, doc: dict[str, Any], at: float) -> None:
-        """One device's retained state (docs/mqtt.md ``devices/<dev>/state``)."""
-        online = doc.get("online")
-        self._exec("""INSERT INTO devices (gateway, device, name, village, area_code, kind, state, state_name,
+    _SAVE_STATE = """INSERT INTO devices (gateway, device, name, village, area_code, kind, state, state_name,
                         online, faults, data, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                       ON CONFLICT (gateway, device) DO UPDATE SET
                         name = COALESCE(excluded.name, devices.name),
@@ -328,11 +368,27 @@ class Store:
                         area_code = COALESCE(excluded.area_code, devices.area_code),
                         kind = COALESCE(excluded.kind, devices.kind), state = excluded.state,
                         state_name = excluded.state_name, online = excluded.online, faults = excluded.faults,
-                        data = excluded.data, updated_at = excluded.updated_at""",
-                   (gateway, doc["id"], doc.get("name"), doc.get("village"), doc.get("area_code"),
-                    doc.get("kind"), doc.get("state"), doc.get("state_name"),
-                    None if online is None else int(bool(online)), _dumps(doc.get("faults") or []),
-                    _dumps(doc), at))
+                        data = excluded.data, updated_at = excluded.updated_at"""
+
+    @staticmethod
+    def _state_row(gateway: str, doc: dict[str, Any], at: float, text: str | None = None) -> tuple[Any, ...]:
+        """``text``: the document's JSON as received, stored as is instead of encoding ``doc`` again."""
+        online = doc.get("online")
+        return (gateway, doc["id"], doc.get("name"), doc.get("village"), doc.get("area_code"),
+                doc.get("kind"), doc.get("state"), doc.get("state_name"),
+                None if online is None else int(bool(online)), _dumps(doc.get("faults") or []),
+                _dumps(doc) if text is None else text, at)
+
+    def save_device_state(self, gateway: str, doc: dict[str, Any], at: float) -> None:
+        """One device's retained state (docs/mqtt.md ``devices/<dev>/state``)."""
+        self._exec(self._SAVE_STATE, self._state_row(gateway, doc, at))
+
+    def save_device_states(self, states: Sequence[tuple[Any, ...]]) -> None:
+        """Several (gateway, state, at[, text as received]) in one statement, in order (a later one for
+        a device wins)."""
+        if states:
+            with self._lock:
+                self.db.executemany(self._SAVE_STATE, [self._state_row(*s) for s in states])
 
     def gateways(self) -> list[dict[str, Any]]:
         rows = self._query("SELECT * FROM gateways ORDER BY id")
@@ -354,12 +410,30 @@ class Store:
 
     # -- history --------------------------------------------------------------------------------------
 
+    _INSERT_EVENT = """INSERT INTO events (gateway, seq, kind, ts, historical, data, received_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gateway, seq) DO NOTHING"""
+
     def insert_event(self, gateway: str, seq: int, kind: str, ts: float | None, historical: bool,
                      data: Any, received_at: float) -> bool:
         """Store one report; False if (gateway, seq) was already stored (by us or another instance)."""
-        return self._exec("""INSERT INTO events (gateway, seq, kind, ts, historical, data, received_at)
-                             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gateway, seq) DO NOTHING""",
+        return self._exec(self._INSERT_EVENT,
                           (gateway, seq, kind, ts, int(historical), _dumps(data), received_at)) == 1
+
+    def insert_events(self, rows: Sequence[tuple[str, int, str, float | None, bool, Any, float]]
+                      ) -> list[bool]:
+        """Store several reports (the arguments of :meth:`insert_event` each) in one statement; per
+        report, whether it was new. If some were already stored, the statement is undone and the
+        reports are stored one by one to tell which (rare: the ingest drops most duplicates first)."""
+        if not rows:
+            return []
+        params = [(gw, seq, kind, ts, int(historical), _dumps(data), at)
+                  for gw, seq, kind, ts, historical, data, at in rows]
+        with self.batch():
+            with contextlib.suppress(_NotAllNew), self.db.savepoint():
+                if self.db.executemany(self._INSERT_EVENT, params) != len(params):
+                    raise _NotAllNew
+                return [True] * len(params)
+            return [self.db.execute(self._INSERT_EVENT, p) == 1 for p in params]
 
     def save_broadcast_state(self, gateway: str, seq: int, data: dict[str, Any], at: float) -> None:
         coverage = data.get("coverage")
@@ -455,6 +529,10 @@ class Store:
         """Per gateway, the highest seq the gap scan has looked at."""
         return {r["id"]: int(r["scanned_seq"]) for r in
                 self._query("SELECT id, scanned_seq FROM gateways WHERE scanned_seq IS NOT NULL")}
+
+    def gateways_with_unexplained_gaps(self) -> set[str]:
+        return {r["gateway"] for r in
+                self._query("SELECT DISTINCT gateway FROM gaps WHERE explained_by = 'unexplained'")}
 
     def seqs_after(self, gateway: str, after: int, received_before: float) -> list[int]:
         return [int(r["seq"]) for r in self._query(

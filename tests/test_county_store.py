@@ -92,6 +92,20 @@ def test_event_stored_once_across_instances(db_url: str) -> None:
     b.close()
 
 
+def test_reports_stored_in_one_statement_say_which_were_new(store: Store) -> None:
+    """insert_events: a burst in one executemany; with a duplicate among them, undone and one by one."""
+    assert store.insert_events([("gw", 1, "k", 1.0, False, {"a": 1}, 1.0),
+                                ("gw", 2, "k", None, True, {}, 1.0)]) == [True, True]
+    with store.batch():
+        assert store.insert_events([("gw", 2, "k", None, False, {}, 2.0),
+                                    ("gw", 3, "k", None, False, {"b": "三"}, 2.0)]) == [False, True]
+    assert store.count_events("gw") == 3
+    assert [(e["seq"], e["data"], e["historical"]) for e in store.recent_events("gw")] == [
+        (3, {"b": "三"}, False), (2, {}, True), (1, {"a": 1}, False)]
+    store.save_device_states([("gw", {"id": "d1", "state": 1}, 1.0), ("gw", {"id": "d1", "state": 3}, 2.0)])
+    assert [(d["device"], d["state"]) for d in store.devices("gw")] == [("d1", 3)]
+
+
 def test_status_since_moves_only_on_change(store: Store) -> None:
     store.set_status("gw-1", "online", 1000.0)
     store.set_status("gw-1", "online", 2000.0)
