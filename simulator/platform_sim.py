@@ -194,6 +194,15 @@ def _signature_candidates(value: str) -> list[bytes]:
 
 # ------------------------------------------------------------------------------------------ XML
 
+def _run_start(per_second: float) -> int:
+    """Where a run's daily counter starts: a real platform persists its counters, this stand-in
+    starts each run further into the day (seconds since midnight × ``per_second``), so a second run
+    on the same day does not reuse an id the gateway has already answered (it would then answer
+    the new package with the old reply, not play it)."""
+    now = now_cst()
+    return 1 + int((now.hour * 3600 + now.minute * 60 + now.second) * per_second)
+
+
 def now_cst() -> datetime:
     return datetime.now(CST)
 
@@ -496,7 +505,7 @@ class PlatformSim:
     def _next_ebdid(self) -> str:
         with self._ids:
             day = now_cst().strftime("%Y%m%d")
-            seq = self._ebd_seq[1] + 1 if self._ebd_seq[0] == day else 1
+            seq = self._ebd_seq[1] + 1 if self._ebd_seq[0] == day else _run_start(1000)
             self._ebd_seq = (day, seq)
         return f"10{self.ebrid}{day}{seq:08d}"
 
@@ -507,7 +516,7 @@ class PlatformSim:
         """Platform EBRID + yyyyMMdd + a 4-digit daily counter."""
         with self._ids:
             day = now_cst().strftime("%Y%m%d")
-            seq = self._ebm_seq[1] + 1 if self._ebm_seq[0] == day else 1
+            seq = self._ebm_seq[1] + 1 if self._ebm_seq[0] == day else _run_start(0.1)
             self._ebm_seq = (day, seq)
         return f"{self.ebrid}{day}{seq:04d}"
 
