@@ -19,6 +19,7 @@ the ingest writes from a worker thread while the API reads.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import secrets
@@ -143,8 +144,10 @@ class _Sqlite(_Db):
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_path = path.with_name(path.name + ".migrate-lock")
         self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        with self.migration_lock():  # switching to WAL while another opener does fails at once
+            self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.row_factory = lambda cur, row: {d[0]: v for d, v in zip(cur.description, row, strict=True)}
 
@@ -156,6 +159,17 @@ class _Sqlite(_Db):
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return self.conn.execute(sql, params).fetchall()
+
+    @contextlib.contextmanager
+    def migration_lock(self) -> Iterator[None]:
+        """An exclusive lock file beside the database: instances (or threads) starting together
+        switch to WAL and migrate one after the other (SQLite's own locks refuse, not wait, there)."""
+        with open(self._lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
