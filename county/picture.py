@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from county.store import Store
 
@@ -51,7 +52,7 @@ Change = tuple[str, str]
 
 def encode(change: dict[str, Any]) -> Change:
     return (str(change.get("type", "change")),
-            json.dumps(change, ensure_ascii=False, default=str, separators=(",", ":")))
+            orjson.dumps(change, default=str, option=orjson.OPT_NON_STR_KEYS).decode())
 
 
 @dataclass

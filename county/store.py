@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 ROLES = ("viewer", "operator", "admin")
 """Lowest first: a role allows everything a lower one does."""
 
@@ -79,11 +81,17 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    """Compact UTF-8 JSON (orjson: the ingest encodes every report's ``data`` with it)."""
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+    if text is None:
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:  # rows written before orjson may hold NaN, which json reads
+        return json.loads(text)
 
 
 class _NotAllNew(Exception):
