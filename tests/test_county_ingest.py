@@ -5,6 +5,7 @@ Waits are hang guards (``until``), never timing assertions.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -188,6 +189,30 @@ async def test_picture_after_county_restart(tmp_path: Path, broker: Broker,
         assert again.picture.gateways[gw.id].gaps_unexplained == 0
     finally:
         await again.stop()
+
+
+async def test_dropped_connection_loses_nothing_with_a_persistent_session(
+        tmp_path: Path, broker: Broker, gateways: list[FakeGateway]) -> None:
+    """The county's connection cut mid-stream (no DISCONNECT): what was in flight and what the broker
+    queued while it was gone all arrive on the reconnect, every report stored once, no gap."""
+    service = await _service(write_county_config(tmp_path / "county", broker, client_id="county-suixi-1"))
+    try:
+        gw = FakeGateway(broker, "gw-cut").connect()
+        gateways.append(gw)
+        # the event loop is held while these are published, so the county cannot reconnect before the
+        # second half: those reach it only through its session on the broker
+        before = [gw.health() for _ in range(300)]
+        client = service.ingest._client
+        assert client is not None and client.socket() is not None
+        client.socket().shutdown(socket.SHUT_RDWR)
+        after = [gw.health() for _ in range(300)]
+        await until("every report stored", lambda: _stored(service, gw.id) == before + after)
+        assert service.ingest.stats.connects == 2
+        assert service.ingest.stats.stored == 600
+        await until("gap scan", lambda: service.ingest._scan_pending == set())
+        assert service.store.gaps(gw.id) == []
+    finally:
+        await service.stop()
 
 
 async def test_two_instances_share_the_event_stream(tmp_path: Path, broker: Broker,
