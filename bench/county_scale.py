@@ -509,8 +509,8 @@ def run(n: int, opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
               f"({published_all / span:.0f} msgs/s with retained states); county received "
               f"{received / span:.0f} msgs/s, stored {stored / span:.0f} reports/s; CPU county "
               f"{res['county_cpu']:.0f} %, mosquitto {res['mosquitto_cpu']:.0f} %, "
-              f"fleet {res['fleet_cpu']:.0f} %",
-              flush=True)
+              f"fleet {res['fleet_cpu']:.0f} %; reports not yet stored at the window's end "
+              f"{res['backlog_at_end']}", flush=True)
         # drain: the fleet has every PUBACK, the county has stored all it will store
         wait("fleet outbox empty", lambda: fleet("idle"), 300, 0.2)
         total_reports = reports(fleet("stats"))
