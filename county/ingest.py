@@ -8,6 +8,12 @@ and ``+/cmd/+/response``, handed to :attr:`Ingest.on_response` (the commands mod
 paho runs its network loop in its own thread; its message callback only appends to a deque and
 wakes the event loop once per burst (``call_soon_threadsafe``), where messages are parsed, applied
 to the picture at once (a fault is visible before it is written down) and queued for the writer.
+Under a backlog the work is bounded, so memory does not grow with it and the writer keeps pace:
+paho's thread waits while :data:`INBOX_MAX` messages are unparsed (its PUBACKs wait too, so the
+broker keeps the rest — in the session, which must be persistent to survive a reconnect), the loop
+parses :data:`DRAIN_CHUNK` at a time, and stops while :data:`OPS_MAX` updates wait for the writer.
+paho itself reads the socket ahead and acknowledges in batches (:class:`_Client`).
+
 The writer stores a burst in one transaction in a worker thread (the burst's reports in one
 ``executemany``, its device states in another), keeps only reports whose (gateway, seq) is new
 (the database's unique key decides, across restarts and instances; an in-memory window of recent
@@ -24,6 +30,7 @@ import collections
 import contextlib
 import logging
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +57,13 @@ SETTLE_SHARED_S = 5.0
 """With a share group: how old a report must be before a hole before it counts as a gap."""
 GAP_SCAN_INTERVAL_S = 1.0
 """A gateway's gaps are looked for at most this often (each scan costs queries)."""
+INBOX_MAX = 10_000
+"""Messages received but not yet parsed, at most: past this paho's thread waits (and so do its PUBACKs,
+so the broker holds the rest) instead of the county's memory growing with the backlog."""
+DRAIN_CHUNK = 1_000
+"""Messages parsed per turn of the event loop, so the writer, the API and SSE get turns under load."""
+OPS_MAX = 5_000
+"""Parsed updates waiting for the writer, at most: past this parsing waits for the writer's burst."""
 MALFORMED_LOGGED = 10
 """Malformed messages logged per gateway at warning level; the rest at debug (still counted)."""
 
@@ -240,6 +254,10 @@ class Ingest:
         self._recent: dict[str, _Recent] = {}
         self._inbox: collections.deque[tuple[str, bytes, bool]] = collections.deque()
         self._drain_due = False
+        """A drain is scheduled, or held until the writer's burst ends (set by paho's thread)."""
+        self._drain_held = False
+        self._room = threading.Condition()
+        """paho's thread waits on it while the inbox is full."""
         self._ops: list[tuple[Any, ...]] = []
         self._seen: dict[str, float] = {}
         """Per gateway, when a message from it was last received (written with the next burst)."""
@@ -267,6 +285,7 @@ class Ingest:
 
     async def stop(self) -> None:
         self._stopping = True
+        self._make_room()
         client = self._client
         if client is not None:
             client.disconnect()
@@ -276,8 +295,10 @@ class Ingest:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        self._drain()
-        if self._ops or self._seen:  # what was received is stored before we go
+        while self._inbox:  # what was received is stored before we go
+            self._parse(DRAIN_CHUNK)
+            await self._write_burst()
+        if self._ops or self._seen:
             await self._write_burst()
         self._db.shutdown(wait=True)
 
@@ -362,6 +383,10 @@ class Ingest:
 
         def on_message(c: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
             self._inbox.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+            if len(self._inbox) >= INBOX_MAX:
+                with self._room:
+                    while len(self._inbox) >= INBOX_MAX and not self._stopping:
+                        self._room.wait(1.0)
             if not self._drain_due:
                 self._drain_due = True
                 with contextlib.suppress(RuntimeError):
@@ -381,13 +406,35 @@ class Ingest:
     # -- parsing (on the event loop) --------------------------------------------------------------------
 
     def _drain(self) -> None:
-        self._drain_due = False
+        """Parse up to :data:`DRAIN_CHUNK` messages, then yield the loop; held while the writer is
+        :data:`OPS_MAX` behind (its burst's end resumes it)."""
+        if len(self._ops) >= OPS_MAX:
+            self._drain_held = True  # _drain_due stays set: paho's thread need not wake us
+            return
+        self._parse(DRAIN_CHUNK)
+        if not self._inbox:
+            self._drain_due = False
+            if not self._inbox:  # else appended just before the flag was cleared: go on
+                return
+            self._drain_due = True
+        assert self._loop is not None
+        self._loop.call_soon(self._drain)
+
+    def _parse(self, limit: int) -> None:
         try:
-            while self._inbox:
+            for _ in range(limit):
+                if not self._inbox:
+                    break
                 topic, payload, retain = self._inbox.popleft()
                 self.handle(topic, payload, retain)
         finally:
             self.picture.end_quiet()  # retained states re-read: one resync, not one change each
+        if len(self._inbox) < INBOX_MAX:
+            self._make_room()
+
+    def _make_room(self) -> None:
+        with self._room:
+            self._room.notify_all()
 
     def handle(self, topic: str, payload: bytes, retain: bool = False) -> None:
         """One message from the broker; never raises."""
@@ -498,6 +545,9 @@ class Ingest:
         for gw, (unexplained, explained) in gaps.items():
             self.picture.set_gaps(gw, unexplained, explained)
         self.writes_done += 1
+        if self._drain_held:
+            self._drain_held = False
+            self._drain()
 
     def _write(self, ops: list[tuple[Any, ...]], seen: dict[str, float]
                ) -> tuple[list[tuple[str, dict[str, Any]]], int, dict[str, tuple[int, int]]]:

@@ -13,6 +13,7 @@ import pytest
 from countykit import TAMPER, FakeGateway, until, write_county_config
 from mqttkit import Broker
 
+import county.ingest as ingest_module
 from county.config import load_county_config
 from county.picture import Picture
 from county.service import CountyService
@@ -211,6 +212,25 @@ async def test_dropped_connection_loses_nothing_with_a_persistent_session(
         assert service.ingest.stats.stored == 600
         await until("gap scan", lambda: service.ingest._scan_pending == set())
         assert service.store.gaps(gw.id) == []
+    finally:
+        await service.stop()
+
+
+async def test_a_backlog_waits_at_the_broker_not_in_memory(
+        tmp_path: Path, broker: Broker, gateways: list[FakeGateway], monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the county cannot keep up, at most INBOX_MAX messages wait in its memory; the rest wait
+    at the broker (unacknowledged) and every report is still stored once."""
+    monkeypatch.setattr(ingest_module, "INBOX_MAX", 50)
+    monkeypatch.setattr(ingest_module, "DRAIN_CHUNK", 10)
+    monkeypatch.setattr(ingest_module, "OPS_MAX", 20)
+    service = await _service(write_county_config(tmp_path / "county", broker, client_id="county-suixi-1"))
+    try:
+        gw = FakeGateway(broker, "gw-busy").connect()
+        gateways.append(gw)
+        seqs = [gw.health() for _ in range(400)]  # the event loop is held meanwhile: nothing is parsed
+        assert len(service.ingest._inbox) <= 50
+        await until("every report stored", lambda: _stored(service, gw.id) == seqs)
+        assert service.ingest.stats.connects == 1 and service.ingest.stats.duplicates == 0
     finally:
         await service.stop()
 
