@@ -500,7 +500,10 @@ class Ingest:
                 raise Malformed("data: a broadcast report needs id (and device for an outcome)")
             if tail[0] == "broadcasts" and self.on_report is not None:
                 self.on_report(gw, tail[1], payload)
-            if not self._recent.setdefault(gw, _Recent()).add(report["seq"]):
+            recent = self._recent.get(gw)
+            if recent is None:  # not setdefault: a _Recent per report was a tenth of the parsing
+                recent = self._recent[gw] = _Recent()
+            if not recent.add(report["seq"]):
                 self.stats.duplicates += 1
                 return
             self._queue(("report", gw, tail[0], report, now))
