@@ -14,11 +14,12 @@ broker keeps the rest — in the session, which must be persistent to survive a 
 parses :data:`DRAIN_CHUNK` at a time, and stops while :data:`OPS_MAX` updates wait for the writer.
 paho itself reads the socket ahead and acknowledges in batches (:class:`_Client`).
 
-The writer stores a burst in one transaction in a worker thread (the burst's reports in one
-``executemany``, its device states in another), keeps only reports whose (gateway, seq) is new
-(the database's unique key decides, across restarts and instances; an in-memory window of recent
-seqs spares it obvious duplicates), then looks for gaps in seq: in the gateways that received
-reports, each at most once per :data:`GAP_SCAN_INTERVAL_S` (a later burst or a timer does the rest).
+The writer stores a burst in one transaction in a worker thread (the burst's reports in
+multi-row ``INSERT`` statements, its device states in one ``executemany``), keeps only reports
+whose (gateway, seq) is new (the database's unique key decides, across restarts and instances; an
+in-memory window of recent seqs spares it obvious duplicates), then looks for gaps in seq: in the
+gateways that received reports, each at most once per :data:`GAP_SCAN_INTERVAL_S` (a later burst
+or a timer does the rest).
 
 A malformed message is logged and counted for its gateway; it never stops the ingest.
 """
@@ -266,7 +267,7 @@ class Ingest:
         self._recent: dict[str, _Recent] = {}
         self._inbox: collections.deque[tuple[str, bytes, bool]] = collections.deque()
         self._drain_due = False
-        """A drain is scheduled, or held until the writer's burst ends (set by paho's thread)."""
+        """A drain is scheduled, or held until the writer takes the waiting updates."""
         self._drain_held = False
         self._room = threading.Condition()
         """paho's thread waits on it while the inbox is full."""
@@ -418,8 +419,8 @@ class Ingest:
     # -- parsing (on the event loop) --------------------------------------------------------------------
 
     def _drain(self) -> None:
-        """Parse up to :data:`DRAIN_CHUNK` messages, then yield the loop; held while the writer is
-        :data:`OPS_MAX` behind (its burst's end resumes it)."""
+        """Parse up to :data:`DRAIN_CHUNK` messages, then yield the loop; held while :data:`OPS_MAX`
+        updates wait for the writer (it resumes parsing when it takes them)."""
         if len(self._ops) >= OPS_MAX:
             self._drain_held = True  # _drain_due stays set: paho's thread need not wake us
             return
