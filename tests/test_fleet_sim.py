@@ -271,6 +271,12 @@ def test_bad_parameters_are_named(broker: Broker):
         Fleet("127.0.0.1", broker.port, county_area="34")
     with pytest.raises(FleetError, match="fault_rate_per_hour"):
         Fleet("127.0.0.1", broker.port, fault_rate_per_hour=float("nan"))
+    with pytest.raises(FleetError, match="first"):
+        Fleet("127.0.0.1", broker.port, gateways=10, first=995)
+    # two processes' shares of one county: the same townships as one fleet, none twice
+    halves = [set(Fleet("127.0.0.1", broker.port, gateways=5, first=f).gateways) for f in (0, 5)]
+    assert not halves[0] & halves[1]
+    assert halves[0] | halves[1] == set(Fleet("127.0.0.1", broker.port, gateways=10).gateways)
     fleet = Fleet("127.0.0.1", broker.port, gateways=1)
     with pytest.raises(FleetError, match="device"):
         fleet.inject_fault("gw-340621100", "t99")
