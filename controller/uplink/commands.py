@@ -138,6 +138,9 @@ class CountyCommands:
         self._line_check_timeout_s = line_check_timeout_s
         self._alerts = alerts
         self._serving = not wait_for_start
+        self._ready = asyncio.Event()
+        if self._serving:
+            self._ready.set()
         settings = cfg.county
         self._max_skew_s = settings.max_skew_s if settings else _DEFAULT_SKEW_S
         self._nonce_ttl_s = settings.nonce_ttl if settings else 2 * _DEFAULT_SKEW_S
@@ -156,10 +159,16 @@ class CountyCommands:
     async def start(self) -> None:
         """Execute commands from now on (what they act on has started)."""
         self._serving = True
+        self._ready.set()
 
     async def stop(self) -> None:
         """Answer ``unavailable`` from now on: the gateway is shutting down."""
         self._serving = False
+        self._ready.clear()
+
+    async def ready(self) -> None:
+        """Return once commands are executed (the reporter announces ``online`` only then)."""
+        await self._ready.wait()
 
     def counts(self) -> dict[tuple[str, str], int]:
         """Commands handled since start by (command, result); result is ``ok`` or the error code.
