@@ -373,11 +373,31 @@ def test_no_answer_is_retried_and_given_up_after_max_attempts():
     clock.now += 1
     bc.tick()
     assert len(wire.to("gw-106")) == 2
+    first, retry = wire.to("gw-106")
+    # the retry re-uses the correlation id (the gateway answers it from the first execution)
+    assert retry["correlation_id"] == first["correlation_id"] and retry["nonce"] != first["nonce"]
     clock.now += 10
     bc.tick()
     row = bc.report()["gateways"][0]
     assert len(wire.to("gw-106")) == 2 and row["state"] == "undelivered"
     assert row["command"]["refusal"]["error"] == "no_answer"
+
+
+def test_a_retry_answered_as_a_duplicate_counts_once():
+    """The first answer is lost; the retry's answer (the gateway's stored one, ``duplicate``) is used."""
+    clock = Clock()
+    bc, wire, _ = county_broadcast({"targets": ["gw-107"]}, clock=clock)
+    bc.start()
+    clock.now += 15
+    bc.tick()
+    first, retry = wire.to("gw-107")
+    cid = first["correlation_id"]
+    assert retry["correlation_id"] == cid
+    assert bc.on_response("gw-107", answer(cid, broadcast_id="b-1", duplicate=True))
+    assert bc.on_response("gw-107", answer(cid, False, error="replayed", message="m"))  # a QoS 1 repeat
+    row = bc.report()["gateways"][0]
+    assert row["broadcast_id"] == "b-1" and row["state"] == "accepted" and row["command"]["acked"]
+    assert row["duplicate_broadcast_ids"] == [] and row["command"]["attempts"] == 2
 
 
 # -- end to end: real gateways (``ebc run`` on the simulator) behind a real Mosquitto ---------------------
