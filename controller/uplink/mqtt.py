@@ -105,7 +105,7 @@ class _Session:
     cursor: int = 0
     """Highest seq handed to paho in this session."""
     replay_upto: int = 0
-    """Rows up to this seq were written before the connection came up: they are historical."""
+    """Rows up to this seq were written before the gateway came online on it: they are historical."""
     waiters: dict[int, asyncio.Future[None]] = field(default_factory=dict)
     """paho message id of a publish or a subscribe → resolved on its PUBACK / SUBACK (or the end)."""
     subscribing: dict[int, str] = field(default_factory=dict)
