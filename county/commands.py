@@ -328,7 +328,8 @@ Inventory = Mapping[str, Sequence[str | Mapping[str, Any]]]
 FINAL_GATEWAY_STATES = frozenset({"succeeded", "failed", "cancelled", "refused", "expired", "undelivered"})
 BROADCAST_STATES = {1: "waiting", 2: "playing", 3: "succeeded", 4: "failed", 5: "cancelled"}
 RETRYABLE = frozenset({"unavailable", "internal_error"})
-"""Refusals the county sends again (a gateway that is starting answers ``unavailable``)."""
+"""Refusals the county sends again, under the same correlation id (``unavailable``: a gateway that
+is stopping; after an ``internal_error`` a gateway that may have executed it answers ``interrupted``)."""
 OUTCOMES = ("succeeded", "partial", "failed", "unreachable")
 
 
