@@ -89,12 +89,15 @@ class CountySigner:
             if signature:
                 return bytes.fromhex(signature)
 
-    def envelope(self, command: str, gateway: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    def envelope(self, command: str, gateway: str, args: Mapping[str, Any], *,
+                 correlation_id: str | None = None) -> dict[str, Any]:
         """A signed envelope for ``command`` on ``gateway``, ready to publish as JSON.
 
         ``ts`` is an integer (the format advises against floats anywhere in the signed bytes).
+        A retry passes the first attempt's ``correlation_id`` (with a fresh nonce and ts): the
+        gateway then answers it from its first execution instead of executing it again.
         """
-        env: dict[str, Any] = {"correlation_id": uuid.uuid4().hex, "gateway": gateway,
+        env: dict[str, Any] = {"correlation_id": correlation_id or uuid.uuid4().hex, "gateway": gateway,
                                "ts": int(time.time()), "nonce": secrets.token_hex(16),
                                "key_id": self.key_id, "args": json.loads(json.dumps(dict(args)))}
         env["sig"] = base64.b64encode(self.sign(signed_bytes(command, env))).decode("ascii")
@@ -325,7 +328,8 @@ Inventory = Mapping[str, Sequence[str | Mapping[str, Any]]]
 FINAL_GATEWAY_STATES = frozenset({"succeeded", "failed", "cancelled", "refused", "expired", "undelivered"})
 BROADCAST_STATES = {1: "waiting", 2: "playing", 3: "succeeded", 4: "failed", 5: "cancelled"}
 RETRYABLE = frozenset({"unavailable", "internal_error"})
-"""Refusals the county sends again (a gateway that is starting answers ``unavailable``)."""
+"""Refusals the county sends again, under the same correlation id (``unavailable``: a gateway that
+is stopping; after an ``internal_error`` a gateway that may have executed it answers ``interrupted``)."""
 OUTCOMES = ("succeeded", "partial", "failed", "unreachable")
 
 
@@ -476,7 +480,10 @@ class CountyBroadcast:
             gw.error = {"error": "no_answer", "message": f"no usable answer after {gw.attempts} attempts",
                         **({"last": gw.error} if gw.error else {})}
             return
-        envelope = self._signer.envelope("broadcast", gw.id, gw.args)
+        # Every attempt under the first one's correlation id: a gateway that executed an earlier
+        # attempt whose answer was lost answers this one from it ("duplicate") and plays nothing.
+        envelope = self._signer.envelope("broadcast", gw.id, gw.args,
+                                         correlation_id=gw.correlation_ids[0] if gw.correlation_ids else None)
         cid = self._tracker.send(gw.id, "broadcast", envelope)
         self._by_cid[cid] = gw.id
         gw.correlation_ids.append(cid)

@@ -214,7 +214,9 @@ class CountyBroadcasts:
     def _send_cancel(self, entry: _Live, gateway: str, gateway_broadcast: str) -> None:
         assert self.signer is not None
         cancel = entry.cancels.setdefault(gateway, _Cancel(gateway_broadcast))
-        envelope = self.signer.envelope("cancel", gateway, {"broadcast_id": gateway_broadcast})
+        first = cancel.correlation_ids[0] if cancel.correlation_ids else None  # a retry keeps the id
+        envelope = self.signer.envelope("cancel", gateway, {"broadcast_id": gateway_broadcast},
+                                        correlation_id=first)
         cancel.correlation_ids.append(self.tracker.send(gateway, "cancel", envelope))
         cancel.sent_at = self._clock()
 

@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import re
+import sqlite3
 import stat
 import threading
 import time
@@ -372,11 +373,31 @@ def test_no_answer_is_retried_and_given_up_after_max_attempts():
     clock.now += 1
     bc.tick()
     assert len(wire.to("gw-106")) == 2
+    first, retry = wire.to("gw-106")
+    # the retry re-uses the correlation id (the gateway answers it from the first execution)
+    assert retry["correlation_id"] == first["correlation_id"] and retry["nonce"] != first["nonce"]
     clock.now += 10
     bc.tick()
     row = bc.report()["gateways"][0]
     assert len(wire.to("gw-106")) == 2 and row["state"] == "undelivered"
     assert row["command"]["refusal"]["error"] == "no_answer"
+
+
+def test_a_retry_answered_as_a_duplicate_counts_once():
+    """The first answer is lost; the retry's answer (the gateway's stored one, ``duplicate``) is used."""
+    clock = Clock()
+    bc, wire, _ = county_broadcast({"targets": ["gw-107"]}, clock=clock)
+    bc.start()
+    clock.now += 15
+    bc.tick()
+    first, retry = wire.to("gw-107")
+    cid = first["correlation_id"]
+    assert retry["correlation_id"] == cid
+    assert bc.on_response("gw-107", answer(cid, broadcast_id="b-1", duplicate=True))
+    assert bc.on_response("gw-107", answer(cid, False, error="replayed", message="m"))  # a QoS 1 repeat
+    row = bc.report()["gateways"][0]
+    assert row["broadcast_id"] == "b-1" and row["state"] == "accepted" and row["command"]["acked"]
+    assert row["duplicate_broadcast_ids"] == [] and row["command"]["attempts"] == 2
 
 
 # -- end to end: real gateways (``ebc run`` on the simulator) behind a real Mosquitto ---------------------
@@ -537,3 +558,101 @@ def test_county_wide_broadcast_to_real_gateways(tmp_path: Path):
         for sim in sims.values():
             sim.stop()
         broker.stop()
+
+
+class Township:
+    """One county client on one real gateway: sends a signed broadcast the instant it sees ``online``
+    and keeps every answer and every broadcast id the gateway reports."""
+
+    def __init__(self, broker: Broker, gateway: str) -> None:
+        self.gateway = gateway
+        self.answers: list[dict[str, Any]] = []
+        self.reported: dict[str, str] = {}
+        """broadcast id → its latest state name, from ``broadcasts/<id>``."""
+        self.on_online: list[bytes] = []
+        """Payloads to send on ``cmd/broadcast`` the moment ``online`` arrives (one per ``online``)."""
+        self._subscribed = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"county-{time.monotonic_ns()}")
+        root = f"{PREFIX}/{gateway}"
+        self.client.on_connect = lambda c, *a: c.subscribe(
+            [(f"{root}/status", 1), (f"{root}/cmd/broadcast/response", 1), (f"{root}/broadcasts/+", 1)])
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", broker.port, keepalive=30)
+        self.client.loop_start()
+        assert self._subscribed.wait(HANG_GUARD_S)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        parts = msg.topic.split("/")
+        if parts[2:] == ["status"] and msg.payload == b"online" and self.on_online:
+            self.send(self.on_online.pop(0))  # on paho's thread, before anything else is read
+        elif parts[2:] == ["cmd", "broadcast", "response"]:
+            self.answers.append(json.loads(msg.payload))
+        elif parts[2] == "broadcasts":
+            data = json.loads(msg.payload)["data"]
+            if "name" in data:
+                self.reported[parts[3]] = data["name"]
+
+    def send(self, payload: bytes) -> None:
+        self.client.publish(f"{PREFIX}/{self.gateway}/cmd/broadcast", payload, qos=1)
+
+    def answer(self, n: int) -> dict[str, Any]:
+        return wait_until(f"answer #{n}", lambda: len(self.answers) >= n and self.answers[n - 1])
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.mark.timeout(300)
+def test_a_command_at_online_is_executed_and_a_retry_plays_once(tmp_path: Path):
+    """A broadcast sent the instant the gateway says ``online`` is executed, not ``unavailable``. The
+    county's retry after a lost answer — same correlation id, fresh nonce — is answered from the first
+    execution with ``duplicate: true`` and plays nothing, also after the gateway restarted; the same
+    correlation id with other args is a ``conflict``. One broadcast in the journal, one on the air."""
+    signer = CountySigner("ed25519", "county-ed", keygen_text("ed25519", tmp_path / "ed.key"))
+    gw = "gw-340621105"
+    broker = Broker(tmp_path / "broker").start()
+    sim, path, port = township(tmp_path / gw, broker, gw, TOWNS[gw], [
+        {"id": "county-ed", "type": "ed25519", "public_key": signer.public_key_text}])
+    sim_proc = SimProcess(sim).start()
+    daemon = Daemon(path, port, tmp_path / "gw.log", verbose=True)
+    args = {"class": "drill", "targets": {"all": True}, "text": "这是一次应急广播系统测试。"}
+    cid = "county-bc-1:" + gw
+
+    def attempt(a: dict[str, Any] = args) -> bytes:
+        return json.dumps(signer.envelope("broadcast", gw, a, correlation_id=cid)).encode()
+
+    county = Township(broker, gw)
+    try:
+        county.on_online.append(attempt())
+        daemon.start()
+        first = county.answer(1)
+        assert first["ok"] is True and first["correlation_id"] == cid, first
+        bid = first["broadcast_id"]
+        assert "duplicate" not in first
+
+        county.send(attempt())  # the retry: same correlation id, new nonce and signature
+        assert county.answer(2) == {**first, "duplicate": True}
+        county.send(attempt({**args, "text": "另一条消息。"}))
+        conflict = county.answer(3)
+        assert conflict["ok"] is False and conflict["error"] == "conflict", conflict
+        wait_until("the broadcast to finish", lambda: county.reported.get(bid) == "succeeded")
+
+        assert daemon.stop() == 0
+        county.on_online.append(attempt())  # after a restart: still remembered, still at once
+        daemon.start()
+        assert county.answer(4) == {**first, "duplicate": True}
+        assert set(county.reported) == {bid}
+        for dev in ("rtu1", "rtu2"):
+            assert sim_proc.call("audible", device=dev)["spans"], f"{dev} never played"
+    finally:
+        county.close()
+        daemon.stop()
+        sim_proc.stop()
+        broker.stop()
+    with sqlite3.connect(tmp_path / gw / "state" / "ebc.sqlite3") as journal:
+        assert journal.execute("SELECT id FROM broadcasts").fetchall() == [(bid,)]
+        actions = [a for (a,) in journal.execute("SELECT action FROM audit WHERE action LIKE 'county.%'"
+                                                 " ORDER BY seq")]
+    assert actions == ["county.command", "county.duplicate", "county.refused", "county.duplicate"]
