@@ -396,7 +396,7 @@ async def test_county_service_broadcasts_to_real_gateways(tmp_path: Path, broker
             assert late["state"] == "succeeded" and late["command"]["acked"], late
             assert late["command"]["sent_at"] >= back_at
             assert doc["terminals"] == {"targeted": 6, "succeeded": 6, "partial": 0, "failed": 0,
-                                        "unreachable": 0, "pending": 0}, doc
+                                        "unreachable": 0, "pending": 0, "not_played": 0}, doc
             assert doc["coverage"] == 1.0 and doc["by_state"] == {"succeeded": 3}
             for gw, sim in sims.items():  # by the loudspeakers' own evidence
                 since = back_at if gw == "gw-340621107" else sent_at

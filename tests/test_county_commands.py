@@ -289,17 +289,18 @@ def test_report_arithmetic_counts_only_successes_as_covered():
     json.dumps(doc)  # JSON-ready
     rows = {r["gateway"]: r for r in doc["gateways"]}
     assert rows["gw-105"]["terminals"] == {"targeted": 4, "succeeded": 2, "partial": 1, "failed": 0,
-                                           "unreachable": 1, "pending": 0}
+                                           "unreachable": 1, "pending": 0, "not_played": 0}
     assert rows["gw-105"]["state"] == "succeeded" and rows["gw-105"]["gateway_coverage"] == 0.5
     assert rows["gw-105"]["coverage"] == 0.5 and rows["gw-105"]["broadcast_id"] == "b105"
     assert rows["gw-106"]["terminals"] == {"targeted": 2, "succeeded": 1, "partial": 0, "failed": 1,
-                                           "unreachable": 0, "pending": 0}
+                                           "unreachable": 0, "pending": 0, "not_played": 0}
     assert rows["gw-107"]["state"] == "refused"
     assert rows["gw-107"]["command"]["refusal"] == {"error": "bad_signature", "message": "does not verify"}
+    # refused: meant to be reached, and nothing will play there (not pending: the report is done)
     assert rows["gw-107"]["terminals"] == {"targeted": 1, "succeeded": 0, "partial": 0, "failed": 0,
-                                           "unreachable": 0, "pending": 1}
+                                           "unreachable": 0, "pending": 0, "not_played": 1}
     assert doc["terminals"] == {"targeted": 7, "succeeded": 3, "partial": 1, "failed": 1, "unreachable": 1,
-                                "pending": 1}
+                                "pending": 0, "not_played": 1}
     assert doc["coverage"] == 3 / 7
     assert doc["state"] == "done" and doc["by_state"] == {"failed": 1, "refused": 1, "succeeded": 1}
 
@@ -515,7 +516,7 @@ def test_county_wide_broadcast_to_real_gateways(tmp_path: Path):
         assert late["state"] == "succeeded" and late["command"]["acked"] and late["broadcast_id"], late
         assert late["command"]["sent_at"] >= back_at
         assert doc["terminals"] == {"targeted": 6, "succeeded": 6, "partial": 0, "failed": 0,
-                                    "unreachable": 0, "pending": 0}, doc
+                                    "unreachable": 0, "pending": 0, "not_played": 0}, doc
         assert doc["coverage"] == 1.0 and doc["by_state"] == {"succeeded": 3}
         for row in rows(bc).values():
             assert set(row["devices"]) == {"rtu1", "rtu2"} and row["gateway_coverage"] == 1.0, row
