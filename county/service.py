@@ -99,6 +99,7 @@ class CountyService:
         broadcasts = self.broadcasts = CountyBroadcasts(store, self.picture, ingest.publish,
                                                         self.cfg.mqtt.prefix, signer, **self._timing)
         await ingest.start()
+        await broadcasts.take_over()  # what was in flight before a restart is followed again at once
         self.context = ApiContext(self.cfg, store, self.picture, mqtt_connected=ingest.connected.is_set,
                                   stats=lambda: {k: v for k, v in asdict(ingest.stats).items()
                                                  if k != "malformed_by_gateway"},
