@@ -440,3 +440,104 @@ async def test_county_service_broadcasts_to_real_gateways(tmp_path: Path, broker
             d.stop()
         for sim in sims.values():
             sim.stop()
+
+
+# -- CAP alerts fanned out ------------------------------------------------------------------------------
+
+
+async def test_cap_alert_fan_out_shows_each_townships_disposition(county: tuple[CountyService, str, Path],
+                                                                  broker: Broker):
+    """A CAP alert for the whole county: the signed ``alert`` command to each township, and per
+    township what its plan made of it — played (followed to its terminals), waiting for the duty
+    officer (not covered; followed once approved, through the stored ``alert.decided`` event), only
+    recorded (not covered, not pending)."""
+    service, public, _ = county
+    towns = {"gw-340621105": "340621105", "gw-340621106": "340621106", "gw-340621107": "340621107"}
+    gws = {gw: FakeGateway(broker, gw, devices=[device(f"t{i}", "村", 33.9, 116.7, f"{code}20{i}")
+                                                for i in (1, 2)]).connect() for gw, code in towns.items()}
+    wire = Wire(broker)
+    cap = CAP_RED.replace("340621105201,340621105202,340621105203", "340621000000")
+    try:
+        await until("three townships known", lambda: all(
+            len(service.picture.gateways.get(gw, None).devices if gw in service.picture.gateways else ())
+            == 2 for gw in towns))
+        op = _auth(_tokens(service)["operator"])
+        async with httpx.AsyncClient(base_url=service.url, timeout=60, headers=op) as http:
+            r = await http.post("/api/v1/county-broadcasts", json={"alert": cap, "confirm": True})
+            assert r.status_code == 201, r.text
+            doc = r.json()
+            assert doc["command"] == "alert" and doc["request"]["alert"]["identifier"] == \
+                "34062141600000_20261128031500"
+            assert doc["request"]["alert"]["area_codes"] == ["340621000000"]
+            assert "cap" not in json.dumps(doc["request"])  # the document: in the audit trail, not the report
+            envs = {gw: (await until(f"alert to {gw}", lambda g=gw: wire.to(g, "alert")))[0] for gw in towns}
+            for env in envs.values():
+                assert env["args"] == {"cap": cap, "source_level": "county"}
+                assert _verifies(public, "alert", env)
+            assert all(wire.to(gw, "broadcast") == [] for gw in towns)
+
+            def answer(gw: str, **fields: Any) -> None:
+                wire.answer(gw, "alert", correlation_id=envs[gw]["correlation_id"], ok=True,
+                            alert_id=f"a-{gw}", duplicate=False, **fields)
+
+            answer("gw-340621105", disposition="broadcast", broadcast_id="b-105", reason="rule 'red' matched")
+            answer("gw-340621106", disposition="pending", broadcast_id=None, reason="waits for approval")
+            answer("gw-340621107", disposition="recorded", broadcast_id=None, reason="rule says record")
+            for i in (1, 2):
+                gws["gw-340621105"].report("broadcasts/b-105", "broadcast.outcome",
+                                           {"id": "b-105", "device": f"t{i}", "outcome": "succeeded"})
+            gws["gw-340621105"].report("broadcasts/b-105", "broadcast.state",
+                                       {"id": "b-105", "state": 3, "name": "succeeded", "coverage": 1.0})
+
+            async def current() -> dict[str, Any]:
+                return (await http.get(f"/api/v1/county-broadcasts/{doc['id']}")).json()  # type: ignore[no-any-return]
+
+            def rows(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+                return {row["gateway"]: row for row in d["gateways"]}
+
+            got: dict[str, Any] = {}
+
+            async def settled() -> bool:
+                nonlocal got
+                got = await current()
+                return {gw: row["state"] for gw, row in rows(got).items()} == {
+                    "gw-340621105": "succeeded", "gw-340621106": "pending_approval",
+                    "gw-340621107": "recorded"}
+
+            await until_async("the three dispositions", settled)
+            assert got["state"] == "in_progress"  # a duty officer may still approve it
+            assert rows(got)["gw-340621106"]["alert"]["disposition"] == "pending"
+            assert rows(got)["gw-340621107"]["alert"]["reason"] == "rule says record"
+            assert got["terminals"] == {"targeted": 6, "succeeded": 2, "partial": 0, "failed": 0,
+                                        "unreachable": 0, "pending": 2, "not_played": 2}
+            assert got["coverage"] == 2 / 6
+
+            # the duty officer approves: the gateway's event names the broadcast, which is followed
+            gws["gw-340621106"].report("events", "alert.decided", {
+                "id": "a-gw-340621106", "disposition": "broadcast", "by": "duty", "broadcast_id": "b-106",
+                "reason": "approved by duty"})
+            for i in (1, 2):
+                gws["gw-340621106"].report("broadcasts/b-106", "broadcast.outcome",
+                                           {"id": "b-106", "device": f"t{i}", "outcome": "succeeded"})
+            gws["gw-340621106"].report("broadcasts/b-106", "broadcast.state",
+                                       {"id": "b-106", "state": 3, "name": "succeeded", "coverage": 1.0})
+
+            async def done() -> bool:
+                nonlocal got
+                got = await current()
+                return got["state"] == "done"
+
+            await until_async("the approved one played", done)
+            row = rows(got)["gw-340621106"]
+            assert row["state"] == "succeeded" and row["broadcast_id"] == "b-106"
+            assert row["alert"]["by"] == "duty"
+            assert got["terminals"] == {"targeted": 6, "succeeded": 4, "partial": 0, "failed": 0,
+                                        "unreachable": 0, "pending": 0, "not_played": 2}
+            admin = _auth(_tokens(service)["admin"])
+            audit = (await http.get("/api/v1/audit", headers=admin)).json()["audit"]
+            [created] = [a for a in audit if a["action"] == "county_broadcast.create"]
+            assert created["details"]["cap"] == cap
+    finally:
+        wire.close()
+        for gw in gws.values():
+            gw.stop()
