@@ -541,3 +541,124 @@ async def test_cap_alert_fan_out_shows_each_townships_disposition(county: tuple[
         wire.close()
         for gw in gws.values():
             gw.stop()
+
+
+@pytest.mark.timeout(400)
+async def test_cap_alert_and_a_county_restart_with_real_gateways(tmp_path: Path, broker: Broker):
+    """Two real townships: 刘桥镇 plays a red warning at once by its plan, 百善镇 has no rule for it (a
+    duty officer must approve) and is down when the county sends. The county stops mid-broadcast and
+    starts again: it follows what it had sent (the played one to its terminals, by the simulators'
+    ears), sends the alert to 百善镇 when it is back (shown pending approval, silent, not covered),
+    and a long broadcast sent before the restart can still be cancelled after it."""
+    folder = tmp_path / "county"
+    folder.mkdir()
+    private = keygen_text("ed25519", folder / "county.key")
+    public = CountySigner("ed25519", "county-1", private).public_key_text
+    # a persistent session: the broker keeps the townships' reports for the county while it restarts
+    config_path = write_county_config(folder, broker, client_id="county-suixi", signing=SIGNING)
+    keys = [{"id": "county-1", "type": "ed25519", "public_key": public}]
+    plans = {"gw-340621105": {"rules": [{"id": "red-auto", "match": {"severity": ["Extreme"]},
+                                         "action": "broadcast", "repeat": 1}]},
+             "gw-340621106": {"default_action": "approve"}}
+    towns = {gw: township(tmp_path / gw, broker, gw, TOWNS[gw], keys) for gw in plans}
+    for gw, (sim, path, _) in towns.items():
+        sim.data["alerts"] = plans[gw]
+        path.write_text(yaml.safe_dump(sim.data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    sims = {gw: SimProcess(sim).start() for gw, (sim, _, _) in towns.items()}
+    daemons = {gw: Daemon(path, port, tmp_path / f"{gw}.log", verbose=True)
+               for gw, (_, path, port) in towns.items()}
+    cap = CAP_RED.replace("340621105201,340621105202,340621105203", COUNTY_CODE)
+    service = CountyService(load_county_config(config_path), retry_after_s=0.5)
+    again: CountyService | None = None
+    try:
+        await asyncio.gather(*(asyncio.to_thread(d.start) for d in daemons.values()))
+        await service.start()
+        await until("both townships online with their inventory", lambda: all(
+            gw in service.picture.gateways and service.picture.gateways[gw].status == "online"
+            and len(service.picture.gateways[gw].devices) == 2 for gw in plans))
+        token = _tokens(service)["operator"]
+        assert daemons["gw-340621106"].stop() == 0
+        await until("百善镇 offline", lambda: service.picture.gateways["gw-340621106"].status == "offline")
+
+        async with httpx.AsyncClient(base_url=service.url, timeout=60, headers=_auth(token)) as http:
+            sent_at = time.time()
+            r = await http.post("/api/v1/county-broadcasts", json={"alert": cap, "confirm": True})
+            assert r.status_code == 201, r.text
+            alert_id = r.json()["id"]
+            assert {row["gateway"]: row["state"] for row in r.json()["gateways"]} == {
+                "gw-340621105": "sent", "gw-340621106": "offline"}
+            r = await http.post("/api/v1/county-broadcasts", json={
+                **WARNING, "class": "drill", "severity": None, "repeat": 10, "gap_s": 60,
+                "targets": {"gateways": ["gw-340621105"]}})
+            long_id = r.json()["id"]
+
+            async def accepted() -> bool:
+                docs = [(await http.get(f"/api/v1/county-broadcasts/{bid}")).json()
+                        for bid in (alert_id, long_id)]
+                return all(row["broadcast_id"] for d in docs for row in d["gateways"]
+                           if row["gateway"] == "gw-340621105")
+
+            await until_async("刘桥镇 accepted both", accepted)
+        await service.stop()  # mid-broadcast
+
+        await asyncio.to_thread(daemons["gw-340621106"].start)  # back while the county is down
+        again = CountyService(load_county_config(config_path), retry_after_s=0.5)
+        await again.start()
+        async with httpx.AsyncClient(base_url=again.url, timeout=60, headers=_auth(token)) as http:
+            async def get(bid: str) -> dict[str, Any]:
+                got = await http.get(f"/api/v1/county-broadcasts/{bid}")
+                return got.json()  # type: ignore[no-any-return]
+
+            def rows(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+                return {row["gateway"]: row for row in doc["gateways"]}
+
+            doc: dict[str, Any] = {}
+
+            async def settled() -> bool:
+                nonlocal doc
+                doc = await get(alert_id)
+                return doc["live"] and rows(doc)["gw-340621105"]["state"] == "succeeded" \
+                    and rows(doc)["gw-340621106"]["state"] == "pending_approval"
+
+            try:
+                await until_async("the alert followed after the restart", settled)
+            except AssertionError:
+                raise AssertionError(json.dumps(doc, ensure_ascii=False)[:3000]) from None
+            played, pending = rows(doc)["gw-340621105"], rows(doc)["gw-340621106"]
+            assert played["alert"]["disposition"] == "broadcast" and "red-auto" in played["alert"]["reason"]
+            assert played["terminals"]["succeeded"] == 2 == played["terminals"]["targeted"]
+            assert pending["alert"]["disposition"] == "pending" and pending["broadcast_id"] is None
+            assert pending["command"]["attempts"] == 1  # sent once, by the restarted county
+            assert pending["terminals"] == {"targeted": 2, "succeeded": 0, "partial": 0, "failed": 0,
+                                            "unreachable": 0, "pending": 2, "not_played": 0}
+            assert doc["coverage"] == 2 / 4 and doc["state"] == "in_progress"
+            for dev in ("rtu1", "rtu2"):  # by the loudspeakers' own evidence
+                assert [s for s in sims["gw-340621105"].call("audible", device=dev)["spans"]
+                        if s["end"] > sent_at], dev
+
+            # the long one: still followed, so it can be cancelled
+            long_doc = await get(long_id)
+            assert long_doc["live"] is True
+            r = await http.post(f"/api/v1/county-broadcasts/{long_id}/cancel")
+            assert r.status_code == 200 and r.json()["cancelled_by"] == "operator-1"
+
+            async def cancelled() -> bool:
+                nonlocal long_doc
+                long_doc = await get(long_id)
+                return rows(long_doc)["gw-340621105"]["state"] == "cancelled" \
+                    and (rows(long_doc)["gw-340621105"]["cancel"] or {}).get("answer") is not None
+
+            await until_async("the long one cancelled on 刘桥镇", cancelled)
+            assert rows(long_doc)["gw-340621105"]["cancel"]["answer"]["ok"] is True
+            # the alert was not played where it waits for a duty officer
+            for dev in ("rtu1", "rtu2"):
+                spans = sims["gw-340621106"].call("audible", device=dev)["spans"]
+                assert [s for s in spans if s["end"] > sent_at] == [], dev
+    finally:
+        for s in (service, again):
+            if s is not None:
+                await s.stop()
+        for d in daemons.values():
+            d.stop()
+        for sim in sims.values():
+            sim.stop()
