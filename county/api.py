@@ -274,6 +274,27 @@ def create_app(ctx: ApiContext) -> FastAPI:
         except NoSigningKey:
             return _no_key()
 
+    @app.post(f"{PREFIX}/county-broadcasts/preview")
+    async def county_broadcast_preview(request: Request, _: Operator, ctx: Ctx) -> Any:
+        """What ``POST /county-broadcasts`` would send, to which townships, with the same checks; sends
+        and stores nothing (``confirm`` is not needed). For the console's confirm step."""
+        broadcasts = _broadcasts(ctx)
+        if broadcasts.signer is None:
+            return _no_key()
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            return _error(413, f"body: larger than {MAX_BODY} bytes", "body")
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return _error(422, "body: not valid JSON", "body")
+        try:
+            return await broadcasts.preview(doc)
+        except RequestError as exc:
+            return _error(422, str(exc), exc.field)
+        except NoSigningKey:
+            return _no_key()
+
     @app.get(f"{PREFIX}/county-broadcasts")
     async def county_broadcast_list(_: Viewer, ctx: Ctx,
                                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:

@@ -119,8 +119,8 @@ class _Live:
                 "cancels": {gw: c.saved() for gw, c in self.cancels.items()}}
 
 
-def parse_request(body: Any, known_gateways: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any],
-                                                                         list[str]]:
+def parse_request(body: Any, known_gateways: Mapping[str, Any], *, preview: bool = False
+                  ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """The API's body → (the request as shown in the report, the commands module's request, the field
     path of each of its targets). ``targets`` is ``{"gateways": [...], "area_codes": [...]}``."""
     if not isinstance(body, dict):
@@ -131,7 +131,7 @@ def parse_request(body: Any, known_gateways: Mapping[str, Any]) -> tuple[dict[st
         raise RequestError(unknown[0], "unknown field" + (
             " (with a CAP alert: alert, targets, expires_at, confirm; the townships' plans decide the rest)"
             if alert else ""))
-    if body.get("confirm") is not True:
+    if body.get("confirm") is not True and not preview:
         raise RequestError("confirm", "must be true: confirm the broadcast before it is sent")
     targets = body.get("targets")
     if alert and targets is None:
@@ -174,11 +174,12 @@ class CountyBroadcasts:
     def __init__(self, store: Store, picture: Picture, publish: Callable[[str, bytes], Any], prefix: str,
                  signer: CountySigner | None, *, answer_timeout_s: float = 15.0, retry_after_s: float = 2.0,
                  tick_s: float = TICK_S, clock: Callable[[], float] = time.time, lease_s: float = LEASE_S,
-                 instance: str | None = None) -> None:
+                 instance: str | None = None, connected: Callable[[], bool] = lambda: True) -> None:
         self.store, self.picture, self.signer = store, picture, signer
         self.tracker = CommandTracker(lambda topic, payload: publish(topic, payload), prefix)
         self.answer_timeout_s, self.retry_after_s, self.tick_s = answer_timeout_s, retry_after_s, tick_s
         self._clock = clock
+        self._connected = connected
         self.lease_s = lease_s
         self.instance = instance or uuid.uuid4().hex[:16]
         """This instance's name in ``county_broadcasts.owner`` (new at every start)."""
@@ -188,8 +189,10 @@ class CountyBroadcasts:
         self._next_follow = 0.0
 
     def is_online(self, gateway: str) -> bool:
+        """Online, and we are connected: a command published while the county's own connection is down
+        would be lost (and then waited for until the answer timeout)."""
         view = self.picture.gateways.get(gateway)
-        return view is not None and view.status == "online"
+        return view is not None and view.status == "online" and self._connected()
 
     def inventory(self) -> dict[str, list[dict[str, Any]]]:
         """Gateway id → its devices (id, area code, kind) from the births the picture holds."""
@@ -199,11 +202,9 @@ class CountyBroadcasts:
 
     # -- the API's operations ---------------------------------------------------------------------------
 
-    async def create(self, body: Any, actor: str) -> dict[str, Any]:
-        """Validate, store, audit, send; the first report. RequestError / NoSigningKey."""
-        if self.signer is None:
-            raise NoSigningKey
-        shown, request, paths = parse_request(body, self.picture.gateways)
+    def _plan(self, body: Any, preview: bool = False) -> tuple[CountyBroadcast, dict[str, Any]]:
+        assert self.signer is not None
+        shown, request, paths = parse_request(body, self.picture.gateways, preview=preview)
         try:
             bc = CountyBroadcast(request, signer=self.signer, tracker=self.tracker,
                                  inventory=self.inventory(), is_online=self.is_online, clock=self._clock,
@@ -216,6 +217,25 @@ class CountyBroadcasts:
         shown["expires_at"] = bc.request.get("expires_at")
         if bc.command == "alert":
             shown["alert"] = bc.request["alert"]  # its summary; the document itself is in the audit trail
+        return bc, shown
+
+    async def preview(self, body: Any) -> dict[str, Any]:
+        """What :meth:`create` would send, to whom, without sending or storing anything (the console's
+        confirm step). ``confirm`` is not needed. RequestError / NoSigningKey."""
+        if self.signer is None:
+            raise NoSigningKey
+        bc, shown = self._plan(body, preview=True)
+        report = bc.report()
+        return {"command": bc.command, "request": shown, "expires_at": report["expires_at"],
+                "gateways": [{k: row[k] for k in ("gateway", "online", "targets")}
+                             | {"targeted": row["terminals"]["targeted"]} for row in report["gateways"]],
+                "terminals": {"targeted": report["terminals"]["targeted"]}}
+
+    async def create(self, body: Any, actor: str) -> dict[str, Any]:
+        """Validate, store, audit, send; the first report. RequestError / NoSigningKey."""
+        if self.signer is None:
+            raise NoSigningKey
+        bc, shown = self._plan(body)
         entry = _Live(bc, shown, actor)
         report = self._report(entry)
         details: dict[str, Any] = {"request": entry.request, "gateways": bc.gateways}

@@ -100,7 +100,8 @@ class CountyService:
         ingest = self.ingest = Ingest(self.cfg, store, self.picture, on_response=self._on_response,
                                       on_report=self._on_report, on_status=self._on_status)
         broadcasts = self.broadcasts = CountyBroadcasts(store, self.picture, ingest.publish,
-                                                        self.cfg.mqtt.prefix, signer, **self._timing)
+                                                        self.cfg.mqtt.prefix, signer, **self._timing,
+                                                        connected=ingest.connected.is_set)
         await ingest.start()
         await broadcasts.take_over()  # what was in flight before a restart is followed again at once
         self.context = ApiContext(self.cfg, store, self.picture, mqtt_connected=ingest.connected.is_set,
