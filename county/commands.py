@@ -826,8 +826,8 @@ def _validate_alert(request: Mapping[str, Any], inventory: Inventory, now: float
                                                 "expires_at)")
     try:
         cap = read_cap(request.get("alert"))
-    except CapError as exc:
-        raise BroadcastRequestError("alert", str(exc)) from None
+    except CapError as exc:  # "alert: alert/info[0]/severity: …", but not "alert: alert: …"
+        raise BroadcastRequestError("alert", str(exc).removeprefix("alert: ")) from None
     expires = _expiry(request.get("expires_at"))
     if expires is None and cap.expires is not None:
         expires = cap.expires

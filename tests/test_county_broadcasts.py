@@ -463,6 +463,19 @@ async def test_cap_alert_fan_out_shows_each_townships_disposition(county: tuple[
             == 2 for gw in towns))
         op = _auth(_tokens(service)["operator"])
         async with httpx.AsyncClient(base_url=service.url, timeout=60, headers=op) as http:
+            # the confirm step's preview: the townships the alert's area codes concern; nothing sent or kept
+            r = await http.post("/api/v1/county-broadcasts/preview", json={"alert": cap})
+            assert r.status_code == 200, r.text
+            assert [(g["gateway"], g["targeted"]) for g in r.json()["gateways"]] == [(gw, 2) for gw in towns]
+            assert r.json()["request"]["alert"]["severity"] == "Red"
+            r = await http.post("/api/v1/county-broadcasts/preview", json={"alert": "<alert"})
+            assert r.status_code == 422 and r.json()["detail"].startswith("alert: not well-formed XML")
+            viewer = _auth(_tokens(service)["viewer"])
+            r = await http.post("/api/v1/county-broadcasts/preview", json={"alert": cap}, headers=viewer)
+            assert r.status_code == 403
+            assert wire.sent == []
+            assert (await http.get("/api/v1/county-broadcasts")).json()["broadcasts"] == []
+
             r = await http.post("/api/v1/county-broadcasts", json={"alert": cap, "confirm": True})
             assert r.status_code == 201, r.text
             doc = r.json()
