@@ -256,7 +256,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
         """Send one warning to several townships (signed ``broadcast`` commands); the first report.
 
         Body: ``{"targets": {"gateways": [...], "area_codes": [...]}, "class", "severity", "title",
-        "text", "tone", "repeat", "expires_at", "confirm": true}``. 409 without a signing key."""
+        "text", "tone", "repeat", "expires_at", "confirm": true}``, or for a CAP alert ``{"alert": "<XML>",
+        "targets" (optional), "expires_at", "confirm": true}``. 409 without a signing key."""
         broadcasts = _broadcasts(ctx)
         if broadcasts.signer is None:
             return _no_key()

@@ -10,7 +10,10 @@ service wires paho to it), which keeps this module pure logic that the tests can
 A ``CountyBroadcast`` is one warning sent to several townships: it works out which gateways an
 area code concerns from their ``birth`` inventories, sends each a signed ``broadcast`` command
 (later, if the gateway is offline now), follows the answers and the ``broadcasts/<id>`` reports
-and sums them into one report with one county coverage figure.
+and sums them into one report with one county coverage figure. Given a CAP document instead of a
+text, it sends the signed ``alert`` command: each township's plan decides, and the report shows its
+disposition (played and followed, pending approval, recorded, not applicable). Its ``snapshot`` is
+what the service stores to carry on after a restart (``restore``).
 """
 
 from __future__ import annotations
