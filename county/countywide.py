@@ -63,6 +63,9 @@ LEASE_S = 30.0
 a crash another instance, or the restarted one, takes over after at most this long."""
 FOLLOW_STORED_S = 1.0
 """How often the reports other instances (or this one, before a restart) stored are read back."""
+STORED_MARGIN_S = 30.0
+"""Stored reports are read again from this long before the last read: another instance's writer may
+store a report received earlier, and its clock may differ a little from ours."""
 API_FIELDS = frozenset({"targets", "class", "severity", "title", "text", "tone", "repeat", "expires_at",
                         "confirm", "source", "language", "gap_s", "volume"})
 ALERT_API_FIELDS = frozenset({"alert", "targets", "expires_at", "confirm"})
@@ -187,6 +190,8 @@ class CountyBroadcasts:
         self._dirty: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {}
         self._next_lease = 0.0
         self._next_follow = 0.0
+        self._read_pairs: set[tuple[str, str]] = set()
+        self._read_since = 0.0
 
     def is_online(self, gateway: str) -> bool:
         """Online, and we are connected: a command published while the county's own connection is down
@@ -432,7 +437,11 @@ class CountyBroadcasts:
     async def follow_stored(self) -> None:
         """Apply the reports the database holds for the township broadcasts and pending alerts we follow:
         a share group hands each report to one instance, and a restart misses what came meanwhile."""
+        started = self._clock()
         pairs = [(gw, bid) for entry in self.live.values() for gw, bid in entry.bc.followed()]
+        new = [p for p in pairs if p not in self._read_pairs]  # read in full once, then what changed
+        old = [p for p in pairs if p in self._read_pairs]
+        since = self._read_since
         pending = [(entry.bc.id, gw, alert_id, entry.alert_cursor.get(gw, -1))
                    for entry in self.live.values() for gw, alert_id in entry.bc.pending_alerts()]
         if not pairs and not pending:
@@ -441,12 +450,16 @@ class CountyBroadcasts:
         Decided = list[tuple[str, str, int, dict[str, Any]]]
 
         def read() -> tuple[list[tuple[str, str, dict[str, Any]]], Decided]:
-            reports = self.store.gateway_broadcast_reports(pairs)
+            reports = self.store.gateway_broadcast_reports(new)
+            if old:
+                reports += self.store.gateway_broadcast_reports(old, since)
             decided = [(bid, gw, seq, data) for bid, gw, _, after in pending
                        for seq, data in self.store.gateway_events(gw, "alert.decided", after)]
             return reports, decided
 
         reports, decided = await asyncio.to_thread(read)
+        self._read_pairs = set(pairs)
+        self._read_since = started - STORED_MARGIN_S
         for gateway, bid, doc in reports:
             self.on_report(gateway, bid, json.dumps(doc).encode("utf-8"))
         for cbid, gateway, seq, data in decided:

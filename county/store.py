@@ -577,20 +577,25 @@ class Store:
         self._exec("UPDATE county_broadcasts SET cancel_requested_by = COALESCE(cancel_requested_by, ?) "
                    "WHERE id = ?", (actor, broadcast_id))
 
-    def gateway_broadcast_reports(self, pairs: Sequence[tuple[str, str]]
+    def gateway_broadcast_reports(self, pairs: Sequence[tuple[str, str]], since: float | None = None
                                   ) -> list[tuple[str, str, dict[str, Any]]]:
         """The stored ``broadcasts/<id>`` reports of these (gateway, broadcast id), as (gateway, id,
-        report): the state and every terminal's outcome, whichever county instance received them."""
+        report): the state and every terminal's outcome, whichever county instance received them;
+        with ``since``, only those stored (or updated) from then on. A few queries for any number."""
+        wanted = set(pairs)
+        ids = sorted({bid for _, bid in wanted})
         out: list[tuple[str, str, dict[str, Any]]] = []
-        for gateway, bid in pairs:
-            for r in self._query("SELECT seq, data FROM broadcasts WHERE gateway = ? AND broadcast_id = ?",
-                                 (gateway, bid)):
-                out.append((gateway, bid, {"seq": int(r["seq"]), "kind": "broadcast.state",
-                                           "data": _loads(r["data"])}))
-            for r in self._query("SELECT seq, data FROM broadcast_outcomes "
-                                 "WHERE gateway = ? AND broadcast_id = ?", (gateway, bid)):
-                out.append((gateway, bid, {"seq": int(r["seq"]), "kind": "broadcast.outcome",
-                                           "data": _loads(r["data"])}))
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            marks = ", ".join("?" for _ in chunk)
+            after, params = ("", chunk) if since is None else (" AND updated_at >= ?", [*chunk, since])
+            for table, kind in (("broadcasts", "broadcast.state"),
+                                ("broadcast_outcomes", "broadcast.outcome")):
+                for r in self._query(f"SELECT gateway, broadcast_id, seq, data FROM {table} "
+                                     f"WHERE broadcast_id IN ({marks}){after}", params):
+                    if (r["gateway"], r["broadcast_id"]) in wanted:
+                        out.append((r["gateway"], r["broadcast_id"],
+                                    {"seq": int(r["seq"]), "kind": kind, "data": _loads(r["data"])}))
         return out
 
     def gateway_events(self, gateway: str, kind: str, after_seq: int) -> list[tuple[int, dict[str, Any]]]:
