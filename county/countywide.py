@@ -191,6 +191,8 @@ class CountyBroadcasts:
         self._next_lease = 0.0
         self._next_follow = 0.0
         self._read_pairs: set[tuple[str, str]] = set()
+        self._settled: set[str] = set()
+        """Being created, or retired here: its row may still look like one to take over (not written yet)."""
         self._read_since = 0.0
 
     def is_online(self, gateway: str) -> bool:
@@ -242,11 +244,15 @@ class CountyBroadcasts:
             raise NoSigningKey
         bc, shown = self._plan(body)
         entry = _Live(bc, shown, actor)
+        self._settled.add(bc.id)
         report = self._report(entry)
         details: dict[str, Any] = {"request": entry.request, "gateways": bc.gateways}
         if bc.command == "alert":
             details["cap"] = bc.args_for(bc.gateways[0])["cap"]
-        await asyncio.to_thread(self._save_new, entry, report, details)
+        try:
+            await asyncio.to_thread(self._save_new, entry, report, details)
+        finally:
+            self._settled.discard(bc.id)
         self.live[bc.id] = entry
         bc.start()
         self._changed(entry)
@@ -404,7 +410,7 @@ class CountyBroadcasts:
         rows = await asyncio.to_thread(self.store.claim_county_broadcasts, self.instance, now, until)
         taken = []
         for row in rows:
-            if row["id"] in self.live:
+            if row["id"] in self.live or row["id"] in self._settled:
                 continue
             try:
                 entry = self._restore(row)
@@ -491,6 +497,7 @@ class CountyBroadcasts:
             if (entry.done_at is not None and now - entry.done_at >= RETIRE_DONE_S) \
                     or now - entry.bc.expires_at >= RETIRE_EXPIRED_S:
                 self._dirty[bid] = ({**report, "live": False}, None)
+                self._settled.add(bid)
                 del self.live[bid]
 
     async def run(self) -> None:

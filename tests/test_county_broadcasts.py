@@ -632,6 +632,7 @@ async def test_cap_alert_and_a_county_restart_with_real_gateways(tmp_path: Path,
                 nonlocal doc
                 doc = await get(alert_id)
                 return doc["live"] and rows(doc)["gw-340621105"]["state"] == "succeeded" \
+                    and rows(doc)["gw-340621105"]["terminals"]["succeeded"] == 2 \
                     and rows(doc)["gw-340621106"]["state"] == "pending_approval"
 
             try:
