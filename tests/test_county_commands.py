@@ -290,17 +290,18 @@ def test_report_arithmetic_counts_only_successes_as_covered():
     json.dumps(doc)  # JSON-ready
     rows = {r["gateway"]: r for r in doc["gateways"]}
     assert rows["gw-105"]["terminals"] == {"targeted": 4, "succeeded": 2, "partial": 1, "failed": 0,
-                                           "unreachable": 1, "pending": 0}
+                                           "unreachable": 1, "pending": 0, "not_played": 0}
     assert rows["gw-105"]["state"] == "succeeded" and rows["gw-105"]["gateway_coverage"] == 0.5
     assert rows["gw-105"]["coverage"] == 0.5 and rows["gw-105"]["broadcast_id"] == "b105"
     assert rows["gw-106"]["terminals"] == {"targeted": 2, "succeeded": 1, "partial": 0, "failed": 1,
-                                           "unreachable": 0, "pending": 0}
+                                           "unreachable": 0, "pending": 0, "not_played": 0}
     assert rows["gw-107"]["state"] == "refused"
     assert rows["gw-107"]["command"]["refusal"] == {"error": "bad_signature", "message": "does not verify"}
+    # refused: meant to be reached, and nothing will play there (not pending: the report is done)
     assert rows["gw-107"]["terminals"] == {"targeted": 1, "succeeded": 0, "partial": 0, "failed": 0,
-                                           "unreachable": 0, "pending": 1}
+                                           "unreachable": 0, "pending": 0, "not_played": 1}
     assert doc["terminals"] == {"targeted": 7, "succeeded": 3, "partial": 1, "failed": 1, "unreachable": 1,
-                                "pending": 1}
+                                "pending": 0, "not_played": 1}
     assert doc["coverage"] == 3 / 7
     assert doc["state"] == "done" and doc["by_state"] == {"failed": 1, "refused": 1, "succeeded": 1}
 
@@ -340,6 +341,52 @@ def test_offline_gateway_waits_then_gets_it_when_back_online():
     bc.on_response("gw-107", answer(env["correlation_id"], False, error="stale", message="late"))  # ignored
     row = {r["gateway"]: r for r in bc.report()["gateways"]}["gw-107"]
     assert row["state"] == "accepted" and row["broadcast_id"] == "b107" and row["command"]["attempts"] == 3
+
+
+def test_snapshot_and_restore_carry_on_after_a_restart():
+    """What the service stores with each report is enough to go on: a late answer to a command sent
+    before the restart still counts, an offline township still gets it (signed afresh), the reports
+    already applied are kept, and a cancel reaches the township that accepted."""
+    clock = Clock()
+    bc, wire, online = county_broadcast({"targets": ["340621000000"]}, online={"gw-105", "gw-106"},
+                                        clock=clock)
+    bc.start()
+    cids = {gw: wire.to(gw)[0]["correlation_id"] for gw in ("gw-105", "gw-106")}
+    bc.on_response("gw-105", answer(cids["gw-105"], broadcast_id="b105"))
+    bc.on_broadcast_report("gw-105", "b105", report(3, "broadcast.outcome", id="b105", device="t1",
+                                                    outcome="succeeded"))
+    snap = json.loads(json.dumps(bc.snapshot()))  # through the database as JSON
+
+    wire2 = Wire()
+    tracker2 = CommandTracker(wire2)
+    again = CountyBroadcast.restore(snap, signer=ED, tracker=tracker2, is_online=lambda gw: gw in online,
+                                    clock=clock)
+    assert again.report()["gateways"] == bc.report()["gateways"] and again.id == bc.id
+    assert again.expires_at == bc.expires_at and again.command == "broadcast"
+    assert again.on_response("gw-106", answer(cids["gw-106"], broadcast_id="b106"))  # sent before
+    online.add("gw-107")
+    again.tick()  # the township that was offline: sent now, signed afresh
+    [env] = wire2.to("gw-107")
+    assert verifies("ed25519", ED.public_key_text, "broadcast", env)
+    assert env["args"] == bc.args_for("gw-107")
+    rows = {r["gateway"]: r for r in again.report()["gateways"]}
+    assert rows["gw-105"]["terminals"]["succeeded"] == 1 and rows["gw-106"]["broadcast_id"] == "b106"
+    assert sorted(again.cancel()) == [("gw-105", "b105"), ("gw-106", "b106")]
+    assert {r["gateway"]: r["state"] for r in again.report()["gateways"]}["gw-107"] == "cancelled"
+
+
+def test_an_alert_snapshot_keeps_the_document_once():
+    cap = (Path(__file__).parent / "cap" / "cn_rainstorm_red_alert.xml").read_text(encoding="utf-8")
+    bc = CountyBroadcast({"alert": cap, "targets": ["gw-107"]}, signer=ED, tracker=CommandTracker(Wire()),
+                         inventory=INVENTORY, is_online=lambda gw: True, clock=Clock())
+    snap = bc.snapshot()
+    assert json.dumps(snap, ensure_ascii=False).count("濉溪县气象台2026年11月28日") == 1
+    again = CountyBroadcast.restore(snap, signer=ED, tracker=CommandTracker(Wire()),
+                                    is_online=lambda gw: True)
+    assert again.command == "alert" and again.args_for("gw-105") == {"cap": cap, "source_level": "county"}
+    assert {r["gateway"]: r["targets"] for r in again.report()["gateways"]} == {
+        "gw-105": {"area_codes": ["340621105201", "340621105202"]},  # 203: no terminal of ours there
+        "gw-107": {"all": True}}
 
 
 def test_expired_broadcast_is_not_sent_to_a_returning_gateway():
@@ -536,7 +583,7 @@ def test_county_wide_broadcast_to_real_gateways(tmp_path: Path):
         assert late["state"] == "succeeded" and late["command"]["acked"] and late["broadcast_id"], late
         assert late["command"]["sent_at"] >= back_at
         assert doc["terminals"] == {"targeted": 6, "succeeded": 6, "partial": 0, "failed": 0,
-                                    "unreachable": 0, "pending": 0}, doc
+                                    "unreachable": 0, "pending": 0, "not_played": 0}, doc
         assert doc["coverage"] == 1.0 and doc["by_state"] == {"succeeded": 3}
         for row in rows(bc).values():
             assert set(row["devices"]) == {"rtu1", "rtu2"} and row["gateway_coverage"] == 1.0, row
