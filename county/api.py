@@ -256,23 +256,17 @@ def create_app(ctx: ApiContext) -> FastAPI:
         """Send one warning to several townships (signed ``broadcast`` commands); the first report.
 
         Body: ``{"targets": {"gateways": [...], "area_codes": [...]}, "class", "severity", "title",
-        "text", "tone", "repeat", "expires_at", "confirm": true}``. 409 without a signing key."""
+        "text", "tone", "repeat", "expires_at", "confirm": true}``, or for a CAP alert ``{"alert": "<XML>",
+        "targets" (optional), "expires_at", "confirm": true}``. 409 without a signing key."""
         broadcasts = _broadcasts(ctx)
-        if broadcasts.signer is None:
-            return _no_key()
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            return _error(413, f"body: larger than {MAX_BODY} bytes", "body")
-        try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            return _error(422, "body: not valid JSON", "body")
-        try:
-            return await broadcasts.create(doc, token.name)
-        except RequestError as exc:
-            return _error(422, str(exc), exc.field)
-        except NoSigningKey:
-            return _no_key()
+        return await _compose(request, broadcasts, lambda doc: broadcasts.create(doc, token.name))
+
+    @app.post(f"{PREFIX}/county-broadcasts/preview")
+    async def county_broadcast_preview(request: Request, _: Operator, ctx: Ctx) -> Any:
+        """What ``POST /county-broadcasts`` would send, to which townships, with the same checks; sends
+        and stores nothing (``confirm`` is not needed). For the console's confirm step."""
+        broadcasts = _broadcasts(ctx)
+        return await _compose(request, broadcasts, broadcasts.preview)
 
     @app.get(f"{PREFIX}/county-broadcasts")
     async def county_broadcast_list(_: Viewer, ctx: Ctx,
@@ -324,6 +318,26 @@ def _broadcasts(ctx: ApiContext) -> CountyBroadcasts:
 def _no_key() -> JSONResponse:
     return _error(409, "signing: no signing key is configured, so the county cannot send commands "
                        "(`ebc county keygen`, then signing: in county.yaml)", "signing")
+
+
+async def _compose(request: Request, broadcasts: CountyBroadcasts,
+                   act: Callable[[Any], Awaitable[dict[str, Any]]]) -> Any:
+    """Read a county broadcast request (create or preview) and act on it; refusals as JSON errors."""
+    if broadcasts.signer is None:
+        return _no_key()
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        return _error(413, f"body: larger than {MAX_BODY} bytes", "body")
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return _error(422, "body: not valid JSON", "body")
+    try:
+        return await act(doc)
+    except RequestError as exc:
+        return _error(422, str(exc), exc.field)
+    except NoSigningKey:
+        return _no_key()
 
 
 def _no_broadcast(broadcast_id: str) -> JSONResponse:

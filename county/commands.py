@@ -10,7 +10,10 @@ service wires paho to it), which keeps this module pure logic that the tests can
 A ``CountyBroadcast`` is one warning sent to several townships: it works out which gateways an
 area code concerns from their ``birth`` inventories, sends each a signed ``broadcast`` command
 (later, if the gateway is offline now), follows the answers and the ``broadcasts/<id>`` reports
-and sums them into one report with one county coverage figure.
+and sums them into one report with one county coverage figure. Given a CAP document instead of a
+text, it sends the signed ``alert`` command: each township's plan decides, and the report shows its
+disposition (played and followed, pending approval, recorded, not applicable). Its ``snapshot`` is
+what the service stores to carry on after a restart (``restore``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -38,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gmssl import sm2
 
 from controller.uplink.signing import signed_bytes
+from county.cap import CapError, read_cap
 
 KeyType = Literal["ed25519", "sm2"]
 Publish = Callable[[str, bytes], None]
@@ -89,12 +94,15 @@ class CountySigner:
             if signature:
                 return bytes.fromhex(signature)
 
-    def envelope(self, command: str, gateway: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    def envelope(self, command: str, gateway: str, args: Mapping[str, Any], *,
+                 correlation_id: str | None = None) -> dict[str, Any]:
         """A signed envelope for ``command`` on ``gateway``, ready to publish as JSON.
 
         ``ts`` is an integer (the format advises against floats anywhere in the signed bytes).
+        A retry passes the first attempt's ``correlation_id`` (with a fresh nonce and ts): the
+        gateway then answers it from its first execution instead of executing it again.
         """
-        env: dict[str, Any] = {"correlation_id": uuid.uuid4().hex, "gateway": gateway,
+        env: dict[str, Any] = {"correlation_id": correlation_id or uuid.uuid4().hex, "gateway": gateway,
                                "ts": int(time.time()), "nonce": secrets.token_hex(16),
                                "key_id": self.key_id, "args": json.loads(json.dumps(dict(args)))}
         env["sig"] = base64.b64encode(self.sign(signed_bytes(command, env))).decode("ascii")
@@ -215,6 +223,15 @@ class CommandTracker:
         self._publish(self.topic(gateway, command), payload)
         return correlation_id
 
+    def expect(self, correlation_id: str, gateway: str, command: str, sent_at: float) -> None:
+        """Match answers to a command sent before (by this county before a restart, or by another
+        instance that handed the broadcast over): its late answer still counts."""
+        with self._lock:
+            if correlation_id not in self._commands:
+                self._commands[correlation_id] = _Pending(gateway, command, sent_at)
+                while len(self._commands) > self._max:
+                    self._commands.popitem(last=False)
+
     def on_response(self, gateway: str, command: str, payload: bytes) -> str | None:
         """Record an answer; returns the correlation id it answers, or None if it is not ours.
 
@@ -322,10 +339,20 @@ class _Device:
 Inventory = Mapping[str, Sequence[str | Mapping[str, Any]]]
 """Gateway id → its devices' area codes, or the device objects of its ``birth`` (id, area_code, kind)."""
 
-FINAL_GATEWAY_STATES = frozenset({"succeeded", "failed", "cancelled", "refused", "expired", "undelivered"})
+FINAL_GATEWAY_STATES = frozenset({"succeeded", "failed", "cancelled", "refused", "expired", "undelivered",
+                                  "recorded", "not_applicable", "rejected", "approval_expired", "superseded"})
+"""A township in one of these has nothing more to do (``pending_approval`` is not one: a duty officer
+may still approve the alert, and its broadcast is then followed like any other)."""
+DISPOSITION_STATES = {"pending": "pending_approval", "recorded": "recorded",
+                      "not_applicable": "not_applicable", "failed": "failed", "rejected": "rejected",
+                      "expired": "approval_expired",
+                      "cancelled": "cancelled", "superseded": "superseded", "received": "pending_decision"}
+"""A gateway alert's disposition (docs/alerts.md) → the township's state in the county report, when
+the alert did not (or not yet) start a broadcast."""
 BROADCAST_STATES = {1: "waiting", 2: "playing", 3: "succeeded", 4: "failed", 5: "cancelled"}
 RETRYABLE = frozenset({"unavailable", "internal_error"})
-"""Refusals the county sends again (a gateway that is starting answers ``unavailable``)."""
+"""Refusals the county sends again, under the same correlation id (``unavailable``: a gateway that
+is stopping; after an ``internal_error`` a gateway that may have executed it answers ``interrupted``)."""
 OUTCOMES = ("succeeded", "partial", "failed", "unreachable")
 
 
@@ -348,10 +375,26 @@ class _Gateway:
     broadcast_state: str | None = None
     state_seq: int = -1
     reason: str | None = None
+    targets: Any = None
+    """What the report shows as the township's targets (the ``broadcast`` args' ``targets``, or for an
+    alert the area codes of it that concern this township, or ``{"all": true}`` when chosen as such)."""
+    alert: dict[str, Any] | None = None
+    """For an alert fan-out: the gateway's alert id, disposition, duplicate flag and reason."""
+    alert_seq: int = -1
     gateway_coverage: float | None = None
     outcomes: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
     early: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     """Reports that arrived before the answer naming their broadcast id (two paths, no order)."""
+
+
+def command_correlation_id(broadcast_id: str, gateway: str, command: str = "") -> str:
+    """The correlation id of every attempt of one county broadcast's command to one gateway: derived,
+    not random, so a retry after a county crash still matches the gateway's first execution (the
+    gateway executes a command once per key and correlation id). At most 128 characters."""
+    cid = "/".join(part for part in (broadcast_id, gateway, command) if part)
+    if len(cid) <= 128:
+        return cid
+    return f"{broadcast_id[:64]}/{hashlib.sha256(cid.encode('utf-8')).hexdigest()[:40]}"
 
 
 class CountyBroadcast:
@@ -365,6 +408,9 @@ class CountyBroadcast:
 
     REQUEST_FIELDS = frozenset({"text", "class", "severity", "tone", "repeat", "title", "expires_at",
                                 "targets", "source", "language", "gap_s", "volume"})
+    ALERT_FIELDS = frozenset({"alert", "targets", "expires_at"})
+    """With ``alert`` (a CAP document as text) the gateways get the signed ``alert`` command instead:
+    each decides by its own plan (预案) whether it plays, waits for a duty officer or only records."""
 
     def __init__(self, request: Mapping[str, Any], *, signer: CountySigner, tracker: CommandTracker,
                  inventory: Inventory, is_online: Callable[[str], bool],
@@ -380,11 +426,18 @@ class CountyBroadcast:
         self._max_attempts = max_attempts
         self._lock = threading.RLock()
         self.created_at = clock()
-        self.request, args, targets, expires = _validate(request)
-        self.expires_at = expires.timestamp() if expires is not None else self.created_at + default_valid_s
         self._gateways: dict[str, _Gateway] = {}
-        for gw_id, (gw_args, estimated) in _fan_out(targets, inventory, args).items():
-            self._gateways[gw_id] = _Gateway(gw_id, gw_args, estimated)
+        if "alert" in request:
+            self.command = "alert"
+            self.request, plan, expires = _validate_alert(request, inventory, self.created_at)
+        else:
+            self.command = "broadcast"
+            self.request, args, targets, expires = _validate(request)
+            plan = {gw: (gw_args, estimated, gw_args["targets"])
+                    for gw, (gw_args, estimated) in _fan_out(targets, inventory, args).items()}
+        self.expires_at = expires.timestamp() if expires is not None else self.created_at + default_valid_s
+        for gw_id, (gw_args, estimated, shown) in plan.items():
+            self._gateways[gw_id] = _Gateway(gw_id, gw_args, estimated, targets=shown)
         self._by_cid: dict[str, str] = {}
         self.started = False
         self.cancelled_at: float | None = None
@@ -393,6 +446,61 @@ class CountyBroadcast:
     @property
     def gateways(self) -> list[str]:
         return list(self._gateways)
+
+    # -- surviving a restart -----------------------------------------------------------------------
+
+    _SAVED = ("state", "correlation_ids", "attempts", "sent_at", "answered_at", "retry_at", "error",
+              "broadcast_id", "other_broadcast_ids", "broadcast_state", "state_seq", "reason",
+              "gateway_coverage", "targets", "alert", "alert_seq")
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything needed to carry on after a restart, JSON-ready. The command args are kept once
+        (the townships' differ only in ``targets``); commands are signed again when (re)sent."""
+        with self._lock:
+            gateways = []
+            common: dict[str, Any] = {}
+            for gw in self._gateways.values():
+                common = {k: v for k, v in gw.args.items() if k != "targets"}
+                gateways.append({"id": gw.id, "estimated": gw.estimated,
+                                 "args_targets": gw.args.get("targets"),
+                                 "outcomes": {d: [seq, data] for d, (seq, data) in gw.outcomes.items()},
+                                 **{k: getattr(gw, k) for k in self._SAVED}})
+            return json.loads(json.dumps({
+                "v": 1, "id": self.id, "command": self.command, "created_at": self.created_at,
+                "expires_at": self.expires_at, "request": self.request, "started": self.started,
+                "cancelled_at": self.cancelled_at, "to_cancel": self._to_cancel, "args": common,
+                "gateways": gateways}, default=str))
+
+    @classmethod
+    def restore(cls, snap: Mapping[str, Any], *, signer: CountySigner, tracker: CommandTracker,
+                is_online: Callable[[str], bool], clock: Callable[[], float] = time.time,
+                answer_timeout_s: float = 15.0, retry_after_s: float = 2.0,
+                max_attempts: int = 20) -> CountyBroadcast:
+        """A county broadcast as :meth:`snapshot` left it; the commands it had sent are expected again
+        by ``tracker``, so their answers still count. Nothing is sent until :meth:`tick`."""
+        self = cls.__new__(cls)
+        self.id, self.command = str(snap["id"]), str(snap["command"])
+        self._signer, self._tracker, self._is_online, self._clock = signer, tracker, is_online, clock
+        self._answer_timeout_s, self._retry_after_s = answer_timeout_s, retry_after_s
+        self._max_attempts = max_attempts
+        self._lock = threading.RLock()
+        self.created_at, self.expires_at = float(snap["created_at"]), float(snap["expires_at"])
+        self.request = snap["request"]
+        self.started, self.cancelled_at = bool(snap["started"]), snap["cancelled_at"]
+        self._to_cancel = [(str(g), str(b)) for g, b in snap["to_cancel"]]
+        self._gateways, self._by_cid = {}, {}
+        for row in snap["gateways"]:
+            args = dict(snap["args"])
+            if row["args_targets"] is not None:
+                args["targets"] = row["args_targets"]
+            gw = _Gateway(row["id"], args, int(row["estimated"]),
+                          **{k: row[k] for k in cls._SAVED if k in row})
+            gw.outcomes = {d: (int(seq), data) for d, (seq, data) in row["outcomes"].items()}
+            self._gateways[gw.id] = gw
+            for cid in gw.correlation_ids:
+                self._by_cid[cid] = gw.id
+                tracker.expect(cid, gw.id, self.command, gw.sent_at or self.created_at)
+        return self
 
     def args_for(self, gateway: str) -> dict[str, Any]:
         """The ``broadcast`` command's args for ``gateway`` (a copy)."""
@@ -428,7 +536,9 @@ class CountyBroadcast:
                 self.cancelled_at = self._clock()
                 for gw in self._gateways.values():
                     if gw.broadcast_id is None:
-                        if gw.state not in FINAL_GATEWAY_STATES:
+                        # an alert waiting for a duty officer stays shown as such: the county cannot
+                        # withdraw it (a CAP Cancel can); if it is approved, its broadcast is cancelled
+                        if gw.state not in FINAL_GATEWAY_STATES and gw.state != "pending_approval":
                             gw.state = "cancelled"
                     elif gw.broadcast_state not in ("succeeded", "failed", "cancelled"):
                         self._to_cancel.append((gw.id, gw.broadcast_id))
@@ -476,8 +586,12 @@ class CountyBroadcast:
             gw.error = {"error": "no_answer", "message": f"no usable answer after {gw.attempts} attempts",
                         **({"last": gw.error} if gw.error else {})}
             return
-        envelope = self._signer.envelope("broadcast", gw.id, gw.args)
-        cid = self._tracker.send(gw.id, "broadcast", envelope)
+        # Every attempt, also after a county restart, under one correlation id made from the broadcast
+        # and the gateway: a gateway that executed an earlier attempt whose answer was lost answers this
+        # one from it ("duplicate") and plays nothing, even if the county crashed before noting the id.
+        envelope = self._signer.envelope(self.command, gw.id, gw.args,
+                                         correlation_id=command_correlation_id(self.id, gw.id))
+        cid = self._tracker.send(gw.id, self.command, envelope)
         self._by_cid[cid] = gw.id
         gw.correlation_ids.append(cid)
         gw.attempts += 1
@@ -486,31 +600,33 @@ class CountyBroadcast:
         gw.retry_at = None
         gw.state = "sent"
 
-    def on_response(self, gateway: str, payload: bytes) -> bool:
-        """A ``cmd/broadcast/response``; True if it answers one of this broadcast's commands."""
+    def on_response(self, gateway: str, payload: bytes, command: str = "broadcast") -> bool:
+        """A ``cmd/<command>/response``; True if it answers one of this broadcast's commands."""
+        if command != self.command:
+            return False
         with self._lock:
-            cid = self._tracker.on_response(gateway, "broadcast", payload)
+            cid = self._tracker.on_response(gateway, command, payload)
             if cid is None or self._by_cid.get(cid) != gateway:
                 return False
             doc = _json_object(payload) or {}
             gw = self._gateways[gateway]
+            if doc.get("ok") is True and self.command == "alert" and gw.alert is None:
+                gw.alert = {k: doc.get(k) for k in ("alert_id", "disposition", "duplicate", "reason")}
+                gw.error = None
+                gw.answered_at = self._clock()
+                if not isinstance(doc.get("broadcast_id"), str):
+                    if gw.state not in FINAL_GATEWAY_STATES:
+                        gw.state = DISPOSITION_STATES.get(str(doc.get("disposition")), "answered")
+                    return True
             if doc.get("ok") is True and isinstance(doc.get("broadcast_id"), str):
                 bid = doc["broadcast_id"]
                 if gw.broadcast_id is None:
-                    gw.broadcast_id = bid
-                    if self.cancelled_at is not None:  # accepted after the county cancelled it
-                        self._to_cancel.append((gateway, bid))
-                    gw.error = None
-                    gw.answered_at = self._clock()
-                    if gw.state not in FINAL_GATEWAY_STATES:
-                        gw.state = gw.broadcast_state or "accepted"
-                    early, gw.early = gw.early, []
-                    for early_bid, report in early:
-                        if early_bid == bid:
-                            self._apply_report(gw, report)
+                    self._accept(gw, bid)
                 elif bid != gw.broadcast_id and bid not in gw.other_broadcast_ids:
                     gw.other_broadcast_ids.append(bid)  # a retry after a lost answer played it twice
                 return True
+            if doc.get("ok") is True:
+                return True  # an alert's repeated answer (duplicate): the first one counts
             if gw.broadcast_id is not None:
                 return True  # a late refusal of a retry ("replayed", …) changes nothing: it is playing
             if doc.get("error") == "replayed":
@@ -525,6 +641,51 @@ class CountyBroadcast:
             else:
                 gw.state = "refused"
             return True
+
+    def _accept(self, gw: _Gateway, bid: str) -> None:
+        """The gateway journalled a broadcast for it (a ``broadcast`` answer, or an alert that plays)."""
+        gw.broadcast_id = bid
+        if self.cancelled_at is not None:  # accepted after the county cancelled it
+            self._to_cancel.append((gw.id, bid))
+        gw.error = None
+        gw.answered_at = self._clock()
+        if gw.state not in FINAL_GATEWAY_STATES:
+            gw.state = gw.broadcast_state or "accepted"
+        early, gw.early = gw.early, []
+        for early_bid, report in early:
+            if early_bid == bid:
+                self._apply_report(gw, report)
+
+    def on_alert_decided(self, gateway: str, seq: int, data: Mapping[str, Any]) -> bool:
+        """An ``alert.decided`` event of the gateway (docs/alerts.md): a pending alert approved (its
+        broadcast is then followed), rejected or expired; True if it is this fan-out's alert there."""
+        with self._lock:
+            gw = self._gateways.get(gateway)
+            if gw is None or gw.alert is None or data.get("id") != gw.alert.get("alert_id") \
+                    or seq <= gw.alert_seq:
+                return False
+            gw.alert_seq = seq
+            gw.alert = {**gw.alert, "disposition": data.get("disposition"), "reason": data.get("reason"),
+                        "by": data.get("by")}
+            bid = data.get("broadcast_id")
+            if isinstance(bid, str) and bid:
+                if gw.broadcast_id is None:
+                    self._accept(gw, bid)
+            elif gw.broadcast_id is None:
+                gw.state = DISPOSITION_STATES.get(str(data.get("disposition")), gw.state)
+            return True
+
+    def pending_alerts(self) -> list[tuple[str, str]]:
+        """(gateway, alert id) of the townships whose alert waits for a decision there."""
+        with self._lock:
+            return [(gw.id, str(gw.alert["alert_id"])) for gw in self._gateways.values()
+                    if gw.alert is not None and gw.broadcast_id is None and gw.state in (
+                        "pending_approval", "pending_decision")]
+
+    def followed(self) -> list[tuple[str, str]]:
+        """(gateway, broadcast id) of every township broadcast this county broadcast follows."""
+        with self._lock:
+            return [(gw.id, gw.broadcast_id) for gw in self._gateways.values() if gw.broadcast_id]
 
     def on_broadcast_report(self, gateway: str, broadcast_id: str, payload: bytes) -> bool:
         """A ``broadcasts/<id>`` message; True if it belongs to this broadcast."""
@@ -569,10 +730,12 @@ class CountyBroadcast:
         with self._lock:
             now = self._clock()
             rows = [self._gateway_report(gw, now) for gw in self._gateways.values()]
-        totals = {k: sum(r["terminals"][k] for r in rows) for k in ("targeted", *OUTCOMES, "pending")}
+        totals = {k: sum(r["terminals"][k] for r in rows) for k in ("targeted", *OUTCOMES, "pending",
+                                                                   "not_played")}
         states = [r["state"] for r in rows]
         return {
             "id": self.id,
+            "command": self.command,
             "created_at": self.created_at,
             "expires_at": self.expires_at,
             "expired": now >= self.expires_at,
@@ -597,7 +760,12 @@ class CountyBroadcast:
         # never got the command) the estimate from its inventory says what was meant to be reached.
         finished = gw.broadcast_state in ("succeeded", "failed", "cancelled")
         targeted = reported if finished and reported else max(gw.estimated, reported)
-        terminals = {"targeted": targeted, **counts, "pending": targeted - sum(counts.values())}
+        if state == "not_applicable":
+            targeted = 0  # the gateway found none of its terminals in the alert's areas
+        # Meant to be reached, but nothing will play there: refused, only recorded, rejected, expired…
+        not_played = targeted - reported if gw.broadcast_id is None and state in FINAL_GATEWAY_STATES else 0
+        terminals = {"targeted": targeted, **counts, "pending": targeted - sum(counts.values()) - not_played,
+                     "not_played": not_played}
         return {
             "gateway": gw.id,
             "online": bool(self._is_online(gw.id)),
@@ -610,7 +778,8 @@ class CountyBroadcast:
             "broadcast_state": gw.broadcast_state,
             "reason": gw.reason,
             "gateway_coverage": gw.gateway_coverage,
-            "targets": gw.args["targets"],
+            "targets": gw.targets,
+            "alert": gw.alert,
             "terminals": terminals,
             "coverage": (counts["succeeded"] / targeted) if targeted else None,
             "devices": {dev: {k: data.get(k) for k in ("outcome", "reason", "audible_s", "missed_s",
@@ -662,6 +831,58 @@ def _validate(request: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any
         raise BroadcastRequestError("targets", "name at least one gateway id or 12-digit area code")
     shown = json.loads(json.dumps({**request, "expires_at": args.get("expires_at")}, default=str))
     return shown, args, list(dict.fromkeys(targets)), expires
+
+
+def _validate_alert(request: Mapping[str, Any], inventory: Inventory, now: float
+                    ) -> tuple[dict[str, Any], dict[str, tuple[dict[str, Any], int, Any]], datetime | None]:
+    """(the request as shown, gateway → (its ``alert`` args, terminals expected, targets shown),
+    expires_at) for a CAP fan-out, or BroadcastRequestError (``alert: alert/info[0]/severity: …``).
+
+    The townships are those the CAP's area codes concern (an area code of the alert that concerns
+    none of ours, such as a neighbouring county's, is left out) plus the ones chosen in ``targets``.
+    Each gets the whole document: the gateway matches the areas (polygons and circles too) itself.
+    """
+    unknown = sorted(set(request) - CountyBroadcast.ALERT_FIELDS)
+    if unknown:
+        raise BroadcastRequestError(unknown[0], "unknown field (with a CAP alert: alert, targets, "
+                                                "expires_at)")
+    try:
+        cap = read_cap(request.get("alert"))
+    except CapError as exc:  # "alert: alert/info[0]/severity: …", but not "alert: alert: …"
+        raise BroadcastRequestError("alert", str(exc).removeprefix("alert: ")) from None
+    expires = _expiry(request.get("expires_at"))
+    if expires is None and cap.expires is not None:
+        expires = cap.expires
+    if expires is not None and expires.timestamp() <= now:
+        raise BroadcastRequestError("alert" if request.get("expires_at") is None else "expires_at",
+                                    f"alert/info/expires: it expired at {expires.isoformat()}; no township "
+                                    "would play it")
+    targets = request.get("targets") or []
+    if isinstance(targets, str):
+        targets = [targets]
+    if not isinstance(targets, list) or not all(isinstance(t, str) and t for t in targets):
+        raise BroadcastRequestError("targets", "a list of gateway ids and 12-digit area codes")
+    devices = {gw: _devices(entries) for gw, entries in inventory.items()}
+    ours = [c for c in cap.area_codes
+            if any(area_covers(c, d.area_code) for ds in devices.values() for d in ds)]
+    if not targets and not ours:
+        where = ", ".join(cap.area_codes[:5]) or "none (only polygons or circles, or no area)"
+        raise BroadcastRequestError("alert", f"alert/info/area: no area code of the alert concerns a "
+                                             f"township of the county (its area codes: {where}); "
+                                             "choose the townships")
+    explicit = _fan_out(list(dict.fromkeys(targets)), inventory, {})
+    by_codes = _fan_out(ours, inventory, {}) if ours else {}
+    args = {"cap": cap.text, "source_level": "county"}
+    plan: dict[str, tuple[dict[str, Any], int, Any]] = {}
+    for gw in devices:
+        if gw in by_codes:  # the CAP says which of its villages: that is what it should reach
+            shown = by_codes[gw][0]["targets"]
+            plan[gw] = (dict(args), by_codes[gw][1], shown)
+        elif gw in explicit:
+            plan[gw] = (dict(args), explicit[gw][1], explicit[gw][0]["targets"])
+    shown_request = {"alert": cap.view(), **({"targets": list(targets)} if targets else {}),
+                     "expires_at": expires.isoformat() if expires is not None else None}
+    return shown_request, plan, expires
 
 
 def _expiry(value: Any) -> datetime | None:

@@ -22,7 +22,7 @@ from fastapi import APIRouter, FastAPI
 from county.api import ApiContext, create_app
 from county.commands import CountySigner, SigningKeyError
 from county.config import CountyConfig, CountyConfigError
-from county.countywide import CountyBroadcasts
+from county.countywide import LEASE_S, CountyBroadcasts
 from county.ingest import SETTLE_SHARED_S, Ingest
 from county.picture import Picture
 from county.store import Store, open_store
@@ -36,11 +36,13 @@ RETENTION_INTERVAL_S = 3600.0
 class CountyService:
     """See the module docstring. ``routers`` are added to the API (e.g. the commands module's);
     ``on_response`` also gets every gateway's command response (gateway, command, payload);
-    ``answer_timeout_s`` and ``retry_after_s`` are the county broadcasts' resend delays."""
+    ``answer_timeout_s`` and ``retry_after_s`` are the county broadcasts' resend delays, ``lease_s`` how
+    long another instance waits before it takes over the broadcasts of one that stopped renewing."""
 
     def __init__(self, cfg: CountyConfig, *, routers: Sequence[APIRouter] = (),
                  on_response: Callable[[str, str, bytes], None] | None = None,
-                 answer_timeout_s: float = 15.0, retry_after_s: float = 2.0) -> None:
+                 answer_timeout_s: float = 15.0, retry_after_s: float = 2.0,
+                 lease_s: float = LEASE_S) -> None:
         self.cfg = cfg
         self.routers = list(routers)
         self.on_response = on_response
@@ -48,7 +50,8 @@ class CountyService:
         self.store: Store | None = None
         self.ingest: Ingest | None = None
         self.broadcasts: CountyBroadcasts | None = None
-        self._timing = {"answer_timeout_s": answer_timeout_s, "retry_after_s": retry_after_s}
+        self._timing = {"answer_timeout_s": answer_timeout_s, "retry_after_s": retry_after_s,
+                        "lease_s": lease_s}
         self.app: FastAPI | None = None
         self.context: ApiContext | None = None
         self._server: uvicorn.Server | None = None
@@ -97,8 +100,10 @@ class CountyService:
         ingest = self.ingest = Ingest(self.cfg, store, self.picture, on_response=self._on_response,
                                       on_report=self._on_report, on_status=self._on_status)
         broadcasts = self.broadcasts = CountyBroadcasts(store, self.picture, ingest.publish,
-                                                        self.cfg.mqtt.prefix, signer, **self._timing)
+                                                        self.cfg.mqtt.prefix, signer, **self._timing,
+                                                        connected=ingest.connected.is_set)
         await ingest.start()
+        await broadcasts.take_over()  # what was in flight before a restart is followed again at once
         self.context = ApiContext(self.cfg, store, self.picture, mqtt_connected=ingest.connected.is_set,
                                   stats=lambda: {k: v for k, v in asdict(ingest.stats).items()
                                                  if k != "malformed_by_gateway"},

@@ -76,6 +76,16 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
              updated_at DOUBLE PRECISION NOT NULL)""",
         "CREATE INDEX county_broadcasts_created ON county_broadcasts (created_at)",
     ]),
+    (3, "county-wide broadcasts survive a restart", [
+        # state: what the following instance needs to carry on (NULL once nobody needs to follow it);
+        # owner/lease_until: which instance follows it, until when unless it renews (another one, or
+        # the same after a restart, takes it over then); cancel_requested_by: a cancel asked through
+        # an instance that does not follow it, for the one that does.
+        "ALTER TABLE county_broadcasts ADD COLUMN state TEXT",
+        "ALTER TABLE county_broadcasts ADD COLUMN owner TEXT",
+        "ALTER TABLE county_broadcasts ADD COLUMN lease_until DOUBLE PRECISION",
+        "ALTER TABLE county_broadcasts ADD COLUMN cancel_requested_by TEXT",
+    ]),
 ]
 """Numbered schema steps, applied in order; add new ones at the end, never edit an applied one."""
 
@@ -544,14 +554,84 @@ class Store:
     # -- county-wide broadcasts ---------------------------------------------------------------------------
 
     def save_county_broadcast(self, broadcast_id: str, request: Any, created_by: str, created_at: float,
-                              report: Any) -> None:
-        self._exec("""INSERT INTO county_broadcasts (id, request, created_by, created_at, report, updated_at)
-                      VALUES (?, ?, ?, ?, ?, ?)""",
-                   (broadcast_id, _dumps(request), created_by, created_at, _dumps(report), time.time()))
+                              report: Any, state: Any = None, owner: str | None = None,
+                              lease_until: float | None = None) -> None:
+        self._exec("""INSERT INTO county_broadcasts (id, request, created_by, created_at, report, updated_at,
+                        state, owner, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   (broadcast_id, _dumps(request), created_by, created_at, _dumps(report), time.time(),
+                    None if state is None else _dumps(state), owner, lease_until))
 
-    def update_county_broadcast(self, broadcast_id: str, report: Any) -> None:
-        self._exec("UPDATE county_broadcasts SET report = ?, updated_at = ? WHERE id = ?",
-                   (_dumps(report), time.time(), broadcast_id))
+    def update_county_broadcast(self, broadcast_id: str, report: Any, state: Any = None,
+                                owner: str | None = None) -> None:
+        """The new report and (``state`` None: it needs no following any more) state. With ``owner``,
+        only while that instance still follows it (another may have taken it over)."""
+        if owner is None:
+            self._exec("UPDATE county_broadcasts SET report = ?, updated_at = ?, state = ?, owner = NULL "
+                       "WHERE id = ?", (_dumps(report), time.time(), None, broadcast_id))
+            return
+        self._exec("UPDATE county_broadcasts SET report = ?, updated_at = ?, state = ? "
+                   "WHERE id = ? AND owner = ?",
+                   (_dumps(report), time.time(), None if state is None else _dumps(state), broadcast_id,
+                    owner))
+
+    def claim_county_broadcasts(self, owner: str, now: float, lease_until: float) -> list[dict[str, Any]]:
+        """Take over the county broadcasts still to follow whose follower let go (a stop) or stopped
+        renewing (a crash); the rows this instance follows now, with their ``state``."""
+        self._exec("""UPDATE county_broadcasts SET owner = ?, lease_until = ?
+                      WHERE state IS NOT NULL
+                        AND (owner IS NULL OR lease_until IS NULL OR lease_until < ?)""",
+                   (owner, lease_until, now))
+        rows = self._query("SELECT * FROM county_broadcasts WHERE owner = ? AND state IS NOT NULL", (owner,))
+        return [{**self._county_broadcast(r), "state": _loads(r["state"])} for r in rows]
+
+    def renew_county_broadcasts(self, owner: str, ids: Sequence[str], lease_until: float
+                                ) -> dict[str, str | None]:
+        """Extend this instance's lease on ``ids``; id → cancel_requested_by of those it still follows."""
+        if not ids:
+            return {}
+        marks = ", ".join("?" for _ in ids)
+        with self.batch():
+            self._exec(f"UPDATE county_broadcasts SET lease_until = ? WHERE owner = ? AND id IN ({marks})",
+                       (lease_until, owner, *ids))
+            rows = self._query(f"SELECT id, cancel_requested_by FROM county_broadcasts "
+                               f"WHERE owner = ? AND id IN ({marks})", (owner, *ids))
+        return {r["id"]: r["cancel_requested_by"] for r in rows}
+
+    def release_county_broadcasts(self, owner: str) -> int:
+        """Let go of them now (a clean stop), so that the next instance to start takes them over at once."""
+        return self._exec("UPDATE county_broadcasts SET owner = NULL, lease_until = NULL WHERE owner = ?",
+                          (owner,))
+
+    def request_county_broadcast_cancel(self, broadcast_id: str, actor: str) -> None:
+        self._exec("UPDATE county_broadcasts SET cancel_requested_by = COALESCE(cancel_requested_by, ?) "
+                   "WHERE id = ?", (actor, broadcast_id))
+
+    def gateway_broadcast_reports(self, pairs: Sequence[tuple[str, str]], since: float | None = None
+                                  ) -> list[tuple[str, str, dict[str, Any]]]:
+        """The stored ``broadcasts/<id>`` reports of these (gateway, broadcast id), as (gateway, id,
+        report): the state and every terminal's outcome, whichever county instance received them;
+        with ``since``, only those stored (or updated) from then on. A few queries for any number."""
+        wanted = set(pairs)
+        ids = sorted({bid for _, bid in wanted})
+        out: list[tuple[str, str, dict[str, Any]]] = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            marks = ", ".join("?" for _ in chunk)
+            after, params = ("", chunk) if since is None else (" AND updated_at >= ?", [*chunk, since])
+            for table, kind in (("broadcasts", "broadcast.state"),
+                                ("broadcast_outcomes", "broadcast.outcome")):
+                for r in self._query(f"SELECT gateway, broadcast_id, seq, data FROM {table} "
+                                     f"WHERE broadcast_id IN ({marks}){after}", params):
+                    if (r["gateway"], r["broadcast_id"]) in wanted:
+                        out.append((r["gateway"], r["broadcast_id"],
+                                    {"seq": int(r["seq"]), "kind": kind, "data": _loads(r["data"])}))
+        return out
+
+    def gateway_events(self, gateway: str, kind: str, after_seq: int) -> list[tuple[int, dict[str, Any]]]:
+        """(seq, data) of the gateway's stored reports of one kind after ``after_seq``, in order."""
+        return [(int(r["seq"]), _loads(r["data"])) for r in self._query(
+            "SELECT seq, data FROM events WHERE gateway = ? AND kind = ? AND seq > ? ORDER BY seq LIMIT 1000",
+            (gateway, kind, after_seq))]
 
     def county_broadcasts(self, limit: int = 100) -> list[dict[str, Any]]:
         """Newest first: id, request, created_by, created_at, report (the last one stored), updated_at."""
@@ -564,7 +644,8 @@ class Store:
 
     @staticmethod
     def _county_broadcast(row: dict[str, Any]) -> dict[str, Any]:
-        return {**row, "request": _loads(row["request"]), "report": _loads(row["report"])}
+        return {**{k: v for k, v in row.items() if k != "state"}, "request": _loads(row["request"]),
+                "report": _loads(row["report"]), "following": row.get("state") is not None}
 
     # -- gaps -------------------------------------------------------------------------------------------
 

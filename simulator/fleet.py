@@ -684,6 +684,9 @@ class CommandHandler:
         self.keys = keys or {}
         self.max_skew_s = max_skew_s
         self.nonce_ttl_s = 2 * max_skew_s
+        self.answered: dict[tuple[str, str, str], tuple[str, Any, dict[str, Any]]] = {}
+        """(gateway, key, correlation id) → (command, args, answer) of each executed broadcast, cancel
+        and alert: a retry is answered from it (``duplicate``), never run again. Kept for the run."""
 
     def handle(self, gw: Gateway, name: str, payload: bytes) -> dict[str, Any]:
         cid: str | None = None
@@ -691,7 +694,17 @@ class CommandHandler:
             env = self._parse(payload)
             cid = env["correlation_id"]
             self._check(gw, name, env)
-            return {"correlation_id": cid, "ok": True, **self._run(gw, name, env["args"])}
+            once = (gw.id, env["key_id"], cid) if name in ("broadcast", "cancel", "alert") else None
+            if once is not None and once in self.answered:
+                command, args, answer = self.answered[once]
+                if (command, args) != (name, env["args"]):
+                    raise _Refusal("conflict", f"correlation id {cid!r} was already used for another "
+                                               f"command or other args")
+                return {**answer, "duplicate": True}
+            answer = {"correlation_id": cid, "ok": True, **self._run(gw, name, env["args"])}
+            if once is not None:
+                self.answered[once] = (name, env["args"], answer)
+            return answer
         except _Refusal as r:
             refusal: dict[str, Any] = {"correlation_id": cid if cid is not None else _correlation_id(payload),
                                        "ok": False, "error": r.code, "message": r.message}

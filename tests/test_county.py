@@ -391,6 +391,118 @@ async def test_concurrent_deliveries_execute_once(gw: Gateway, keys: Keys):
     assert len(gw.store.list_broadcasts()) == 1
 
 
+async def test_a_retry_under_the_same_correlation_id_is_answered_not_executed(cfg: Config, keys: Keys):
+    """The county re-sends a command whose answer was lost: fresh nonce, same correlation id."""
+    sign = ed25519_signer(keys.ed)
+    first_gw = Gateway(cfg)
+    try:
+        first = await first_gw.county.handle("broadcast", command("broadcast", sign, correlation_id="bc-1"))
+        assert first["ok"] is True and "duplicate" not in first
+        again = await first_gw.county.handle("broadcast", command("broadcast", sign, correlation_id="bc-1"))
+        assert again == {**first, "duplicate": True}
+        audit = first_gw.store.list_audit()[0]
+        assert audit["action"] == "county.duplicate" and audit["actor"] == "county-ed"
+        assert audit["details"]["verified"] is True and audit["details"]["duplicate"] is True
+        assert first_gw.county.counts() == {("broadcast", "ok"): 1, ("broadcast", "duplicate"): 1}
+    finally:
+        first_gw.store.close()
+    second_gw = Gateway(cfg)  # a restart: the answer is still there
+    try:
+        after = await second_gw.county.handle("broadcast", command("broadcast", sign, correlation_id="bc-1"))
+        assert after == {**first, "duplicate": True}
+        assert [b["id"] for b in second_gw.store.list_broadcasts()] == [first["broadcast_id"]]
+        # another key's correlation ids are its own
+        other = await second_gw.county.handle("broadcast", command(
+            "broadcast", sm2_signer(keys.sm2_private, keys.sm2_public), key_id="county-sm2",
+            correlation_id="bc-1"))
+        assert other["ok"] is True and other["broadcast_id"] != first["broadcast_id"]
+    finally:
+        second_gw.store.close()
+
+
+async def test_a_stored_answer_needs_a_valid_signature_and_fresh_ts(gw: Gateway, keys: Keys):
+    sign = ed25519_signer(keys.ed)
+    first = await gw.county.handle("broadcast", command("broadcast", sign, correlation_id="bc-1"))
+    unsigned = await gw.county.handle("broadcast", command("broadcast", None, correlation_id="bc-1"))
+    forged = await gw.county.handle("broadcast", command("broadcast", ed25519_signer(keys.ed_other),
+                                                         correlation_id="bc-1"))
+    stale = await gw.county.handle("broadcast", command("broadcast", sign, correlation_id="bc-1",
+                                                        ts=int(time.time()) - 301))
+    assert [r["error"] for r in (unsigned, forged, stale)] == ["bad_request", "bad_signature", "stale"]
+    for refused in (unsigned, forged, stale):
+        assert "broadcast_id" not in refused and "duplicate" not in refused
+    assert [b["id"] for b in gw.store.list_broadcasts()] == [first["broadcast_id"]]
+
+
+async def test_same_correlation_id_for_other_args_or_command_is_a_conflict(gw: Gateway, keys: Keys):
+    sign = ed25519_signer(keys.ed)
+    first = await gw.county.handle("broadcast", command("broadcast", sign, correlation_id="c-1"))
+    payload = command("broadcast", sign, correlation_id="c-1", args={**DRILL, "text": "另一条"})
+    other_args = await gw.county.handle("broadcast", payload)
+    assert other_args["error"] == "conflict" and "other args" in other_args["message"]
+    other_command = await gw.county.handle("cancel", command(
+        "cancel", sign, correlation_id="c-1", args={"broadcast_id": first["broadcast_id"]}))
+    assert other_command["error"] == "conflict" and "another command" in other_command["message"]
+    assert len(gw.store.list_broadcasts()) == 1
+    assert gw.store.get_broadcast(first["broadcast_id"])["state"] is BroadcastState.WAITING
+    assert gw.refusals()[0]["details"]["error"] == "conflict"
+
+
+async def test_a_refused_command_can_be_retried_under_its_correlation_id(gw: Gateway, keys: Keys):
+    sign = ed25519_signer(keys.ed)
+    bad = await gw.county.handle("broadcast", command("broadcast", sign, correlation_id="c-2",
+                                                      args={**DRILL, "volume": 101}))
+    assert bad["error"] == "bad_args"
+    fixed = await gw.county.handle("broadcast", command("broadcast", sign, correlation_id="c-2"))
+    assert fixed["ok"] is True and "duplicate" not in fixed
+
+
+async def test_concurrent_retries_execute_once(gw: Gateway, keys: Keys):
+    sign = ed25519_signer(keys.ed)
+    responses = await asyncio.gather(*(gw.county.handle("broadcast", command(
+        "broadcast", sign, correlation_id="c-3")) for _ in range(5)))
+    assert all(r["ok"] for r in responses), responses
+    assert len({r["broadcast_id"] for r in responses}) == 1
+    assert sorted(bool(r.get("duplicate")) for r in responses) == [False] + [True] * 4
+    assert len(gw.store.list_broadcasts()) == 1
+
+
+async def test_a_cancel_retry_is_answered(gw: Gateway, keys: Keys):
+    sign = ed25519_signer(keys.ed)
+    bid = (await gw.county.handle("broadcast", command("broadcast", sign)))["broadcast_id"]
+    cancel = await gw.county.handle("cancel", command("cancel", sign, args={"broadcast_id": bid},
+                                                      correlation_id="cx"))
+    retry = await gw.county.handle("cancel", command("cancel", sign, args={"broadcast_id": bid},
+                                                     correlation_id="cx"))
+    assert retry == {**cancel, "duplicate": True} and cancel["state"] == "cancelled"
+
+
+async def test_a_command_cut_short_is_not_run_again(gw: Gateway, keys: Keys):
+    """A failure half-way (after the journal? nobody knows): the retry is refused, never re-run."""
+    class BrokenEngine:
+        async def submit(self, request: BroadcastRequest, actor: Actor) -> str:
+            raise RuntimeError("disk on fire")
+
+    sign = ed25519_signer(keys.ed)
+    broken = CountyCommands(gw.cfg, gw.store, BrokenEngine(), rebirth=gw.rebirth, line_check=None)
+    assert (await broken.handle("broadcast", command("broadcast", sign, correlation_id="c-4")))[
+        "error"] == "internal_error"
+    retry = await gw.county.handle("broadcast", command("broadcast", sign, correlation_id="c-4"))
+    assert retry["error"] == "interrupted" and "not executed again" in retry["message"]
+    assert gw.store.list_broadcasts() == []
+
+
+async def test_correlation_ids_are_forgotten_after_command_ttl(gw: Gateway, keys: Keys):
+    now = [time.time()]
+    county = gw.handler(clock=lambda: now[0])
+    sign = ed25519_signer(keys.ed)
+    first = await county.handle("broadcast", command("broadcast", sign, correlation_id="c-5", ts=int(now[0])))
+    now[0] += 86400 + 1  # county.command_ttl_s, default a day
+    later = await county.handle("broadcast", command("broadcast", sign, correlation_id="c-5", ts=int(now[0])))
+    assert later["ok"] is True and later["broadcast_id"] != first["broadcast_id"]
+    assert "duplicate" not in later
+
+
 async def test_forged_message_cannot_burn_a_nonce(gw: Gateway, keys: Keys):
     """A badly signed message carrying a genuine command's nonce must not block that command."""
     nonce = secrets.token_hex(16)
@@ -601,6 +713,9 @@ def test_config_checks_county_settings(cfg: Config, tmp_path: Path):
     assert cfg.county is not None and cfg.county.nonce_ttl == 600
     with pytest.raises(ValidationError, match="at least 2 × max_skew_s"):
         CountySettings.model_validate({"max_skew_s": 300, "nonce_ttl_s": 500, "keys": [
+            {"id": "k", "type": "ed25519", "public_key": "00" * 32}]})
+    with pytest.raises(ValidationError, match="command_ttl_s must be at least nonce_ttl_s"):
+        CountySettings.model_validate({"max_skew_s": 300, "command_ttl_s": 599, "keys": [
             {"id": "k", "type": "ed25519", "public_key": "00" * 32}]})
     with pytest.raises(ValidationError, match="exactly one of public_key and public_key_file"):
         CountySettings.model_validate({"keys": [{"id": "k", "type": "ed25519"}]})

@@ -40,6 +40,9 @@ from county.commands import CountySigner
 from county.config import CountyConfigError, load_county_config
 from county.service import CountyService
 
+CAP_DIR = Path(__file__).parent / "cap"
+CAP_RED = (CAP_DIR / "cn_rainstorm_red_alert.xml").read_text(encoding="utf-8")
+CAP_OTHER_COUNTY = (CAP_DIR / "cn_other_county.xml").read_text(encoding="utf-8")
 SIGNING = {"type": "ed25519", "key_id": "county-1", "private_key_file": "county.key"}
 WARNING = {"class": "emergency", "severity": 3, "title": "全县测试", "repeat": 1,
            "text": "濉溪县应急管理局：这是一次全县应急广播系统测试。", "confirm": True}
@@ -151,12 +154,21 @@ async def test_api_validation_roles_and_the_report(county: tuple[CountyService, 
                 ({**WARNING, "targets": targets, "repeat": 11}, "repeat"),
                 ({**WARNING, "targets": targets, "expires_at": "2030-01-01T08:00:00"}, "expires_at"),
                 ({**WARNING, "targets": targets, "colour": "red"}, "colour"),
-                ({**WARNING, "targets": targets, "alert": "<alert/>"}, "alert"),
+                ({**WARNING, "targets": targets, "alert": "<alert/>"}, "class"),  # the plan decides
+                ({"alert": "<alert/>", "targets": targets, "confirm": True}, "alert"),
+                ({"alert": CAP_RED, "targets": targets}, "confirm"),
+                ({"alert": CAP_RED.replace("Red", "Purple"), "confirm": True}, "alert"),
+                ({"alert": CAP_OTHER_COUNTY, "confirm": True}, "alert"),  # concerns none of ours
+                ({"alert": CAP_RED, "targets": {"gateways": ["gw-nowhere"]}, "confirm": True},
+                 "targets.gateways.0"),
                 ([WARNING], "body"),
             ]:
                 r = await http.post(url, json=body, headers=op)
                 assert r.status_code == 422, (fld, r.text)
                 assert r.json()["field"] == fld and r.json()["detail"].startswith(f"{fld}: "), r.json()
+            r = await http.post(url, json={"alert": CAP_RED.replace("Red", "Purple"), "confirm": True},
+                                headers=op)
+            assert r.json()["detail"].startswith("alert: alert/info[0]/severity: unknown severity 'Purple'")
             r = await http.post(url, content=b"{nope", headers=op)
             assert r.status_code == 422 and r.json()["field"] == "body"
             assert wire.sent == []  # nothing refused was sent
@@ -245,7 +257,8 @@ async def test_api_validation_roles_and_the_report(county: tuple[CountyService, 
         wire.close()
         up.stop()
 
-    # the history survives a restart (tracking does not: it is served as it was last stored)
+    # the history survives a restart, and the restarted service follows it again (it is done, and kept
+    # live a while for late reports); a second cancel is still harmless
     await service.stop()
     again = CountyService(load_county_config(config_path))
     await again.start()
@@ -253,13 +266,13 @@ async def test_api_validation_roles_and_the_report(county: tuple[CountyService, 
         async with httpx.AsyncClient(base_url=again.url, timeout=60,
                                      headers=_auth(tokens["operator"])) as http:
             [stored] = (await http.get("/api/v1/county-broadcasts")).json()["broadcasts"]
-            assert stored["live"] is False and stored["id"] == doc["id"]
+            assert stored["live"] is True and stored["id"] == doc["id"]
             for key in ("created_by", "cancelled_by", "cancelled_at", "request", "state", "terminals"):
                 assert stored[key] == last[key], key
             assert [(r["gateway"], r["state"], r["broadcast_id"]) for r in stored["gateways"]] == \
                 [("gw-340621105", "cancelled", "b-105"), ("gw-340621106", "cancelled", None)]
             r = await http.post(f"/api/v1/county-broadcasts/{doc['id']}/cancel")
-            assert r.status_code == 409 and r.json()["field"] == "broadcast_id"
+            assert r.status_code == 200 and r.json()["cancelled_by"] == "operator-1"
     finally:
         await again.stop()
 
@@ -396,7 +409,7 @@ async def test_county_service_broadcasts_to_real_gateways(tmp_path: Path, broker
             assert late["state"] == "succeeded" and late["command"]["acked"], late
             assert late["command"]["sent_at"] >= back_at
             assert doc["terminals"] == {"targeted": 6, "succeeded": 6, "partial": 0, "failed": 0,
-                                        "unreachable": 0, "pending": 0}, doc
+                                        "unreachable": 0, "pending": 0, "not_played": 0}, doc
             assert doc["coverage"] == 1.0 and doc["by_state"] == {"succeeded": 3}
             for gw, sim in sims.items():  # by the loudspeakers' own evidence
                 since = back_at if gw == "gw-340621107" else sent_at
@@ -423,6 +436,243 @@ async def test_county_service_broadcasts_to_real_gateways(tmp_path: Path, broker
             assert [b["id"] for b in listed] == [long_id, bid, first["id"]]
     finally:
         await service.stop()
+        for d in daemons.values():
+            d.stop()
+        for sim in sims.values():
+            sim.stop()
+
+
+# -- CAP alerts fanned out ------------------------------------------------------------------------------
+
+
+async def test_cap_alert_fan_out_shows_each_townships_disposition(county: tuple[CountyService, str, Path],
+                                                                  broker: Broker):
+    """A CAP alert for the whole county: the signed ``alert`` command to each township, and per
+    township what its plan made of it — played (followed to its terminals), waiting for the duty
+    officer (not covered; followed once approved, through the stored ``alert.decided`` event), only
+    recorded (not covered, not pending)."""
+    service, public, _ = county
+    towns = {"gw-340621105": "340621105", "gw-340621106": "340621106", "gw-340621107": "340621107"}
+    gws = {gw: FakeGateway(broker, gw, devices=[device(f"t{i}", "村", 33.9, 116.7, f"{code}20{i}")
+                                                for i in (1, 2)]).connect() for gw, code in towns.items()}
+    wire = Wire(broker)
+    cap = CAP_RED.replace("340621105201,340621105202,340621105203", "340621000000")
+    try:
+        await until("three townships known", lambda: all(
+            len(service.picture.gateways.get(gw, None).devices if gw in service.picture.gateways else ())
+            == 2 for gw in towns))
+        op = _auth(_tokens(service)["operator"])
+        async with httpx.AsyncClient(base_url=service.url, timeout=60, headers=op) as http:
+            # the confirm step's preview: the townships the alert's area codes concern; nothing sent or kept
+            r = await http.post("/api/v1/county-broadcasts/preview", json={"alert": cap})
+            assert r.status_code == 200, r.text
+            assert [(g["gateway"], g["targeted"]) for g in r.json()["gateways"]] == [(gw, 2) for gw in towns]
+            assert r.json()["request"]["alert"]["severity"] == "Red"
+            r = await http.post("/api/v1/county-broadcasts/preview", json={"alert": "<alert"})
+            assert r.status_code == 422 and r.json()["detail"].startswith("alert: not well-formed XML")
+            viewer = _auth(_tokens(service)["viewer"])
+            r = await http.post("/api/v1/county-broadcasts/preview", json={"alert": cap}, headers=viewer)
+            assert r.status_code == 403
+            assert wire.sent == []
+            assert (await http.get("/api/v1/county-broadcasts")).json()["broadcasts"] == []
+
+            r = await http.post("/api/v1/county-broadcasts", json={"alert": cap, "confirm": True})
+            assert r.status_code == 201, r.text
+            doc = r.json()
+            assert doc["command"] == "alert" and doc["request"]["alert"]["identifier"] == \
+                "34062141600000_20261128031500"
+            assert doc["request"]["alert"]["area_codes"] == ["340621000000"]
+            assert "cap" not in json.dumps(doc["request"])  # the document: in the audit trail, not the report
+            envs = {gw: (await until(f"alert to {gw}", lambda g=gw: wire.to(g, "alert")))[0] for gw in towns}
+            for env in envs.values():
+                assert env["args"] == {"cap": cap, "source_level": "county"}
+                assert _verifies(public, "alert", env)
+            assert all(wire.to(gw, "broadcast") == [] for gw in towns)
+
+            def answer(gw: str, **fields: Any) -> None:
+                wire.answer(gw, "alert", correlation_id=envs[gw]["correlation_id"], ok=True,
+                            alert_id=f"a-{gw}", duplicate=False, **fields)
+
+            answer("gw-340621105", disposition="broadcast", broadcast_id="b-105", reason="rule 'red' matched")
+            answer("gw-340621106", disposition="pending", broadcast_id=None, reason="waits for approval")
+            answer("gw-340621107", disposition="recorded", broadcast_id=None, reason="rule says record")
+            for i in (1, 2):
+                gws["gw-340621105"].report("broadcasts/b-105", "broadcast.outcome",
+                                           {"id": "b-105", "device": f"t{i}", "outcome": "succeeded"})
+            gws["gw-340621105"].report("broadcasts/b-105", "broadcast.state",
+                                       {"id": "b-105", "state": 3, "name": "succeeded", "coverage": 1.0})
+
+            async def current() -> dict[str, Any]:
+                return (await http.get(f"/api/v1/county-broadcasts/{doc['id']}")).json()  # type: ignore[no-any-return]
+
+            def rows(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+                return {row["gateway"]: row for row in d["gateways"]}
+
+            got: dict[str, Any] = {}
+
+            async def settled() -> bool:
+                nonlocal got
+                got = await current()
+                return {gw: row["state"] for gw, row in rows(got).items()} == {
+                    "gw-340621105": "succeeded", "gw-340621106": "pending_approval",
+                    "gw-340621107": "recorded"}
+
+            await until_async("the three dispositions", settled)
+            assert got["state"] == "in_progress"  # a duty officer may still approve it
+            assert rows(got)["gw-340621106"]["alert"]["disposition"] == "pending"
+            assert rows(got)["gw-340621107"]["alert"]["reason"] == "rule says record"
+            assert got["terminals"] == {"targeted": 6, "succeeded": 2, "partial": 0, "failed": 0,
+                                        "unreachable": 0, "pending": 2, "not_played": 2}
+            assert got["coverage"] == 2 / 6
+
+            # the duty officer approves: the gateway's event names the broadcast, which is followed
+            gws["gw-340621106"].report("events", "alert.decided", {
+                "id": "a-gw-340621106", "disposition": "broadcast", "by": "duty", "broadcast_id": "b-106",
+                "reason": "approved by duty"})
+            for i in (1, 2):
+                gws["gw-340621106"].report("broadcasts/b-106", "broadcast.outcome",
+                                           {"id": "b-106", "device": f"t{i}", "outcome": "succeeded"})
+            gws["gw-340621106"].report("broadcasts/b-106", "broadcast.state",
+                                       {"id": "b-106", "state": 3, "name": "succeeded", "coverage": 1.0})
+
+            async def done() -> bool:
+                nonlocal got
+                got = await current()
+                return got["state"] == "done"
+
+            await until_async("the approved one played", done)
+            row = rows(got)["gw-340621106"]
+            assert row["state"] == "succeeded" and row["broadcast_id"] == "b-106"
+            assert row["alert"]["by"] == "duty"
+            assert got["terminals"] == {"targeted": 6, "succeeded": 4, "partial": 0, "failed": 0,
+                                        "unreachable": 0, "pending": 0, "not_played": 2}
+            admin = _auth(_tokens(service)["admin"])
+            audit = (await http.get("/api/v1/audit", headers=admin)).json()["audit"]
+            [created] = [a for a in audit if a["action"] == "county_broadcast.create"]
+            assert created["details"]["cap"] == cap
+    finally:
+        wire.close()
+        for gw in gws.values():
+            gw.stop()
+
+
+@pytest.mark.timeout(400)
+async def test_cap_alert_and_a_county_restart_with_real_gateways(tmp_path: Path, broker: Broker):
+    """Two real townships: 刘桥镇 plays a red warning at once by its plan, 百善镇 has no rule for it (a
+    duty officer must approve) and is down when the county sends. The county stops mid-broadcast and
+    starts again: it follows what it had sent (the played one to its terminals, by the simulators'
+    ears), sends the alert to 百善镇 when it is back (shown pending approval, silent, not covered),
+    and a long broadcast sent before the restart can still be cancelled after it."""
+    folder = tmp_path / "county"
+    folder.mkdir()
+    private = keygen_text("ed25519", folder / "county.key")
+    public = CountySigner("ed25519", "county-1", private).public_key_text
+    # a persistent session: the broker keeps the townships' reports for the county while it restarts
+    config_path = write_county_config(folder, broker, client_id="county-suixi", signing=SIGNING)
+    keys = [{"id": "county-1", "type": "ed25519", "public_key": public}]
+    plans = {"gw-340621105": {"rules": [{"id": "red-auto", "match": {"severity": ["Extreme"]},
+                                         "action": "broadcast", "repeat": 1}]},
+             "gw-340621106": {"default_action": "approve"}}
+    towns = {gw: township(tmp_path / gw, broker, gw, TOWNS[gw], keys) for gw in plans}
+    for gw, (sim, path, _) in towns.items():
+        sim.data["alerts"] = plans[gw]
+        path.write_text(yaml.safe_dump(sim.data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    sims = {gw: SimProcess(sim).start() for gw, (sim, _, _) in towns.items()}
+    daemons = {gw: Daemon(path, port, tmp_path / f"{gw}.log", verbose=True)
+               for gw, (_, path, port) in towns.items()}
+    cap = CAP_RED.replace("340621105201,340621105202,340621105203", COUNTY_CODE)
+    service = CountyService(load_county_config(config_path), retry_after_s=0.5)
+    again: CountyService | None = None
+    try:
+        await asyncio.gather(*(asyncio.to_thread(d.start) for d in daemons.values()))
+        await service.start()
+        await until("both townships online with their inventory", lambda: all(
+            gw in service.picture.gateways and service.picture.gateways[gw].status == "online"
+            and len(service.picture.gateways[gw].devices) == 2 for gw in plans))
+        token = _tokens(service)["operator"]
+        assert daemons["gw-340621106"].stop() == 0
+        await until("百善镇 offline", lambda: service.picture.gateways["gw-340621106"].status == "offline")
+
+        async with httpx.AsyncClient(base_url=service.url, timeout=60, headers=_auth(token)) as http:
+            sent_at = time.time()
+            r = await http.post("/api/v1/county-broadcasts", json={"alert": cap, "confirm": True})
+            assert r.status_code == 201, r.text
+            alert_id = r.json()["id"]
+            assert {row["gateway"]: row["state"] for row in r.json()["gateways"]} == {
+                "gw-340621105": "sent", "gw-340621106": "offline"}
+            r = await http.post("/api/v1/county-broadcasts", json={
+                **WARNING, "class": "drill", "severity": None, "repeat": 10, "gap_s": 60,
+                "targets": {"gateways": ["gw-340621105"]}})
+            long_id = r.json()["id"]
+
+            async def accepted() -> bool:
+                docs = [(await http.get(f"/api/v1/county-broadcasts/{bid}")).json()
+                        for bid in (alert_id, long_id)]
+                return all(row["broadcast_id"] for d in docs for row in d["gateways"]
+                           if row["gateway"] == "gw-340621105")
+
+            await until_async("刘桥镇 accepted both", accepted)
+        await service.stop()  # mid-broadcast
+
+        back_at = time.time()
+        await asyncio.to_thread(daemons["gw-340621106"].start)  # back while the county is down
+        again = CountyService(load_county_config(config_path), retry_after_s=0.5)
+        await again.start()
+        async with httpx.AsyncClient(base_url=again.url, timeout=60, headers=_auth(token)) as http:
+            async def get(bid: str) -> dict[str, Any]:
+                got = await http.get(f"/api/v1/county-broadcasts/{bid}")
+                return got.json()  # type: ignore[no-any-return]
+
+            def rows(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+                return {row["gateway"]: row for row in doc["gateways"]}
+
+            doc: dict[str, Any] = {}
+
+            async def settled() -> bool:
+                nonlocal doc
+                doc = await get(alert_id)
+                return doc["live"] and rows(doc)["gw-340621105"]["state"] == "succeeded" \
+                    and rows(doc)["gw-340621105"]["terminals"]["succeeded"] == 2 \
+                    and rows(doc)["gw-340621106"]["state"] == "pending_approval"
+
+            try:
+                await until_async("the alert followed after the restart", settled)
+            except AssertionError:
+                raise AssertionError(json.dumps(doc, ensure_ascii=False)[:3000]) from None
+            played, pending = rows(doc)["gw-340621105"], rows(doc)["gw-340621106"]
+            assert played["alert"]["disposition"] == "broadcast" and "red-auto" in played["alert"]["reason"]
+            assert played["terminals"]["succeeded"] == 2 == played["terminals"]["targeted"]
+            assert pending["alert"]["disposition"] == "pending" and pending["broadcast_id"] is None
+            assert pending["command"]["sent_at"] >= back_at  # sent by the restarted county
+            assert pending["terminals"] == {"targeted": 2, "succeeded": 0, "partial": 0, "failed": 0,
+                                            "unreachable": 0, "pending": 2, "not_played": 0}
+            assert doc["coverage"] == 2 / 4 and doc["state"] == "in_progress"
+            for dev in ("rtu1", "rtu2"):  # by the loudspeakers' own evidence
+                assert [s for s in sims["gw-340621105"].call("audible", device=dev)["spans"]
+                        if s["end"] > sent_at], dev
+
+            # the long one: still followed, so it can be cancelled
+            long_doc = await get(long_id)
+            assert long_doc["live"] is True
+            r = await http.post(f"/api/v1/county-broadcasts/{long_id}/cancel")
+            assert r.status_code == 200 and r.json()["cancelled_by"] == "operator-1"
+
+            async def cancelled() -> bool:
+                nonlocal long_doc
+                long_doc = await get(long_id)
+                return rows(long_doc)["gw-340621105"]["state"] == "cancelled" \
+                    and (rows(long_doc)["gw-340621105"]["cancel"] or {}).get("answer") is not None
+
+            await until_async("the long one cancelled on 刘桥镇", cancelled)
+            assert rows(long_doc)["gw-340621105"]["cancel"]["answer"]["ok"] is True
+            # the alert was not played where it waits for a duty officer
+            for dev in ("rtu1", "rtu2"):
+                spans = sims["gw-340621106"].call("audible", device=dev)["spans"]
+                assert [s for s in spans if s["end"] > sent_at] == [], dev
+    finally:
+        for s in (service, again):
+            if s is not None:
+                await s.stop()
         for d in daemons.values():
             d.stop()
         for sim in sims.values():

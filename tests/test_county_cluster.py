@@ -13,6 +13,7 @@ Waits are hang guards only, never timing assertions.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -205,3 +206,115 @@ def test_two_instances_share_one_postgres_and_survive_a_kill(tmp_path: Path, bro
         fleet.stop()
         a.stop()
         b.stop()
+
+
+# -- county-wide broadcasts across the share group ------------------------------------------------------
+
+
+async def _poll(http: Any, bid: str, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The county broadcast's report once ``check`` holds (a hang guard, never a timing claim)."""
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not check(doc := (await http.get(f"/api/v1/county-broadcasts/{bid}")).json()):
+        assert time.monotonic() < deadline, doc
+        await asyncio.sleep(0.1)
+    return doc  # type: ignore[no-any-return]
+
+
+async def test_a_county_broadcast_is_followed_across_the_share_group(tmp_path: Path, broker: Broker,
+                                                                     postgres: PostgresServer):
+    """Two instances in one process on one PostgreSQL, one share group: the broker hands some of the
+    township's ``broadcasts/<id>`` reports to the instance that did not send it, and the sender's report
+    still counts every terminal; a cancel asked through the other instance reaches the gateway; when
+    the sender stops, the other instance follows what is left."""
+    import httpx
+    from countykit import FakeGateway, device, keygen_text, until
+    from test_county_broadcasts import SIGNING, WARNING, Wire, _auth
+
+    from county.config import load_county_config
+    from county.service import CountyService
+
+    db_url = postgres.new_database()
+    services: list[CountyService] = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        if name == "a":
+            keygen_text("ed25519", folder / "county.key")
+        else:
+            (folder / "county.key").write_text((tmp_path / "a" / "county.key").read_text())
+        path = write_county_config(folder, broker, storage_url=db_url, share_group="county", signing=SIGNING)
+        services.append(CountyService(load_county_config(path), lease_s=3.0))
+    a, b = services
+    devices = [device(f"t{i}", "刘桥村", 33.9, 116.7) for i in range(1, 7)]
+    gw = FakeGateway(broker, "gw-340621105", devices=devices)
+    wire = Wire(broker)
+    heard_by_b: list[str] = []
+    try:
+        for service in services:
+            await service.start()
+        assert b.ingest is not None and b.store is not None
+        on_report = b.ingest.on_report
+        assert on_report is not None
+
+        def b_heard(gateway: str, bid: str, payload: bytes) -> None:
+            heard_by_b.append(bid)
+            on_report(gateway, bid, payload)
+
+        b.ingest.on_report = b_heard  # watch what the broker handed to b (b still handles it)
+        gw.connect()
+        await until("both instances see the township", lambda: all(
+            len(s.picture.gateways["gw-340621105"].devices) == 6 for s in services
+            if "gw-340621105" in s.picture.gateways) and all("gw-340621105" in s.picture.gateways
+                                                          for s in services))
+        token = b.store.create_token("op", "operator")[1]  # one database: valid on both
+        body = {**WARNING, "targets": {"gateways": ["gw-340621105"]}}
+        async with httpx.AsyncClient(base_url=a.url, timeout=60, headers=_auth(token)) as via_a, \
+                httpx.AsyncClient(base_url=b.url, timeout=60, headers=_auth(token)) as via_b:
+            r = await via_a.post("/api/v1/county-broadcasts", json=body)
+            assert r.status_code == 201, r.text
+            first = r.json()["id"]
+            [env] = await until("the command", lambda: wire.to("gw-340621105", "broadcast"))
+            wire.answer("gw-340621105", "broadcast", correlation_id=env["correlation_id"], ok=True,
+                        broadcast_id="b-1")
+            for dev in devices:
+                gw.report("broadcasts/b-1", "broadcast.outcome", {"id": "b-1", "device": dev["id"],
+                                                                  "outcome": "succeeded"})
+            gw.report("broadcasts/b-1", "broadcast.state", {"id": "b-1", "state": 3, "name": "succeeded"})
+            await until("b was handed some of the reports", lambda: heard_by_b)
+            assert first in a.broadcasts.live and first not in b.broadcasts.live  # type: ignore[union-attr]
+
+            doc = await _poll(via_a, first, lambda d: d["state"] == "done"
+                              and d["terminals"]["succeeded"] == 6)
+            assert doc["terminals"]["succeeded"] == 6 and doc["coverage"] == 1.0, doc
+            on_b = (await via_b.get(f"/api/v1/county-broadcasts/{first}")).json()
+            assert on_b["live"] is True  # followed, by the other instance
+
+            # a long one sent through a, cancelled through b
+            r = await via_a.post("/api/v1/county-broadcasts", json=body)
+            second = r.json()["id"]
+            envs = await until("the second command", lambda: wire.to("gw-340621105", "broadcast")[1:])
+            wire.answer("gw-340621105", "broadcast", correlation_id=envs[0]["correlation_id"], ok=True,
+                        broadcast_id="b-2")
+            gw.report("broadcasts/b-2", "broadcast.state", {"id": "b-2", "state": 2, "name": "playing"})
+            r = await via_b.post(f"/api/v1/county-broadcasts/{second}/cancel")
+            assert r.status_code == 200 and r.json()["cancel_requested_by"] == "op", r.text
+            [cancel] = await until("the cancel sent", lambda: wire.to("gw-340621105", "cancel"))
+            assert cancel["args"] == {"broadcast_id": "b-2"}
+            assert (await via_a.get(f"/api/v1/county-broadcasts/{second}")).json()["cancelled_by"] == "op"
+
+            # a stops cleanly: b follows what is left (the cancel's answer, the gateway's last report)
+            await a.stop()
+            services.remove(a)
+            await until("b follows it", lambda: second in b.broadcasts.live)  # type: ignore[union-attr]
+            wire.answer("gw-340621105", "cancel", correlation_id=cancel["correlation_id"], ok=True,
+                        broadcast_id="b-2", state="cancelled")
+            gw.report("broadcasts/b-2", "broadcast.state", {"id": "b-2", "state": 5, "name": "cancelled"})
+            doc = await _poll(via_b, second, lambda d: d["state"] == "done")
+            [row] = doc["gateways"]
+            assert row["state"] == "cancelled" and row["cancel"]["answer"]["ok"] is True, row
+            assert doc["live"] is True and doc["cancelled_by"] == "op"
+    finally:
+        wire.close()
+        gw.stop()
+        for service in services:
+            await service.stop()

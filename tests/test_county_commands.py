@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import re
+import sqlite3
 import stat
 import threading
 import time
@@ -289,17 +290,18 @@ def test_report_arithmetic_counts_only_successes_as_covered():
     json.dumps(doc)  # JSON-ready
     rows = {r["gateway"]: r for r in doc["gateways"]}
     assert rows["gw-105"]["terminals"] == {"targeted": 4, "succeeded": 2, "partial": 1, "failed": 0,
-                                           "unreachable": 1, "pending": 0}
+                                           "unreachable": 1, "pending": 0, "not_played": 0}
     assert rows["gw-105"]["state"] == "succeeded" and rows["gw-105"]["gateway_coverage"] == 0.5
     assert rows["gw-105"]["coverage"] == 0.5 and rows["gw-105"]["broadcast_id"] == "b105"
     assert rows["gw-106"]["terminals"] == {"targeted": 2, "succeeded": 1, "partial": 0, "failed": 1,
-                                           "unreachable": 0, "pending": 0}
+                                           "unreachable": 0, "pending": 0, "not_played": 0}
     assert rows["gw-107"]["state"] == "refused"
     assert rows["gw-107"]["command"]["refusal"] == {"error": "bad_signature", "message": "does not verify"}
+    # refused: meant to be reached, and nothing will play there (not pending: the report is done)
     assert rows["gw-107"]["terminals"] == {"targeted": 1, "succeeded": 0, "partial": 0, "failed": 0,
-                                           "unreachable": 0, "pending": 1}
+                                           "unreachable": 0, "pending": 0, "not_played": 1}
     assert doc["terminals"] == {"targeted": 7, "succeeded": 3, "partial": 1, "failed": 1, "unreachable": 1,
-                                "pending": 1}
+                                "pending": 0, "not_played": 1}
     assert doc["coverage"] == 3 / 7
     assert doc["state"] == "done" and doc["by_state"] == {"failed": 1, "refused": 1, "succeeded": 1}
 
@@ -341,6 +343,52 @@ def test_offline_gateway_waits_then_gets_it_when_back_online():
     assert row["state"] == "accepted" and row["broadcast_id"] == "b107" and row["command"]["attempts"] == 3
 
 
+def test_snapshot_and_restore_carry_on_after_a_restart():
+    """What the service stores with each report is enough to go on: a late answer to a command sent
+    before the restart still counts, an offline township still gets it (signed afresh), the reports
+    already applied are kept, and a cancel reaches the township that accepted."""
+    clock = Clock()
+    bc, wire, online = county_broadcast({"targets": ["340621000000"]}, online={"gw-105", "gw-106"},
+                                        clock=clock)
+    bc.start()
+    cids = {gw: wire.to(gw)[0]["correlation_id"] for gw in ("gw-105", "gw-106")}
+    bc.on_response("gw-105", answer(cids["gw-105"], broadcast_id="b105"))
+    bc.on_broadcast_report("gw-105", "b105", report(3, "broadcast.outcome", id="b105", device="t1",
+                                                    outcome="succeeded"))
+    snap = json.loads(json.dumps(bc.snapshot()))  # through the database as JSON
+
+    wire2 = Wire()
+    tracker2 = CommandTracker(wire2)
+    again = CountyBroadcast.restore(snap, signer=ED, tracker=tracker2, is_online=lambda gw: gw in online,
+                                    clock=clock)
+    assert again.report()["gateways"] == bc.report()["gateways"] and again.id == bc.id
+    assert again.expires_at == bc.expires_at and again.command == "broadcast"
+    assert again.on_response("gw-106", answer(cids["gw-106"], broadcast_id="b106"))  # sent before
+    online.add("gw-107")
+    again.tick()  # the township that was offline: sent now, signed afresh
+    [env] = wire2.to("gw-107")
+    assert verifies("ed25519", ED.public_key_text, "broadcast", env)
+    assert env["args"] == bc.args_for("gw-107")
+    rows = {r["gateway"]: r for r in again.report()["gateways"]}
+    assert rows["gw-105"]["terminals"]["succeeded"] == 1 and rows["gw-106"]["broadcast_id"] == "b106"
+    assert sorted(again.cancel()) == [("gw-105", "b105"), ("gw-106", "b106")]
+    assert {r["gateway"]: r["state"] for r in again.report()["gateways"]}["gw-107"] == "cancelled"
+
+
+def test_an_alert_snapshot_keeps_the_document_once():
+    cap = (Path(__file__).parent / "cap" / "cn_rainstorm_red_alert.xml").read_text(encoding="utf-8")
+    bc = CountyBroadcast({"alert": cap, "targets": ["gw-107"]}, signer=ED, tracker=CommandTracker(Wire()),
+                         inventory=INVENTORY, is_online=lambda gw: True, clock=Clock())
+    snap = bc.snapshot()
+    assert json.dumps(snap, ensure_ascii=False).count("濉溪县气象台2026年11月28日") == 1
+    again = CountyBroadcast.restore(snap, signer=ED, tracker=CommandTracker(Wire()),
+                                    is_online=lambda gw: True)
+    assert again.command == "alert" and again.args_for("gw-105") == {"cap": cap, "source_level": "county"}
+    assert {r["gateway"]: r["targets"] for r in again.report()["gateways"]} == {
+        "gw-105": {"area_codes": ["340621105201", "340621105202"]},  # 203: no terminal of ours there
+        "gw-107": {"all": True}}
+
+
 def test_expired_broadcast_is_not_sent_to_a_returning_gateway():
     clock = Clock()
     expires = clock.now + 60
@@ -372,11 +420,31 @@ def test_no_answer_is_retried_and_given_up_after_max_attempts():
     clock.now += 1
     bc.tick()
     assert len(wire.to("gw-106")) == 2
+    first, retry = wire.to("gw-106")
+    # the retry re-uses the correlation id (the gateway answers it from the first execution)
+    assert retry["correlation_id"] == first["correlation_id"] and retry["nonce"] != first["nonce"]
     clock.now += 10
     bc.tick()
     row = bc.report()["gateways"][0]
     assert len(wire.to("gw-106")) == 2 and row["state"] == "undelivered"
     assert row["command"]["refusal"]["error"] == "no_answer"
+
+
+def test_a_retry_answered_as_a_duplicate_counts_once():
+    """The first answer is lost; the retry's answer (the gateway's stored one, ``duplicate``) is used."""
+    clock = Clock()
+    bc, wire, _ = county_broadcast({"targets": ["gw-107"]}, clock=clock)
+    bc.start()
+    clock.now += 15
+    bc.tick()
+    first, retry = wire.to("gw-107")
+    cid = first["correlation_id"]
+    assert retry["correlation_id"] == cid
+    assert bc.on_response("gw-107", answer(cid, broadcast_id="b-1", duplicate=True))
+    assert bc.on_response("gw-107", answer(cid, False, error="replayed", message="m"))  # a QoS 1 repeat
+    row = bc.report()["gateways"][0]
+    assert row["broadcast_id"] == "b-1" and row["state"] == "accepted" and row["command"]["acked"]
+    assert row["duplicate_broadcast_ids"] == [] and row["command"]["attempts"] == 2
 
 
 # -- end to end: real gateways (``ebc run`` on the simulator) behind a real Mosquitto ---------------------
@@ -515,7 +583,7 @@ def test_county_wide_broadcast_to_real_gateways(tmp_path: Path):
         assert late["state"] == "succeeded" and late["command"]["acked"] and late["broadcast_id"], late
         assert late["command"]["sent_at"] >= back_at
         assert doc["terminals"] == {"targeted": 6, "succeeded": 6, "partial": 0, "failed": 0,
-                                    "unreachable": 0, "pending": 0}, doc
+                                    "unreachable": 0, "pending": 0, "not_played": 0}, doc
         assert doc["coverage"] == 1.0 and doc["by_state"] == {"succeeded": 3}
         for row in rows(bc).values():
             assert set(row["devices"]) == {"rtu1", "rtu2"} and row["gateway_coverage"] == 1.0, row
@@ -537,3 +605,101 @@ def test_county_wide_broadcast_to_real_gateways(tmp_path: Path):
         for sim in sims.values():
             sim.stop()
         broker.stop()
+
+
+class Township:
+    """One county client on one real gateway: sends a signed broadcast the instant it sees ``online``
+    and keeps every answer and every broadcast id the gateway reports."""
+
+    def __init__(self, broker: Broker, gateway: str) -> None:
+        self.gateway = gateway
+        self.answers: list[dict[str, Any]] = []
+        self.reported: dict[str, str] = {}
+        """broadcast id → its latest state name, from ``broadcasts/<id>``."""
+        self.on_online: list[bytes] = []
+        """Payloads to send on ``cmd/broadcast`` the moment ``online`` arrives (one per ``online``)."""
+        self._subscribed = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"county-{time.monotonic_ns()}")
+        root = f"{PREFIX}/{gateway}"
+        self.client.on_connect = lambda c, *a: c.subscribe(
+            [(f"{root}/status", 1), (f"{root}/cmd/broadcast/response", 1), (f"{root}/broadcasts/+", 1)])
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", broker.port, keepalive=30)
+        self.client.loop_start()
+        assert self._subscribed.wait(HANG_GUARD_S)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        parts = msg.topic.split("/")
+        if parts[2:] == ["status"] and msg.payload == b"online" and self.on_online:
+            self.send(self.on_online.pop(0))  # on paho's thread, before anything else is read
+        elif parts[2:] == ["cmd", "broadcast", "response"]:
+            self.answers.append(json.loads(msg.payload))
+        elif parts[2] == "broadcasts":
+            data = json.loads(msg.payload)["data"]
+            if "name" in data:
+                self.reported[parts[3]] = data["name"]
+
+    def send(self, payload: bytes) -> None:
+        self.client.publish(f"{PREFIX}/{self.gateway}/cmd/broadcast", payload, qos=1)
+
+    def answer(self, n: int) -> dict[str, Any]:
+        return wait_until(f"answer #{n}", lambda: len(self.answers) >= n and self.answers[n - 1])
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.mark.timeout(300)
+def test_a_command_at_online_is_executed_and_a_retry_plays_once(tmp_path: Path):
+    """A broadcast sent the instant the gateway says ``online`` is executed, not ``unavailable``. The
+    county's retry after a lost answer — same correlation id, fresh nonce — is answered from the first
+    execution with ``duplicate: true`` and plays nothing, also after the gateway restarted; the same
+    correlation id with other args is a ``conflict``. One broadcast in the journal, one on the air."""
+    signer = CountySigner("ed25519", "county-ed", keygen_text("ed25519", tmp_path / "ed.key"))
+    gw = "gw-340621105"
+    broker = Broker(tmp_path / "broker").start()
+    sim, path, port = township(tmp_path / gw, broker, gw, TOWNS[gw], [
+        {"id": "county-ed", "type": "ed25519", "public_key": signer.public_key_text}])
+    sim_proc = SimProcess(sim).start()
+    daemon = Daemon(path, port, tmp_path / "gw.log", verbose=True)
+    args = {"class": "drill", "targets": {"all": True}, "text": "这是一次应急广播系统测试。"}
+    cid = "county-bc-1:" + gw
+
+    def attempt(a: dict[str, Any] = args) -> bytes:
+        return json.dumps(signer.envelope("broadcast", gw, a, correlation_id=cid)).encode()
+
+    county = Township(broker, gw)
+    try:
+        county.on_online.append(attempt())
+        daemon.start()
+        first = county.answer(1)
+        assert first["ok"] is True and first["correlation_id"] == cid, first
+        bid = first["broadcast_id"]
+        assert "duplicate" not in first
+
+        county.send(attempt())  # the retry: same correlation id, new nonce and signature
+        assert county.answer(2) == {**first, "duplicate": True}
+        county.send(attempt({**args, "text": "另一条消息。"}))
+        conflict = county.answer(3)
+        assert conflict["ok"] is False and conflict["error"] == "conflict", conflict
+        wait_until("the broadcast to finish", lambda: county.reported.get(bid) == "succeeded")
+
+        assert daemon.stop() == 0
+        county.on_online.append(attempt())  # after a restart: still remembered, still at once
+        daemon.start()
+        assert county.answer(4) == {**first, "duplicate": True}
+        assert set(county.reported) == {bid}
+        for dev in ("rtu1", "rtu2"):
+            assert sim_proc.call("audible", device=dev)["spans"], f"{dev} never played"
+    finally:
+        county.close()
+        daemon.stop()
+        sim_proc.stop()
+        broker.stop()
+    with sqlite3.connect(tmp_path / gw / "state" / "ebc.sqlite3") as journal:
+        assert journal.execute("SELECT id FROM broadcasts").fetchall() == [(bid,)]
+        actions = [a for (a,) in journal.execute("SELECT action FROM audit WHERE action LIKE 'county.%'"
+                                                 " ORDER BY seq")]
+    assert actions == ["county.command", "county.duplicate", "county.refused", "county.duplicate"]

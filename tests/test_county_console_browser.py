@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -309,6 +310,41 @@ def test_compose_sends_and_shows_the_report(county: County, page: Page) -> None:
         "data-n", str(county.get(f"/county-broadcasts/{bid}")["terminals"]["targeted"]))
     page.goto(f"{county.url}/#/county")
     expect(page.locator(by_testid(f"cb-row-{bid}"))).to_be_visible()
+
+
+def test_compose_relays_a_cap_alert(county: County, page: Page) -> None:
+    """Paste a CAP document: the confirm step shows what it says (as text), the county sends it to the
+    township its area codes concern, and the report shows the alert rather than a text."""
+    escaped = HOSTILE.replace("<", "&lt;").replace(">", "&gt;")
+    cap = (Path(__file__).parent / "cap" / "cn_rainstorm_red_alert.xml").read_text(encoding="utf-8")
+    cap = cap.replace("<headline>濉溪县气象台发布暴雨红色预警信号</headline>",
+                      f"<headline>暴雨红色预警 {escaped}</headline>")
+    login(page, county, "operator")
+    page.locator(by_testid("compose-button")).click()
+    page.locator(by_testid("compose-mode-cap")).check()
+    expect(page.locator(by_testid("compose-text"))).to_have_count(0)  # the townships' plans decide that
+    page.locator(by_testid("compose-cap")).fill("<alert><identifier>broken")
+    page.locator(by_testid("compose-review")).click()
+    expect(page.locator(by_testid("compose-error"))).to_contain_text("alert: not well-formed XML")
+    page.locator(by_testid("compose-cap")).fill(cap)
+    page.locator(by_testid("compose-review")).click()
+    expect(page.locator(by_testid("compose-confirm"))).to_be_visible()
+    expect(page.locator(by_testid("confirm-cap-id"))).to_have_text("34062141600000_20261128031500")
+    expect(page.locator(by_testid("confirm-cap-areas"))).to_have_text(
+        "340621105201, 340621105202, 340621105203")
+    expect(page.locator(by_testid("confirm-gw-gw-a"))).to_contain_text("刘桥镇")
+    assert page.locator(by_testid("confirm-gw-gw-b")).count() == 0  # 五沟镇 is not in the alert's area
+    expect(page.locator(by_testid("confirm-cap-headline"))).to_contain_text(HOSTILE)
+    expect(page.locator(by_testid("confirm-cap-doc"))).to_contain_text(escaped)
+    assert page.locator("#app img").count() == 0
+    screenshot(page, "county-compose-cap-confirm")
+    page.locator(by_testid("compose-send")).click()
+    page.wait_for_url("**/#/county/*")
+    expect(page.locator(by_testid("cb-gw-gw-a"))).to_be_visible()  # 刘桥镇: the alert's villages
+    expect(page.locator(by_testid("cb-alert"))).to_contain_text(HOSTILE)
+    assert page.locator("#app img").count() == 0
+    report = county.get(f"/county-broadcasts/{page.url.rsplit('/', 1)[1]}")
+    assert report["command"] == "alert" and [g["gateway"] for g in report["gateways"]] == ["gw-a"]
 
 
 def test_a_frozen_gateway_shows_offline(county: County, page: Page) -> None:

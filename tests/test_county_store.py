@@ -220,3 +220,27 @@ def test_retention_prunes_old_history(store: Store) -> None:
     assert deleted["events"] == 1 and deleted["broadcasts"] == 1 and deleted["audit"] == 0
     assert [e["seq"] for e in store.recent_events("gw-1")] == [2]
     assert store.list_audit()[0]["action"] == "token.create"
+
+
+def test_county_broadcast_leases(store: Store) -> None:
+    """One instance follows a county broadcast at a time: a live lease is not taken, a released or
+    lapsed one is (a restart, a crash), the old owner then learns it lost it, and a finished one
+    (state NULL) is never taken again. A cancel asked elsewhere reaches the owner on renewal."""
+    store.save_county_broadcast("cb1", {"text": "x"}, "op", 100.0, {"id": "cb1"}, {"bc": 1}, "a", 130.0)
+    store.save_county_broadcast("cb2", {"text": "y"}, "op", 101.0, {"id": "cb2"}, None, None, None)
+    assert store.claim_county_broadcasts("b", now=110.0, lease_until=140.0) == []  # a's lease is live
+    assert store.renew_county_broadcasts("a", ["cb1"], 160.0) == {"cb1": None}
+    store.request_county_broadcast_cancel("cb1", "op-2")
+    assert store.renew_county_broadcasts("a", ["cb1"], 160.0) == {"cb1": "op-2"}
+    [row] = store.claim_county_broadcasts("b", now=170.0, lease_until=200.0)  # a stopped renewing
+    assert row["id"] == "cb1" and row["state"] == {"bc": 1} and row["cancel_requested_by"] == "op-2"
+    assert store.renew_county_broadcasts("a", ["cb1"], 230.0) == {}  # a learns it lost it
+    store.update_county_broadcast("cb1", {"id": "cb1", "v": 2}, {"bc": 2}, owner="a")  # ignored: not a's
+    assert store.county_broadcast("cb1")["report"] == {"id": "cb1"}  # type: ignore[index]
+    assert store.release_county_broadcasts("b") == 1
+    [row] = store.claim_county_broadcasts("c", now=171.0, lease_until=201.0)  # released: taken at once
+    assert row["id"] == "cb1"
+    store.update_county_broadcast("cb1", {"id": "cb1", "done": True})  # retired: nobody follows it
+    assert store.claim_county_broadcasts("d", now=1e12, lease_until=2e12) == []
+    stored = store.county_broadcast("cb1")
+    assert stored is not None and stored["following"] is False and stored["owner"] is None

@@ -208,8 +208,10 @@ def test_cancel_and_signed_commands(broker: Broker):
         (gw,) = fleet.gateways
         root = f"{PREFIX}/{gw}"
 
-        def signed(name: str, args: dict[str, Any], key_id: str = "county-1") -> bytes:
-            env: dict[str, Any] = {"correlation_id": str(uuid.uuid4()), "gateway": gw, "ts": int(time.time()),
+        def signed(name: str, args: dict[str, Any], key_id: str = "county-1", cid: str | None = None
+                   ) -> bytes:
+            env: dict[str, Any] = {"correlation_id": cid or str(uuid.uuid4()), "gateway": gw,
+                                   "ts": int(time.time()),
                                    "nonce": secrets.token_hex(16), "key_id": key_id, "args": args}
             env["sig"] = base64.b64encode(key.sign(signed_bytes(name, env))).decode()
             return json.dumps(env).encode()
@@ -221,10 +223,18 @@ def test_cancel_and_signed_commands(broker: Broker):
                 return sub.wait_for(f"{name} response", lambda ms: next(
                     (d for d in docs(ms, f"{root}/cmd/{name}/response") if d["correlation_id"] == cid), None))
 
-            started = ask("broadcast", signed("broadcast", {"class": "drill", "targets": {"all": True},
-                                                            "text": "测试"}))
+            drill = {"class": "drill", "targets": {"all": True}, "text": "测试"}
+            started = ask("broadcast", signed("broadcast", drill, cid="bc-1"))
             assert started["ok"] is True
             bid = started["broadcast_id"]
+            # a retry (same correlation id, fresh nonce) is answered, not played again; other args: conflict
+            sub.client.publish(f"{root}/cmd/broadcast", signed("broadcast", drill, cid="bc-1"), qos=1)
+            sub.client.publish(f"{root}/cmd/broadcast", signed("broadcast", {**drill, "text": "别的"},
+                                                                cid="bc-1"), qos=1)
+            retry, conflict = sub.wait_for("the two answers", lambda ms: (
+                len(got := docs(ms, f"{root}/cmd/broadcast/response")) == 3 and got[1:]))
+            assert retry == {**started, "duplicate": True}
+            assert conflict["error"] == "conflict" and conflict["correlation_id"] == "bc-1"
             sub.wait_for("playing", lambda ms: any(d["data"].get("name") == "playing"
                                                    for d in docs(ms, f"{root}/broadcasts/{bid}")))
             cancelled = ask("cancel", signed("cancel", {"broadcast_id": bid}))

@@ -260,8 +260,9 @@ class Daemon:
         self.api = ApiServer(cfg, self.api_services)
         # Start order is dependency order. The reporter comes first (it connects in the background;
         # the outbox holds reports meanwhile) so that it stops last and the final events of the
-        # engine and health still go out; what it hears before the engine, the inbox and health
-        # are up, the county commands and the alert ingress refuse until they start.
+        # engine and health still go out. It subscribes and announces ``online`` only once the
+        # county commands have started (after the engine, the inbox and the alert ingress), so a
+        # command sent the moment the county sees ``online`` is executed, not refused.
         parts: list[tuple[str, Service | None]] = [
             ("mqtt reporter", self.reporter),
             ("hardware", self.hardware),

@@ -37,6 +37,10 @@ class CountySettings(Strict):
     nonce_ttl_s: float | None = Field(default=None,
                                       description="How long a seen nonce is refused (≥ 2 × max_skew_s; "
                                                   "default 2 × max_skew_s)")
+    command_ttl_s: float = Field(default=86400, gt=0,
+                                 description="How long an executed broadcast/cancel/alert is remembered by "
+                                             "correlation id, so a retry is answered, not run again "
+                                             "(≥ nonce_ttl_s)")
 
     @model_validator(mode="after")
     def _consistent(self) -> CountySettings:
@@ -47,6 +51,9 @@ class CountySettings(Strict):
         if self.nonce_ttl_s is not None and self.nonce_ttl_s < 2 * self.max_skew_s:
             raise ValueError(f"nonce_ttl_s must be at least 2 × max_skew_s ({2 * self.max_skew_s:g} s), "
                              f"or a replayed command could be accepted again")
+        if self.command_ttl_s < self.nonce_ttl:
+            raise ValueError(f"command_ttl_s must be at least nonce_ttl_s ({self.nonce_ttl:g} s), or a "
+                             f"retry of a command could run it again while it is still valid")
         return self
 
     @property

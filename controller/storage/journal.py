@@ -151,6 +151,22 @@ MIGRATIONS.append(
     # 4: the evidence behind each device outcome (joined_late, missed_s, audible_s, joined_at_s)
     "ALTER TABLE outcomes ADD COLUMN detail TEXT NOT NULL DEFAULT '{}'",
 )
+MIGRATIONS.append(
+    # 5: county commands executed, by (verified key, correlation id): a retry is answered, not re-run
+    """
+    CREATE TABLE county_commands (
+        key_id TEXT NOT NULL,
+        correlation_id TEXT NOT NULL,
+        command TEXT NOT NULL,
+        args_sha256 TEXT NOT NULL,
+        response TEXT,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (key_id, correlation_id)
+    );
+    CREATE INDEX county_commands_expiry ON county_commands(expires_at);
+    """,
+)
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -367,6 +383,40 @@ class Store:
             cur = conn.execute("INSERT OR IGNORE INTO county_nonces (key_id, nonce, expires_at)"
                                " VALUES (?,?,?)", (key_id, nonce, expires_at))
             return cur.rowcount == 1
+
+    # -- county commands by correlation id (idempotent execution) ---------------------------------
+
+    def claim_command(self, key_id: str, correlation_id: str, command: str, args_sha256: str,
+                      expires_at: float, now: float) -> dict[str, Any] | None:
+        """Claim (key, correlation id) for executing ``command``; None if claimed now, else the row
+        already held: ``command``, ``args_sha256`` and ``response`` (None while it runs, or if the
+        gateway stopped before it finished).
+
+        Durable before it returns and one transaction with the check, like :meth:`claim_nonce`, so
+        a restart cannot run a command twice; rows expired by ``now`` are pruned in the same step.
+        """
+        with self._tx() as conn:
+            conn.execute("DELETE FROM county_commands WHERE expires_at <= ?", (now,))
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO county_commands (key_id, correlation_id, command, args_sha256,"
+                " created_at, expires_at) VALUES (?,?,?,?,?,?)",
+                (key_id, correlation_id, command, args_sha256, now, expires_at))
+            if cur.rowcount == 1:
+                return None
+            row = conn.execute("SELECT command, args_sha256, response, created_at FROM county_commands"
+                               " WHERE key_id=? AND correlation_id=?", (key_id, correlation_id)).fetchone()
+        return {"command": row["command"], "args_sha256": row["args_sha256"], "created_at": row["created_at"],
+                "response": None if row["response"] is None else json.loads(row["response"])}
+
+    def finish_command(self, key_id: str, correlation_id: str, response: dict[str, Any] | None) -> None:
+        """Keep the response of a claimed command; None releases the claim (it was not executed)."""
+        with self._tx() as conn:
+            if response is None:
+                conn.execute("DELETE FROM county_commands WHERE key_id=? AND correlation_id=?",
+                             (key_id, correlation_id))
+            else:
+                conn.execute("UPDATE county_commands SET response=? WHERE key_id=? AND correlation_id=?",
+                             (_json(response), key_id, correlation_id))
 
     # -- CAP alert inbox ---------------------------------------------------------------------------
 

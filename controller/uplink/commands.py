@@ -11,12 +11,19 @@ own code, is answered with the request's correlation id and is audited):
 5. ``stale`` / ``from_future``  ``ts`` is more than ``max_skew_s`` from the gateway's clock
 6. ``replayed``        the nonce was already used (nonces are in SQLite: a restart keeps them)
 7. ``unknown_command`` / ``not_allowed``  no such command / this key may not give it
-8. ``bad_args``        the arguments are invalid; the response names the field
+8. ``conflict``        this key already used the correlation id for another command or other args
+   (``interrupted``: a gateway stop cut its execution short, so whether it took effect is unknown)
+9. ``bad_args``        the arguments are invalid; the response names the field
 
 Freshness and the nonce are checked only after the signature, so an unauthenticated message can
-never use up a genuine command's nonce. After execution, ``not_found``, ``not_cancellable``,
-``unavailable``, ``timeout`` or ``internal_error`` may be answered. The wire format is documented
-for county engineers in docs/county-commands.md.
+never use up a genuine command's nonce, nor read a stored answer. After execution, ``not_found``,
+``not_cancellable``, ``unavailable``, ``timeout`` or ``internal_error`` may be answered.
+
+``broadcast``, ``cancel`` and ``alert`` change state, so each is executed once per (verified key,
+correlation id): the county re-sends a command whose answer was lost with a fresh nonce and the same
+correlation id, and gets the stored answer with ``"duplicate": true``. The ids are kept in SQLite
+for ``county.command_ttl_s`` (a restart keeps them). The wire format is documented for county
+engineers in docs/county-commands.md.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import inspect
 import json
 import logging
@@ -42,7 +50,7 @@ from controller.broadcast.ports import BroadcastPort
 from controller.config import Config, CountyCommand, CountyKey
 from controller.core.actors import Actor, Role
 from controller.storage.journal import Store
-from controller.uplink.signing import KeyFormatError, PublicKey, load_public_key, signed_bytes
+from controller.uplink.signing import KeyFormatError, PublicKey, canonical_json, load_public_key, signed_bytes
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,10 @@ LINE_CHECK_TIMEOUT_S = 300.0
 ENVELOPE_FIELDS = frozenset({"correlation_id", "gateway", "ts", "nonce", "key_id", "args", "sig"})
 _NONCE = re.compile(r"[\x21-\x7e]{16,64}")  # printable ASCII: hex, base64 and UUIDs all fit
 _DEFAULT_SKEW_S = 300.0
+_DEFAULT_COMMAND_TTL_S = 86400.0
+ONCE_PER_CORRELATION_ID = frozenset({"broadcast", "cancel", "alert"})
+"""Commands that change state: executed once per (key, correlation id). ``rebirth`` and
+``line_check`` are harmless to repeat, and a repeated line check should measure again."""
 
 Rebirth = Callable[[], Awaitable[None] | None]
 AlertIngest = Callable[[bytes, Actor, str], Awaitable[dict[str, Any]]]
@@ -83,6 +95,8 @@ class _Request:
     nonce: str | None = None
     key: CountyKey | None = None
     """The configured key, set once the signature verified with it."""
+    duplicate: bool = False
+    """Answered from the stored response of an earlier delivery, not executed."""
 
     @property
     def verified(self) -> bool:
@@ -94,6 +108,9 @@ class _Request:
         if self.key is not None:
             return Actor(name=self.key.id, role=Role.OPERATOR, via="county")
         return Actor(name="unknown", via="county")
+
+
+_Handler = Callable[[_Request, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class _NoArgs(BaseModel):
@@ -138,9 +155,15 @@ class CountyCommands:
         self._line_check_timeout_s = line_check_timeout_s
         self._alerts = alerts
         self._serving = not wait_for_start
+        self._ready = asyncio.Event()
+        if self._serving:
+            self._ready.set()
         settings = cfg.county
         self._max_skew_s = settings.max_skew_s if settings else _DEFAULT_SKEW_S
         self._nonce_ttl_s = settings.nonce_ttl if settings else 2 * _DEFAULT_SKEW_S
+        self._command_ttl_s = settings.command_ttl_s if settings else _DEFAULT_COMMAND_TTL_S
+        self._running: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
+        """(key, correlation id) being executed → its lock and how many deliveries hold or wait for it."""
         base = cfg.path.parent if cfg.path is not None else Path.cwd()
         self._keys: dict[str, tuple[CountyKey, PublicKey]] = {}
         for key in settings.keys if settings else []:
@@ -149,17 +172,23 @@ class CountyCommands:
             except (OSError, KeyFormatError) as exc:
                 raise ValueError(f"county.keys({key.id}): cannot load the public key: {exc}") from None
         self._counts: Counter[tuple[str, str]] = Counter()
-        self._handlers: dict[str, Callable[[_Request, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+        self._handlers: dict[str, _Handler] = {
             "broadcast": self._broadcast, "cancel": self._cancel, "rebirth": self._do_rebirth,
             "line_check": self._do_line_check, "alert": self._alert}
 
     async def start(self) -> None:
         """Execute commands from now on (what they act on has started)."""
         self._serving = True
+        self._ready.set()
 
     async def stop(self) -> None:
         """Answer ``unavailable`` from now on: the gateway is shutting down."""
         self._serving = False
+        self._ready.clear()
+
+    async def ready(self) -> None:
+        """Return once commands are executed (the reporter announces ``online`` only then)."""
+        await self._ready.wait()
 
     def counts(self) -> dict[tuple[str, str], int]:
         """Commands handled since start by (command, result); result is ``ok`` or the error code.
@@ -186,10 +215,16 @@ class CountyCommands:
             log.exception("county command %r (correlation id %r) failed", name[:64], request.correlation_id)
             return self._answer_refusal(request, Refused(
                 "internal_error", "the gateway failed while executing the command; see its log"))
-        self._count(name, "ok")
-        self._audit(request, "county.command", result)
-        log.info("county command %s executed (key %s, correlation id %r)", name, request.key_id,
-                 request.correlation_id)
+        if request.duplicate:
+            self._count(name, "duplicate")
+            self._audit(request, "county.duplicate", result)
+            log.info("county command %s answered as a duplicate, not executed again (key %s, correlation "
+                     "id %r)", name, request.key_id, request.correlation_id)
+        else:
+            self._count(name, "ok")
+            self._audit(request, "county.command", result)
+            log.info("county command %s executed (key %s, correlation id %r)", name, request.key_id,
+                     request.correlation_id)
         return {"correlation_id": request.correlation_id, "ok": True, **result}
 
     # -- checks -----------------------------------------------------------------------------------
@@ -239,7 +274,52 @@ class CountyCommands:
         if key_cfg.commands is not None and request.name not in key_cfg.commands:
             raise Refused("not_allowed", f"key '{key_cfg.id}' may not give the {request.name} command "
                                          f"(allowed: {', '.join(key_cfg.commands) or 'none'})")
+        if request.name in ONCE_PER_CORRELATION_ID:
+            return await self._once(request, args, handler)
         return await handler(request, args)
+
+    async def _once(self, request: _Request, args: dict[str, Any], handler: _Handler) -> dict[str, Any]:
+        """Execute unless this key already did this correlation id: then its stored answer, marked
+        ``duplicate``. Deliveries of one id wait for each other, so the second one sees the first's answer."""
+        assert request.key is not None and request.correlation_id is not None
+        key = (request.key.id, request.correlation_id)
+        lock, users = self._running.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                return await self._once_locked(request, args, handler, key)
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._running[key]
+
+    async def _once_locked(self, request: _Request, args: dict[str, Any], handler: _Handler,
+                           key: tuple[str, str]) -> dict[str, Any]:
+        digest = hashlib.sha256(canonical_json(args)).hexdigest()
+        now = self._clock()
+        held = self.store.claim_command(*key, request.name, digest, now + self._command_ttl_s, now)
+        if held is not None:
+            if held["command"] != request.name or held["args_sha256"] != digest:
+                what = "another command" if held["command"] != request.name else "other args"
+                raise Refused("conflict", f"correlation id '{key[1][:128]}' was already used by key "
+                                          f"'{key[0]}' for {what} ({held['command']}); a new request needs "
+                                          f"a new correlation id, a retry must repeat the same command and "
+                                          f"args")
+            if held["response"] is None:
+                raise Refused("interrupted", f"an earlier delivery of correlation id '{key[1][:128]}' did "
+                                             f"not finish (the gateway failed or stopped while executing "
+                                             f"it): whether it took effect is unknown (see the gateway's "
+                                             f"broadcasts), so it is not executed again")
+            request.duplicate = True
+            return {**held["response"], "duplicate": True}
+        try:
+            result = await handler(request, args)
+        except Refused:
+            self.store.finish_command(*key, None)  # refused, not executed: a retry may try again
+            raise
+        # Anything else (a crash half-way, a stop) leaves the claim without an answer: "interrupted".
+        self.store.finish_command(*key, result)
+        return result
 
     # -- commands -----------------------------------------------------------------------------------
 

@@ -21,6 +21,12 @@ written there by a synchronous bus listener, inside ``EventBus.publish``, so no 
 and the reporter sends only outbox rows, deleting each on its PUBACK. Retained state (status,
 birth, device states) is not queued: it is re-published in full on every connection instead.
 
+Coming online: on every connection the reporter first waits until the county command handler is
+ready (``CommandHandler.ready``: the daemon starts it after the engine and the alert inbox), then
+subscribes to ``cmd/+`` and the alert topics and waits for the broker's SUBACK, and only then
+announces ``online``, ``birth`` and the device states and lets the outbox flow. So a county that
+sends a command the moment it sees ``online`` finds it subscribed and executed, not ``unavailable``.
+
 Connections: one paho client per connection attempt, its network loop in paho's own thread
 (``loop_start``), every callback hopping back to asyncio with ``call_soon_threadsafe``. When a
 connection ends the client is dropped with whatever paho still held in memory, and the next one
@@ -78,6 +84,10 @@ class CommandHandler(Protocol):
 
     async def handle(self, name: str, payload: bytes) -> dict[str, Any]: ...
 
+    async def ready(self) -> None:
+        """Return once commands are executed: the gateway is announced ``online`` only then."""
+        ...
+
 
 @dataclass(eq=False)
 class _Session:
@@ -88,15 +98,18 @@ class _Session:
     connected: bool = False
     """CONNACK accepted."""
     ready: bool = False
-    """Retained state announced; outbox rows may flow."""
+    """Subscribed, command handler ready, retained state announced; outbox rows may flow."""
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     inflight: dict[int, int] = field(default_factory=dict)
     """paho message id → outbox seq, sent and not yet acknowledged."""
     cursor: int = 0
     """Highest seq handed to paho in this session."""
     replay_upto: int = 0
-    """Rows up to this seq were written before the connection came up: they are historical."""
+    """Rows up to this seq were written before the gateway came online on it: they are historical."""
     waiters: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+    """paho message id of a publish or a subscribe → resolved on its PUBACK / SUBACK (or the end)."""
+    subscribing: dict[int, str] = field(default_factory=dict)
+    """paho message id → topic filter, awaiting its SUBACK."""
     why: str = ""
 
 
@@ -455,6 +468,7 @@ class MqttReporter:
         client.on_connect = self._cb(session, self._on_connect)
         client.on_disconnect = self._cb(session, self._on_disconnect)
         client.on_publish = self._cb(session, self._on_publish)
+        client.on_subscribe = self._cb(session, self._on_subscribe)
         client.on_message = self._cb(session, self._on_message)
         return client
 
@@ -477,20 +491,64 @@ class MqttReporter:
             return
         session.connected = True
         self.connects += 1
-        session.replay_upto = self.outbox.last_seq()
-        assert session.client is not None
-        self._announce(session)
-        session.client.subscribe(self._topic("cmd/+"), qos=1)
+        task = asyncio.create_task(self._come_online(session), name="mqtt online")
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)
+
+    def _current(self, session: _Session) -> bool:
+        return session is self._session and not session.ended.is_set() and not self._stopping
+
+    async def _come_online(self, session: _Session) -> None:
+        """Command handler ready, subscriptions acknowledged — then ``online``, birth, states, outbox."""
+        if self.commands is not None:
+            await self.commands.ready()
+        client = session.client
+        if not self._current(session) or client is None:
+            return
+        acks = [self._subscribe(session, self._topic("cmd/+"))]
         for topic in self.alert_topics:
             try:
-                session.client.subscribe(topic, qos=1)
+                acks.append(self._subscribe(session, topic))
             except ValueError as exc:  # one bad filter must not cost the others
                 log.error("alerts.mqtt_topics: cannot subscribe to %r: %s", topic, exc)
+        try:
+            async with asyncio.timeout(CONNACK_TIMEOUT_S):  # not wait_for: 3.11's can lose a cancel
+                await asyncio.gather(*acks)
+        except TimeoutError:
+            session.why = f"no SUBACK within {CONNACK_TIMEOUT_S:g} s"
+            client.disconnect()
+            return
+        if not self._current(session):
+            return
+        session.replay_upto = self.outbox.last_seq()
+        self._announce(session)
         session.ready = True
         log.info("MQTT connected to %s as %s; %d queued report(s) to send", session.broker.url,
                  self.client_id, self.outbox.depth)
         self._dirty_devices.clear()
         self._pump()
+
+    def _subscribe(self, session: _Session, topic: str) -> asyncio.Future[None]:
+        """SUBSCRIBE ``topic`` at QoS 1; the future resolves on its SUBACK (or when the session ends)."""
+        assert session.client is not None and self._loop is not None
+        result, mid = session.client.subscribe(topic, qos=1)
+        fut: asyncio.Future[None] = self._loop.create_future()
+        if result == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+            session.waiters[mid] = fut
+            session.subscribing[mid] = topic
+        else:
+            fut.set_result(None)  # the connection is going; the session ends and the next one retries
+        return fut
+
+    def _on_subscribe(self, session: _Session, mid: int, reasons: list[ReasonCode],
+                      props: Properties | None) -> None:
+        topic = session.subscribing.pop(mid, "?")
+        if any(reason.is_failure for reason in reasons):
+            log.error("the broker refused the subscription to %r (%s): nothing on it will arrive",
+                      topic[:128], ", ".join(str(r) for r in reasons))
+        waiter = session.waiters.pop(mid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _on_disconnect(self, session: _Session, flags: Any, reason: ReasonCode,
                        props: Properties | None) -> None:

@@ -1,7 +1,9 @@
 // Compose a county-wide broadcast (operators): pick townships and/or type area codes, class, level,
 // tone, repeat and text; then a confirm step that says exactly what will be sent to whom; only then
 // POST /county-broadcasts with confirm: true, and open its report. The draft survives a language
-// switch and going back from the confirm step.
+// switch and going back from the confirm step. Or paste a CAP alert: it goes to the townships its area
+// codes concern (and those picked) as a signed `alert` command, and each township's plan (预案) decides
+// whether it plays at once, waits for the duty officer or is only recorded.
 import { api } from "../api.js";
 import { h, mount } from "../dom.js";
 import { addStrings, t } from "../i18n.js";
@@ -46,6 +48,19 @@ addStrings({
     "cp.err.text": "请输入播报内容。",
     "cp.err.area": "区划代码必须是 6 到 12 位数字：{code}",
     "cp.err.repeat": "播放遍数必须是 1 到 10。",
+    "cp.mode": "发布方式",
+    "cp.mode.text": "文字广播",
+    "cp.mode.cap": "转发 CAP 预警",
+    "cp.cap": "CAP 预警文档（粘贴 XML）",
+    "cp.capNote": "县中心按预警中的行政区划代码确定涉及的乡镇（也可另行勾选）。各乡镇网关按本乡镇预案决定：立即播放、等待值班员审批或仅记录；报告中逐乡镇显示。",
+    "cp.capSentence": "将向 {n} 个乡镇网关（所选乡镇及预警区划代码涉及的乡镇）发送签名的 CAP 预警指令，由各乡镇预案决定是否播放：",
+    "cp.capAreas": "预警区划代码",
+    "cp.capHeadline": "预警标题",
+    "cp.capId": "预警标识",
+    "cp.capSeverity": "严重程度",
+    "cp.capDoc": "预警文档",
+    "cp.err.cap": "请粘贴 CAP 预警文档（XML）。",
+    "cp.checking": "县中心正在检查预警文档…",
   },
   en: {
     "cp.townships": "Townships",
@@ -85,6 +100,19 @@ addStrings({
     "cp.err.text": "Enter the text to speak.",
     "cp.err.area": "An area code is 6 to 12 digits: {code}",
     "cp.err.repeat": "Repeat must be 1 to 10.",
+    "cp.mode": "What to send",
+    "cp.mode.text": "Text broadcast",
+    "cp.mode.cap": "Relay a CAP alert",
+    "cp.cap": "CAP alert document (paste the XML)",
+    "cp.capNote": "The county centre finds the townships the alert's area codes concern (you may pick more). Each township's plan decides: play at once, wait for the duty officer, or record only; the report shows it per township.",
+    "cp.capSentence": "A signed CAP alert command goes to {n} township gateways (those picked and those the alert's area codes concern); each township's plan decides whether it plays:",
+    "cp.capAreas": "Alert area codes",
+    "cp.capHeadline": "Headline",
+    "cp.capId": "Alert identifier",
+    "cp.capSeverity": "Severity",
+    "cp.capDoc": "Document",
+    "cp.err.cap": "Paste the CAP alert document (XML).",
+    "cp.checking": "The county centre is checking the document…",
   },
 });
 
@@ -95,7 +123,8 @@ const TONES = ["auto", "siren", "chime", "air_defence_warning", "air_raid", "all
 let draft = freshDraft();
 
 function freshDraft() {
-  return { gateways: [], areas: "", cls: "emergency", severity: "none", tone: "auto", repeat: "2", title: "", text: "" };
+  return { mode: "text", cap: "", gateways: [], areas: "", cls: "emergency", severity: "none", tone: "auto", repeat: "2",
+    title: "", text: "" };
 }
 
 /** "340621105000, 340621106000\n…" → ["340621105000", "340621106000"]. */
@@ -108,6 +137,10 @@ function requestBody() {
   const areas = parseAreas(draft.areas);
   const bad = areas.find((a) => !/^\d{6,12}$/.test(a));
   if (bad) throw new Error(t("cp.err.area", { code: bad }));
+  if (draft.mode === "cap") {
+    if (!draft.cap.trim()) throw new Error(t("cp.err.cap"));
+    return { alert: draft.cap, targets: { gateways: [...draft.gateways], area_codes: areas }, confirm: true };
+  }
   if (!draft.gateways.length && !areas.length) throw new Error(t("cp.err.targets"));
   if (!draft.text.trim()) throw new Error(t("cp.err.text"));
   const repeat = Number(draft.repeat);
@@ -149,19 +182,15 @@ function form(root, gateways, problem) {
   const textarea = (name, rows) => h("textarea", { name, rows, "data-testid": `compose-${name}`, value: draft[name],
     on: { input: (e) => { draft[name] = e.target.value; } } });
   const error = h("p", { class: "notice error", role: "alert", "data-testid": "compose-error", hidden: !problem }, problem || "");
-  mount(root,
-    h("h1", {}, t("nav.compose")),
-    h("form", { class: "compose", "data-testid": "compose-form", novalidate: "", on: { submit: (e) => {
-      e.preventDefault();
-      try {
-        confirmStep(root, gateways, requestBody());
-      } catch (err) {
-        mount(error, err.message);
-        error.hidden = false;
-      }
-    } } },
-    h("fieldset", {}, h("legend", {}, t("cp.townships")), picks),
-    field("cp.areas", textarea("areas", 2)),
+  const modes = h("fieldset", { class: "row", "data-testid": "compose-mode" }, h("legend", {}, t("cp.mode")),
+    ["text", "cap"].map((m) => h("label", { class: "check" },
+      h("input", { type: "radio", name: "mode", value: m, checked: draft.mode === m, "data-testid": `compose-mode-${m}`,
+        on: { change: () => { draft.mode = m; form(root, gateways); } } }), " ", t(`cp.mode.${m}`))));
+  const what = draft.mode === "cap" ? [
+    field("cp.cap", h("textarea", { name: "cap", rows: 12, spellcheck: "false", class: "mono", "data-testid": "compose-cap",
+      value: draft.cap, on: { input: (e) => { draft.cap = e.target.value; } } })),
+    h("p", { class: "muted" }, t("cp.capNote")),
+  ] : [
     h("div", { class: "row" },
       field("cp.class", select("cls", CLASSES, draft.cls, "cp.class")),
       field("cp.severity", select("severity", ["none", "1", "2", "3", "4"], draft.severity, "cp.severity")),
@@ -169,13 +198,44 @@ function form(root, gateways, problem) {
       field("cp.repeat", input("repeat", { type: "number", min: "1", max: "10" }))),
     field("cp.title", input("title", { maxlength: "200" })),
     field("cp.text", textarea("text", 5)),
+  ];
+  mount(root,
+    h("h1", {}, t("nav.compose")),
+    h("form", { class: "compose", "data-testid": "compose-form", novalidate: "", on: { submit: (e) => {
+      e.preventDefault();
+      let body;
+      try {
+        body = requestBody();
+      } catch (err) {
+        mount(error, err.message);
+        error.hidden = false;
+        return;
+      }
+      if (!body.alert) {
+        confirmStep(root, gateways, body);
+        return;
+      }
+      // a CAP document is read by the county centre itself: it says which townships it concerns
+      mount(error, t("cp.checking"));
+      error.hidden = false;
+      api("POST", "/county-broadcasts/preview", body).then((plan) => confirmStep(root, gateways, body, plan))
+        .catch((err) => {
+          mount(error, err.message);
+          error.hidden = false;
+        });
+    } } },
+    modes,
+    h("fieldset", {}, h("legend", {}, t("cp.townships")), picks),
+    field("cp.areas", textarea("areas", 2)),
+    what,
     error,
     h("button", { type: "submit", class: "primary big", "data-testid": "compose-review" }, t("cp.review"))));
 }
 
-function confirmStep(root, gateways, body) {
+function confirmStep(root, gateways, body, plan) {
   const byId = new Map(gateways.map((g) => [g.id, g]));
-  const picked = body.targets.gateways.map((id) => byId.get(id) || { id });
+  // for a CAP alert: every township the county will send it to (picked, or concerned by its area codes)
+  const picked = (plan ? plan.gateways.map((p) => p.gateway) : body.targets.gateways).map((id) => byId.get(id) || { id });
   const offline = picked.filter((g) => g.status === "offline");
   const status = h("div", { "data-testid": "compose-status" });
   const send = h("button", { type: "button", class: "primary big", "data-testid": "compose-send", on: { click: async () => {
@@ -190,10 +250,27 @@ function confirmStep(root, gateways, body) {
       send.disabled = false;
     }
   } } }, t("cp.send"));
+  const cap = plan ? plan.request.alert : null;
+  const sentence = cap ? t("cp.capSentence", { n: picked.length }) : t("cp.sentence", { n: picked.length });
+  const details = cap ? [
+    h("dt", {}, t("cp.capHeadline")), h("dd", { class: "break", "data-testid": "confirm-cap-headline" },
+      [cap.event, cap.severity, cap.headline].filter(Boolean).join(" · ")),
+    h("dt", {}, t("cp.capId")), h("dd", { class: "break" }, h("code", { "data-testid": "confirm-cap-id" }, cap.identifier)),
+    h("dt", {}, t("cp.capAreas")), h("dd", { "data-testid": "confirm-cap-areas" }, (cap.area_codes || []).join(", ") || "—"),
+    h("dt", {}, t("cp.capDoc")), h("dd", {}, h("pre", { class: "break mono", "data-testid": "confirm-cap-doc" },
+      body.alert.length > 4000 ? `${body.alert.slice(0, 4000)}…` : body.alert)),
+  ] : [
+    h("dt", {}, t("cp.class")), h("dd", { "data-testid": "confirm-class" }, t(`cp.class.${body.class}`)),
+    h("dt", {}, t("cp.severity")), h("dd", {}, t(`cp.severity.${body.severity ?? "none"}`)),
+    h("dt", {}, t("cp.tone")), h("dd", {}, t(`cp.tone.${body.tone ?? "auto"}`)),
+    h("dt", {}, t("cp.repeat")), h("dd", { "data-testid": "confirm-repeat" }, String(body.repeat)),
+    body.title ? [h("dt", {}, t("cp.title")), h("dd", { "data-testid": "confirm-title" }, body.title)] : null,
+    h("dt", {}, t("cp.text")), h("dd", { class: "break", "data-testid": "confirm-text" }, body.text),
+  ];
   mount(root,
     h("h1", {}, t("cp.confirmTitle")),
     h("section", { class: "confirm", "data-testid": "compose-confirm" },
-      h("p", { class: "confirm-sentence" }, t("cp.sentence", { n: picked.length })),
+      h("p", { class: "confirm-sentence" }, sentence),
       picked.length ? h("ul", { "data-testid": "confirm-townships" }, picked.map((g) =>
         h("li", { "data-testid": `confirm-gw-${g.id}` }, gwName(g), " ", h("code", {}, g.id), " ",
           statusBadge(g.status)))) : null,
@@ -203,12 +280,7 @@ function confirmStep(root, gateways, body) {
         body.targets.area_codes.length ? [h("dt", {}, t("cp.areasShort")),
           h("dd", {}, h("span", { "data-testid": "confirm-areas" }, body.targets.area_codes.join(", ")),
             h("div", { class: "muted" }, t("cp.areasNote")))] : null,
-        h("dt", {}, t("cp.class")), h("dd", { "data-testid": "confirm-class" }, t(`cp.class.${body.class}`)),
-        h("dt", {}, t("cp.severity")), h("dd", {}, t(`cp.severity.${body.severity ?? "none"}`)),
-        h("dt", {}, t("cp.tone")), h("dd", {}, t(`cp.tone.${body.tone ?? "auto"}`)),
-        h("dt", {}, t("cp.repeat")), h("dd", { "data-testid": "confirm-repeat" }, String(body.repeat)),
-        body.title ? [h("dt", {}, t("cp.title")), h("dd", { "data-testid": "confirm-title" }, body.title)] : null,
-        h("dt", {}, t("cp.text")), h("dd", { class: "break", "data-testid": "confirm-text" }, body.text)),
+        details),
       h("div", { class: "actions" },
         h("button", { type: "button", "data-testid": "compose-back", on: { click: () => form(root, gateways) } },
           t("cp.back")),

@@ -1,6 +1,8 @@
 // County-wide broadcasts: the list (#/county) and one report (#/county/<id>): per township its state,
 // command and terminals targeted/succeeded/failed/unreachable, and the one county coverage figure.
 // Live through the SSE "county_broadcast" event, which carries the report whenever it changes.
+// A CAP alert fanned out shows, per township, what its plan (预案) decided: played (then followed to its
+// terminals), waiting for the duty officer, only recorded, not applicable.
 import { ApiError, api, can } from "../api.js";
 import { fmtTime, h, mount } from "../dom.js";
 import { addStrings, t } from "../i18n.js";
@@ -30,6 +32,30 @@ addStrings({
     "cb.gws.refused": "网关拒绝",
     "cb.gws.expired": "已过期",
     "cb.gws.undelivered": "未送达",
+    "cb.gws.accepted": "网关已接收",
+    "cb.gws.pending_approval": "等待值班员审批（未播放）",
+    "cb.gws.pending_decision": "网关尚未处理",
+    "cb.gws.recorded": "仅记录，不播放",
+    "cb.gws.not_applicable": "不涉及本乡镇",
+    "cb.gws.rejected": "值班员驳回",
+    "cb.gws.approval_expired": "审批超时，未播放",
+    "cb.gws.superseded": "已被更新的预警取代",
+    "cb.gws.cancelled": "已取消",
+    "cb.disp.broadcast": "按预案立即播放",
+    "cb.disp.pending": "待审批",
+    "cb.disp.recorded": "仅记录",
+    "cb.disp.not_applicable": "不涉及",
+    "cb.disp.failed": "处理失败",
+    "cb.disp.rejected": "已驳回",
+    "cb.disp.expired": "审批超时",
+    "cb.disp.cancelled": "已取消",
+    "cb.disp.superseded": "已被取代",
+    "cb.duplicate": "网关此前已收到",
+    "cb.alert": "CAP 预警",
+    "cb.alertId": "预警标识",
+    "cb.sender": "发布单位",
+    "cb.cancelAsked": "已请求取消（{who}），由负责跟踪的县中心实例执行",
+    "cb.col.not_played": "不播放",
     "cb.col.township": "乡镇",
     "cb.col.online": "网关",
     "cb.col.state": "状态",
@@ -72,6 +98,30 @@ addStrings({
     "cb.gws.refused": "refused by the gateway",
     "cb.gws.expired": "expired",
     "cb.gws.undelivered": "undelivered",
+    "cb.gws.accepted": "accepted",
+    "cb.gws.pending_approval": "waiting for the duty officer (not played)",
+    "cb.gws.pending_decision": "not decided by the gateway yet",
+    "cb.gws.recorded": "recorded only, not played",
+    "cb.gws.not_applicable": "not applicable to this township",
+    "cb.gws.rejected": "rejected by the duty officer",
+    "cb.gws.approval_expired": "approval timed out, not played",
+    "cb.gws.superseded": "superseded by a later alert",
+    "cb.gws.cancelled": "cancelled",
+    "cb.disp.broadcast": "played by the plan",
+    "cb.disp.pending": "pending approval",
+    "cb.disp.recorded": "recorded",
+    "cb.disp.not_applicable": "not applicable",
+    "cb.disp.failed": "failed",
+    "cb.disp.rejected": "rejected",
+    "cb.disp.expired": "approval timed out",
+    "cb.disp.cancelled": "cancelled",
+    "cb.disp.superseded": "superseded",
+    "cb.duplicate": "already received by the gateway",
+    "cb.alert": "CAP alert",
+    "cb.alertId": "Alert identifier",
+    "cb.sender": "Sender",
+    "cb.cancelAsked": "Cancel asked ({who}); the county instance that follows it carries it out",
+    "cb.col.not_played": "Not played",
     "cb.col.township": "Township",
     "cb.col.online": "Gateway",
     "cb.col.state": "State",
@@ -93,7 +143,7 @@ addStrings({
   },
 });
 
-const COUNTS = ["targeted", "succeeded", "partial", "failed", "unreachable", "pending"];
+const COUNTS = ["targeted", "succeeded", "partial", "failed", "unreachable", "pending", "not_played"];
 
 /** A translated label for key, or the raw value when there is none. */
 function label(prefix, value) {
@@ -113,7 +163,11 @@ function gatewayRow(g, names) {
   return h("tr", { "data-testid": `cb-gw-${g.gateway}`, "data-state": g.state },
     h("th", { scope: "row" }, gwLink(g.gateway, names.get(g.gateway) || g.gateway)),
     h("td", {}, statusBadge(g.online ? "online" : "offline")),
-    h("td", {}, label("cb.gws", g.state), g.broadcast_state ? ` · ${g.broadcast_state}` : ""),
+    h("td", {}, label("cb.gws", g.state), g.broadcast_state ? ` · ${g.broadcast_state}` : "",
+      g.alert ? h("div", { class: "muted", "data-testid": `cb-gw-${g.gateway}-disposition`,
+        "data-disposition": g.alert.disposition ?? "" },
+      label("cb.disp", g.alert.disposition), g.alert.duplicate ? ` · ${t("cb.duplicate")}` : "",
+      g.alert.reason ? ` — ${g.alert.reason}` : "") : null),
     h("td", {}, t("cb.cmd", { n: cmd.attempts ?? 0 }), cmd.acked ? ` · ${t("cb.acked")}` : "",
       cmd.refusal ? h("div", { class: "bad" }, t("cb.refusal", { r: refusalText(cmd.refusal) })) : null),
     COUNTS.map((k) => h("td", { class: "num", "data-testid": `cb-gw-${g.gateway}-${k}` }, String(g.terminals?.[k] ?? 0))),
@@ -138,8 +192,15 @@ function report(r, names) {
       h("dt", {}, t("cb.created")), h("dd", {}, fmtTime(r.created_at)),
       r.created_by ? [h("dt", {}, t("cb.by")), h("dd", {}, r.created_by)] : null,
       h("dt", {}, t("cb.expires")), h("dd", {}, fmtTime(r.expires_at), r.expired ? ` (${t("cb.expired")})` : ""),
-      h("dt", {}, t("cb.text")), h("dd", { class: "break", "data-testid": "cb-text" },
-        req.title ? `${req.title}：` : "", req.text || "")),
+      req.alert ? [
+        h("dt", {}, t("cb.alert")), h("dd", { class: "break", "data-testid": "cb-alert" },
+          [req.alert.event, req.alert.severity, req.alert.headline].filter(Boolean).join(" · ")),
+        h("dt", {}, t("cb.alertId")), h("dd", { class: "break" }, h("code", {}, req.alert.identifier || "")),
+        h("dt", {}, t("cb.sender")), h("dd", { class: "break" }, req.alert.sender || "")]
+        : [h("dt", {}, t("cb.text")), h("dd", { class: "break", "data-testid": "cb-text" },
+          req.title ? `${req.title}：` : "", req.text || "")],
+      r.cancel_requested_by ? [h("dt", {}, t("cb.state")),
+        h("dd", { "data-testid": "cb-cancel-asked" }, t("cb.cancelAsked", { who: r.cancel_requested_by }))] : null),
     h("div", { class: "table-wrap" }, h("table", { class: "grid", "data-testid": "cb-gateways" },
       h("thead", {}, h("tr", {}, ["township", "online", "state", "command", ...COUNTS, "coverage"].map((c) =>
         h("th", { scope: "col" }, t(`cb.col.${c}`))))),
@@ -161,7 +222,8 @@ function list(broadcasts) {
         h("tbody", {}, broadcasts.map((r) => h("tr", { "data-testid": `cb-row-${r.id}` },
           h("td", { class: "nowrap" }, fmtTime(r.created_at)),
           h("td", {}, h("a", { href: `#/county/${encodeURIComponent(r.id)}` }, r.id)),
-          h("td", { class: "break" }, r.request?.text || ""),
+          h("td", { class: "break" }, r.request?.alert ? `${t("cb.alert")}：${r.request.alert.headline || r.request.alert.event || ""}`
+            : r.request?.text || ""),
           h("td", {}, label("cb.state", r.state)),
           h("td", { class: "num" }, String((r.gateways || []).length)),
           h("td", { class: "num" }, pct(r.coverage))))))),
